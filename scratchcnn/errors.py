@@ -1,0 +1,45 @@
+"""Exception types.
+
+Every error caused by the user's input, data or files derives from
+:class:`ScratchCNNError`; the command line prints those as one line and exits
+with status 2. Anything else is a bug and keeps its traceback.
+
+Each class also derives from the built-in exception a Python user would expect
+(``ValueError`` for bad values and shapes, ``TypeError`` for bad dtypes), so
+``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class ScratchCNNError(Exception):
+    """Base class of every user-facing error raised by scratchcnn."""
+
+
+class ShapeError(ScratchCNNError, ValueError):
+    """An array has the wrong number of dimensions or the wrong size."""
+
+
+class DTypeError(ScratchCNNError, TypeError):
+    """An array has a dtype the operation cannot take (integer, object, or a
+    float type other than the layer's own)."""
+
+
+class ConfigError(ScratchCNNError, ValueError):
+    """A hyper-parameter or constructor argument is invalid."""
+
+
+class StateError(ScratchCNNError, RuntimeError):
+    """An operation was called out of order (for example backward before forward)."""
+
+
+class DataError(ScratchCNNError, ValueError):
+    """A dataset or data file is missing, malformed or inconsistent."""
+
+
+class CheckpointError(ScratchCNNError, ValueError):
+    """A checkpoint file is missing, truncated, corrupt, or not a scratchcnn file."""
+
+
+class TrainingDiverged(ScratchCNNError, RuntimeError):
+    """The training loss became NaN or infinite."""

@@ -1,0 +1,28 @@
+"""Layers: one small class each, with hand-written backward passes."""
+
+from .activations import LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from .base import LAYER_TYPES, Layer, layer_from_config
+from .conv import Conv2D
+from .dense import Dense, Flatten
+from .normalization import BatchNorm2D, Dropout
+from .pooling import AvgPool2D, MaxPool2D
+from .preprocessing import Rescale
+
+__all__ = [
+    "LAYER_TYPES",
+    "AvgPool2D",
+    "BatchNorm2D",
+    "Conv2D",
+    "Dense",
+    "Dropout",
+    "Flatten",
+    "Layer",
+    "LeakyReLU",
+    "MaxPool2D",
+    "ReLU",
+    "Rescale",
+    "Sigmoid",
+    "Softmax",
+    "Tanh",
+    "layer_from_config",
+]

@@ -1,0 +1,198 @@
+"""Conv2D: 2-D cross-correlation over NCHW tensors, by im2col and GEMM."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, ShapeError
+from ..init import Initializer, get_rng, initialize
+from ..windows import (
+    Padding,
+    as_pair,
+    fold,
+    pad2d,
+    row_blocks,
+    sliding_windows,
+    window_output_shape,
+)
+from .base import Layer, check_grad, check_input, positive_int, resolve_dtype
+
+
+def resolve_padding(padding: Any, kernel: tuple[int, int], stride: tuple[int, int]) -> Padding:
+    """int, (ph, pw), "valid" or "same" -> ((top, bottom), (left, right)).
+
+    "same" keeps H and W at stride 1; with an even kernel the extra row/column goes at the
+    bottom/right, as in PyTorch. It is refused for stride > 1, where no padding keeps the size.
+    """
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode == "valid":
+            return ((0, 0), (0, 0))
+        if mode == "same":
+            if stride != (1, 1):
+                raise ConfigError(
+                    f"padding='same' needs stride 1, got stride {stride}; "
+                    "give an explicit padding instead"
+                )
+            th, tw = kernel[0] - 1, kernel[1] - 1
+            return ((th // 2, th - th // 2), (tw // 2, tw - tw // 2))
+        raise ConfigError(f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+    ph, pw = as_pair(padding, "padding", minimum=0)
+    return ((ph, ph), (pw, pw))
+
+
+class Conv2D(Layer):
+    """2-D cross-correlation (what deep-learning libraries call convolution).
+
+    y[n,o,i,j] = b[o] + sum_{c,u,v} W[o,c,u,v] * xpad[n,c, i*SH+u, j*SW+v]
+
+    x: (N, C, H, W) -> y: (N, O, OH, OW), OH = (H + PT + PB - KH) // SH + 1.
+    weight: (O, C, KH, KW), bias: (O,) — the shapes of torch.nn.Conv2d.
+
+    Backward, with cols = im2col(x), the (C*KH*KW, OH*OW*N) matrix of all windows:
+    dL/db = sum_{n,i,j} dy;  dL/dW = dy @ cols^T (the "valid" correlation of x with dy);
+    dL/dx = col2im(W^T @ dy) (the "full" convolution of dy with the 180-degree rotated kernel,
+    zeros inserted for stride, cropped by the padding). The code computes exactly these
+    products, one output row at a time (see the comment above ``forward``).
+    """
+
+    supports_input_grad_skip = True
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        bias: bool = True,
+        dtype: Any = np.float32,
+        weight_init: str | Initializer = "default",
+        bias_init: str | Initializer = "default",
+        rng: np.random.Generator | int | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_channels = positive_int(in_channels, "in_channels")
+        self.out_channels = positive_int(out_channels, "out_channels")
+        self.kernel_size = as_pair(kernel_size, "kernel_size", 1)
+        self.stride = as_pair(stride, "stride", 1)
+        self.padding = padding
+        self.pad = resolve_padding(padding, self.kernel_size, self.stride)
+        self.use_bias = bool(bias)
+        self.dtype = resolve_dtype(dtype)
+        kh, kw = self.kernel_size
+        fan_in = self.in_channels * kh * kw
+        fan_out = self.out_channels * kh * kw
+        gen = get_rng(rng)
+        shape = (self.out_channels, self.in_channels, kh, kw)
+        self.params["weight"] = initialize(weight_init, shape, fan_in, fan_out, gen, self.dtype)
+        if self.use_bias:
+            self.params["bias"] = initialize(
+                bias_init, (self.out_channels,), fan_in, fan_out, gen, self.dtype
+            )
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self._r: np.ndarray | None = None  # window buffer, reused from step to step
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": list(self.kernel_size),
+            "stride": list(self.stride),
+            "padding": self.padding if isinstance(self.padding, (int, str)) else list(self.padding),
+            "bias": self.use_bias,
+            "dtype": self.dtype.name,
+        }
+
+    def extra_repr(self) -> str:
+        text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
+        text += f", stride={self.stride}"
+        if self.padding not in (0, (0, 0), "valid"):
+            text += f", padding={self.padding!r}"
+        if not self.use_bias:
+            text += ", bias=False"
+        if self.dtype != np.float32:
+            text += f", dtype={self.dtype.name}"
+        return text
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(input_shape) != 4 or input_shape[1] != self.in_channels:
+            raise ShapeError(
+                f"{self!r} expects input (N, {self.in_channels}, H, W), got {tuple(input_shape)}"
+            )
+        oh, ow = window_output_shape(
+            input_shape[2:], self.kernel_size, self.stride, self.pad, repr(self)
+        )
+        return (input_shape[0], self.out_channels, oh, ow)
+
+    # --- computation ----------------------------------------------------------------------
+    # Layout inside: (H, C, W, N). The batch is the innermost, contiguous axis, so every copy
+    # and add runs over long contiguous stretches, and one GEMM call covers the whole batch.
+    #
+    # Forward, the "row im2col": gather windows along W only, R[r, c, v, j, n] =
+    # xpad[n, c, r, j*SW + v] (a KW-fold copy, not the KH*KW-fold copy of a full im2col).
+    # For output row i, the KH rows i*SH .. i*SH+KH-1 of R, flattened to (KH*C*KW, OW*N), are
+    # exactly the im2col matrix of that row, and since R is contiguous they are a strided
+    # view (``row_blocks``). One batched GEMM over the OH rows:
+    #     Y[i] = Wr @ block_i,   Wr = W reordered to (O, KH, C, KW), Y: (OH, O, OW*N),
+    # which is already the (H, C, W, N) layout the next Conv2D wants.
+
+    def _wr(self) -> np.ndarray:
+        """The weight as the (O, KH*C*KW) matrix matching the row-block order (u, c, v)."""
+        return self.params["weight"].transpose(0, 2, 1, 3).reshape(self.out_channels, -1)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        who = f"Conv2D({self.in_channels}, {self.out_channels})"
+        x = check_input(x, who, 4, "(N, C, H, W)", self.dtype, self.in_channels)
+        n, c = x.shape[:2]
+        (kh, kw), (sh, sw), o = self.kernel_size, self.stride, self.out_channels
+        oh, ow = window_output_shape(x.shape[2:], self.kernel_size, self.stride, self.pad, who)
+        # (Hp, C, Wp, N): one copy that transposes and pads; when x already has this memory
+        # layout (the output of a Conv2D, or a ReLU/pool after one) it is a straight copy.
+        xh = pad2d(x.transpose(2, 1, 3, 0), self.pad, axes=(0, 2), copy=True)
+        rows = xh.shape[0]
+        r = self._buffer((rows, c, kw, ow, n), x.dtype)
+        np.copyto(r, sliding_windows(xh, kw, sw, axis=2))
+        blocks = row_blocks(r.reshape(rows, c * kw, ow * n), kh, sh, oh)
+        y = np.matmul(self._wr(), blocks)  # (OH, O, OW*N)
+        if self.use_bias:
+            y += self.params["bias"][:, None]
+        self._cache = (blocks, x.shape, (oh, ow))
+        # Logical NCHW over memory (OH, O, OW, N).
+        return y.reshape(oh, o, ow, n).transpose(3, 1, 0, 2)
+
+    def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        blocks, x_shape, (oh, ow) = self._require_cache()
+        n, c, h, w = x_shape
+        (kh, kw), (sh, sw), o = self.kernel_size, self.stride, self.out_channels
+        dy = check_grad(dy, (n, o, oh, ow), self.dtype, "Conv2D")
+        # (OH, O, OW*N); free when dy has the memory layout of this layer's output.
+        dyr = np.ascontiguousarray(dy.transpose(2, 1, 3, 0)).reshape(oh, o, ow * n)
+        # dWr = sum_i dy_i @ block_i^T: the "valid" correlation of the input with dy.
+        gwr = np.matmul(dyr, blocks.transpose(0, 2, 1)).sum(axis=0)
+        self.grads["weight"] = np.ascontiguousarray(gwr.reshape(o, kh, c, kw).transpose(0, 2, 1, 3))
+        if self.use_bias:
+            self.grads["bias"] = dyr.sum(axis=(0, 2))
+        if not input_grad:
+            return None
+        # dL/dblock_i = Wr^T @ dy_i, undone in two steps: row u of every block goes back onto
+        # rows i*SH + u of R (one kernel row at a time, so each GEMM result is added while it
+        # is still in cache), then the KW window offsets fold back onto the columns.
+        (pt, pb), (pl, pr) = self.pad
+        wr = self._wr().reshape(o, kh, c * kw)
+        dr = np.zeros((h + pt + pb, c * kw, ow * n), dtype=dyr.dtype)
+        part = np.empty((oh, c * kw, ow * n), dtype=dyr.dtype)
+        for u in range(kh):
+            np.matmul(wr[:, u].T, dyr, out=part)
+            dr[u : u + sh * oh : sh] += part
+        dxh = fold(dr.reshape(-1, c, kw, ow, n), w + pl + pr, sw, axis=2)  # (Hp, C, Wp, N)
+        return dxh[pt : pt + h, :, pl : pl + w].transpose(3, 1, 0, 2)
+
+    def _buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """The window buffer R, reused from step to step (same shape, same dtype)."""
+        buf = self._r
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = self._r = np.empty(shape, dtype=dtype)
+        return buf

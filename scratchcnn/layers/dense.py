@@ -1,0 +1,107 @@
+"""Dense (fully connected) and Flatten."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import ShapeError
+from ..init import Initializer, get_rng, initialize
+from .base import Layer, check_array, check_grad, check_input, positive_int, resolve_dtype
+
+
+class Dense(Layer):
+    """Affine map, like torch.nn.Linear.
+
+    y = x W^T + b;  x: (N, in), W: (out, in), b: (out,), y: (N, out).
+    Backward: dL/dW = dy^T x,  dL/db = sum_n dy,  dL/dx = dy W.
+    """
+
+    supports_input_grad_skip = True
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        dtype: Any = np.float32,
+        weight_init: str | Initializer = "default",
+        bias_init: str | Initializer = "default",
+        rng: np.random.Generator | int | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = positive_int(in_features, "in_features")
+        self.out_features = positive_int(out_features, "out_features")
+        self.use_bias = bool(bias)
+        self.dtype = resolve_dtype(dtype)
+        gen = get_rng(rng)
+        fi, fo = self.in_features, self.out_features
+        self.params["weight"] = initialize(weight_init, (fo, fi), fi, fo, gen, self.dtype)
+        if self.use_bias:
+            self.params["bias"] = initialize(bias_init, (fo,), fi, fo, gen, self.dtype)
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "bias": self.use_bias,
+            "dtype": self.dtype.name,
+        }
+
+    def extra_repr(self) -> str:
+        text = f"{self.in_features}, {self.out_features}"
+        if not self.use_bias:
+            text += ", bias=False"
+        if self.dtype != np.float32:
+            text += f", dtype={self.dtype.name}"
+        return text
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(input_shape) != 2 or input_shape[1] != self.in_features:
+            raise ShapeError(
+                f"Dense({self.in_features}, {self.out_features}) expects input (N, "
+                f"{self.in_features}), got {tuple(input_shape)}"
+            )
+        return (input_shape[0], self.out_features)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        who = f"Dense({self.in_features}, {self.out_features})"
+        x = check_input(x, who, 2, "(N, features)", self.dtype, self.in_features, "features")
+        y = x @ self.params["weight"].T
+        if self.use_bias:
+            y += self.params["bias"]
+        self._cache = x
+        return y
+
+    def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        x = self._require_cache()
+        dy = check_grad(dy, (x.shape[0], self.out_features), self.dtype, "Dense")
+        self.grads["weight"] = dy.T @ x
+        if self.use_bias:
+            self.grads["bias"] = dy.sum(axis=0)
+        return dy @ self.params["weight"] if input_grad else None
+
+
+class Flatten(Layer):
+    """(N, d1, d2, ...) -> (N, d1*d2*...); backward reshapes dy back."""
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (input_shape[0], int(np.prod(input_shape[1:], dtype=np.int64)))
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = check_array(x, "Flatten")
+        if x.ndim < 2:
+            raise ShapeError(f"Flatten expects at least 2-D (N, ...) input, got shape {x.shape}")
+        # Keep an empty array with x's memory layout: backward hands dx back in that layout,
+        # so the layers before (pooling over a Conv2D's output) keep streaming through memory.
+        self._cache = np.empty_like(x)
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        like = self._require_cache()
+        dy = check_grad(dy, self.output_shape(like.shape), like.dtype, "Flatten")
+        dx = np.empty_like(like)
+        dx[...] = dy.reshape(like.shape)
+        return dx

@@ -1,0 +1,161 @@
+"""BatchNorm2D and Dropout: the layers whose behaviour depends on train()/eval()."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, ShapeError
+from ..init import get_rng
+from .base import Layer, check_array, check_grad, check_input, positive_int, resolve_dtype
+
+
+class BatchNorm2D(Layer):
+    """Per-channel batch normalisation of (N, C, H, W), like torch.nn.BatchNorm2d.
+
+    Training: xhat = (x - mean_c) / sqrt(var_c + eps) with the batch's biased variance over
+    (N, H, W); y = weight_c * xhat + bias_c. Running statistics are updated as
+    r = (1 - momentum) r + momentum * batch_stat (the variance term unbiased, M/(M-1)).
+    Eval: the running statistics replace the batch's.
+
+    Backward (training), M = N*H*W, g = dy * weight:
+    dL/dx = (1/M) / sqrt(var + eps) * (M g - sum g - xhat * sum(g * xhat));
+    dL/dweight = sum dy * xhat;  dL/dbias = sum dy.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        affine: bool = True,
+        dtype: Any = np.float32,
+    ) -> None:
+        super().__init__()
+        self.num_features = positive_int(num_features, "num_features")
+        if not eps > 0:
+            raise ConfigError(f"eps must be positive, got {eps!r}")
+        if not 0 <= momentum <= 1:
+            raise ConfigError(f"momentum must be in [0, 1], got {momentum!r}")
+        self.eps = float(eps)
+        self.momentum = float(momentum)
+        self.affine = bool(affine)
+        self.dtype = resolve_dtype(dtype)
+        c = self.num_features
+        if self.affine:
+            self.params["weight"] = np.ones(c, dtype=self.dtype)
+            self.params["bias"] = np.zeros(c, dtype=self.dtype)
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self.buffers["running_mean"] = np.zeros(c, dtype=self.dtype)
+        self.buffers["running_var"] = np.ones(c, dtype=self.dtype)
+        self.buffers["num_batches_tracked"] = np.zeros((), dtype=np.int64)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "num_features": self.num_features,
+            "eps": self.eps,
+            "momentum": self.momentum,
+            "affine": self.affine,
+            "dtype": self.dtype.name,
+        }
+
+    def extra_repr(self) -> str:
+        text = f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        if not self.affine:
+            text += ", affine=False"
+        if self.dtype != np.float32:
+            text += f", dtype={self.dtype.name}"
+        return text
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(input_shape)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        who = f"BatchNorm2D({self.num_features})"
+        x = check_input(x, who, 4, "(N, C, H, W)", self.dtype, self.num_features)
+        axes = (0, 2, 3)
+        if self.training:
+            m = x.shape[0] * x.shape[2] * x.shape[3]
+            if m < 2:
+                raise ShapeError(
+                    f"{who} needs more than one value per channel in training, got input shape "
+                    f"{x.shape}; use a larger batch or eval()"
+                )
+            mean = x.mean(axis=axes)
+            var = x.var(axis=axes)
+            mom = self.momentum
+            self.buffers["running_mean"] *= 1 - mom
+            self.buffers["running_mean"] += mom * mean
+            self.buffers["running_var"] *= 1 - mom
+            self.buffers["running_var"] += (mom * m / (m - 1)) * var
+            self.buffers["num_batches_tracked"] += 1
+        else:
+            mean = self.buffers["running_mean"]
+            var = self.buffers["running_var"]
+        inv_std = (1.0 / np.sqrt(var + self.eps)).astype(self.dtype)
+        xhat = (x - mean[:, None, None]) * inv_std[:, None, None]
+        self._cache = (xhat, inv_std, self.training)
+        if not self.affine:
+            return xhat
+        return xhat * self.params["weight"][:, None, None] + self.params["bias"][:, None, None]
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        xhat, inv_std, training = self._require_cache()
+        dy = check_grad(dy, xhat.shape, self.dtype, "BatchNorm2D")
+        axes = (0, 2, 3)
+        if self.affine:
+            self.grads["weight"] = (dy * xhat).sum(axis=axes)
+            self.grads["bias"] = dy.sum(axis=axes)
+            g = dy * self.params["weight"][:, None, None]
+        else:
+            g = dy
+        if not training:
+            return g * inv_std[:, None, None]
+        m = xhat.shape[0] * xhat.shape[2] * xhat.shape[3]
+        g_sum = g.sum(axis=axes)[:, None, None]
+        gx_sum = (g * xhat).sum(axis=axes)[:, None, None]
+        return (inv_std[:, None, None] / m) * (m * g - g_sum - xhat * gx_sum)
+
+
+class Dropout(Layer):
+    """Inverted dropout: in training y = x * mask / (1 - p) with mask ~ Bernoulli(1 - p);
+    in eval y = x. dL/dx = dy * mask / (1 - p).
+
+    The layer owns its generator (``rng``); checkpoints save its state so a resumed run drops
+    the same units as an uninterrupted one.
+    """
+
+    def __init__(self, p: float = 0.5, rng: np.random.Generator | int | None = None) -> None:
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+            raise ConfigError(f"Dropout probability p must be in [0, 1), got {p!r}")
+        self.p = float(p)
+        # Own generator, seeded from the global one when not given, so that drawing masks
+        # never perturbs other layers' initialisation sequence.
+        self.rng = (
+            get_rng(rng)
+            if rng is not None
+            else np.random.default_rng(get_rng(None).integers(2**63))
+        )
+
+    def config(self) -> dict[str, Any]:
+        return {"p": self.p}
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(input_shape)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = check_array(x, "Dropout")
+        if not self.training or self.p == 0:
+            self._cache = (None, x.shape, x.dtype)
+            return x
+        keep = self.rng.random(x.shape, dtype=x.dtype) >= self.p
+        scale = np.multiply(keep, x.dtype.type(1 / (1 - self.p)), dtype=x.dtype)
+        self._cache = (scale, x.shape, x.dtype)
+        return x * scale
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        scale, shape, dtype = self._require_cache()
+        dy = check_grad(dy, shape, dtype, "Dropout")
+        return dy if scale is None else dy * scale

@@ -1,0 +1,250 @@
+"""Sequential: a list of layers run in order, with the state-dict and summary of a model."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, DTypeError, ShapeError
+from .layers.base import Layer, layer_from_config, resolve_dtype
+
+
+class Sequential:
+    """Layers applied in order: y = layers[-1](...layers[0](x)).
+
+    ``backward(dy)`` runs the layers' backward passes in reverse, filling every layer's
+    ``grads``, and returns dL/dx (or None with ``input_grad=False``, which lets the first
+    Conv2D/Dense skip that work during training). ``state_dict()`` keys follow
+    torch.nn.Sequential: ``"<index>.<name>"``, e.g. ``"0.weight"``, ``"3.running_mean"``.
+
+    ``input_shape`` (C, H, W) is optional; when given, ``summary()`` needs no argument and
+    ``predict`` knows what size images the model takes.
+    """
+
+    def __init__(
+        self, layers: Iterable[Layer] = (), input_shape: tuple[int, ...] | None = None
+    ) -> None:
+        self.layers: list[Layer] = []
+        for layer in layers:
+            self.add(layer)
+        self.input_shape = tuple(int(d) for d in input_shape) if input_shape else None
+        self.training = True
+
+    def add(self, layer: Layer) -> Sequential:
+        """Append a layer; returns self."""
+        for attr in ("forward", "backward", "params", "grads"):
+            if not hasattr(layer, attr):
+                raise ConfigError(
+                    f"Sequential: {layer!r} is not a layer (it has no {attr!r}); layers "
+                    "subclass scratchcnn.Layer"
+                )
+        self.layers.append(layer)
+        return self
+
+    # --- running ----------------------------------------------------------------------
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    __call__ = forward
+
+    def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """Backpropagate dL/d(output); returns dL/dx, or None when ``input_grad`` is False."""
+        for layer in reversed(self.layers[1:]):
+            dy = layer.backward(dy)
+        if not self.layers:
+            return dy
+        first = self.layers[0]
+        if not input_grad and _accepts_input_grad(first):
+            first.backward(dy, input_grad=False)
+            return None
+        dx = first.backward(dy)
+        return dx if input_grad else None
+
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Outputs in eval mode, in batches. Integer images (uint8) are scaled to [0, 1];
+        other inputs are cast to the model's dtype. Restores the previous mode afterwards."""
+        x = np.asarray(x)
+        if x.dtype.kind in "ui":
+            x = x.astype(self.dtype) / 255
+        elif x.dtype.kind == "f":
+            x = x.astype(self.dtype, copy=False)
+        else:
+            raise DTypeError(f"predict: input must be numeric, got dtype {x.dtype}")
+        if self.input_shape and x.ndim == len(self.input_shape):
+            x = x[None]
+        was_training = self.training
+        self.eval()
+        try:
+            outs = [self.forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        finally:
+            self.train(was_training)
+        return np.concatenate(outs)
+
+    def train(self, mode: bool = True) -> Sequential:
+        self.training = bool(mode)
+        for layer in self.layers:
+            layer.train(mode)
+        return self
+
+    def eval(self) -> Sequential:
+        return self.train(False)
+
+    # --- parameters and state ---------------------------------------------------------
+    def named_parameters(self) -> Iterator[tuple[str, Layer, str]]:
+        """(key, layer, name) for each trainable tensor; key is ``"<index>.<name>"``."""
+        for i, layer in enumerate(self.layers):
+            for name in layer.params:
+                yield f"{i}.{name}", layer, name
+
+    def parameters(self) -> list[np.ndarray]:
+        return [layer.params[name] for _, layer, name in self.named_parameters()]
+
+    def gradients(self) -> list[np.ndarray]:
+        return [layer.grads[name] for _, layer, name in self.named_parameters()]
+
+    def num_params(self) -> int:
+        return int(sum(p.size for p in self.parameters()))
+
+    def zero_grad(self) -> None:
+        for layer in self.layers:
+            layer.zero_grad()
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The float type of the first layer that has one (float32 if none has)."""
+        for layer in self.layers:
+            if hasattr(layer, "dtype"):
+                return np.dtype(layer.dtype)
+        return np.dtype(np.float32)
+
+    def astype(self, dtype: Any) -> Sequential:
+        """Convert every layer's parameters and buffers to ``dtype`` in place; returns self."""
+        resolve_dtype(dtype)
+        for layer in self.layers:
+            layer.astype(dtype)
+        return self
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of every parameter and buffer, keyed like torch.nn.Sequential."""
+        return {
+            f"{i}.{name}": np.array(arr, copy=True)
+            for i, layer in enumerate(self.layers)
+            for name, arr in layer.named_tensors()
+        }
+
+    def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> None:
+        """Copy arrays into the model. With ``strict`` every key must match; the error lists
+        missing, unexpected and mis-shaped keys together. Values are cast to each tensor's
+        dtype only between float types (no float into int buffers)."""
+        targets: dict[str, tuple[dict[str, np.ndarray], str]] = {}
+        for i, layer in enumerate(self.layers):
+            for store in (layer.params, layer.buffers):
+                for name in store:
+                    targets[f"{i}.{name}"] = (store, name)
+        missing = [k for k in targets if k not in state]
+        unexpected = [k for k in state if k not in targets]
+        misshaped = []
+        for key, (store, name) in targets.items():
+            if key in state and np.shape(state[key]) != store[name].shape:
+                misshaped.append(
+                    f"{key}: checkpoint {tuple(np.shape(state[key]))} vs model {store[name].shape}"
+                )
+        problems = []
+        if missing and strict:
+            problems.append("missing keys: " + ", ".join(missing))
+        if unexpected and strict:
+            problems.append("unexpected keys: " + ", ".join(unexpected))
+        if misshaped:
+            problems.append("mis-shaped: " + "; ".join(misshaped))
+        if problems:
+            raise ShapeError("load_state_dict: " + " | ".join(problems))
+        for key, (store, name) in targets.items():
+            if key not in state:
+                continue
+            value = np.asarray(state[key])
+            if value.dtype.kind not in "fiub":
+                raise DTypeError(f"load_state_dict: {key} has non-numeric dtype {value.dtype}")
+            if store[name].dtype.kind == "f" and not np.all(np.isfinite(value)):
+                raise ShapeError(f"load_state_dict: {key} contains NaN or inf")
+            store[name][...] = value.astype(store[name].dtype, copy=False)
+
+    # --- description ------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """The architecture as plain JSON data; ``Sequential.from_config`` rebuilds it."""
+        return {
+            "layers": [{"type": type(la).__name__, "config": la.config()} for la in self.layers],
+            "input_shape": list(self.input_shape) if self.input_shape else None,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Sequential:
+        if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
+            raise ConfigError("a model config must be a dict with a 'layers' list")
+        return cls(
+            [layer_from_config(spec) for spec in config["layers"]],
+            input_shape=config.get("input_shape"),
+        )
+
+    def output_shapes(self, input_shape: tuple[int, ...] | None = None) -> list[tuple[int, ...]]:
+        """Output shape after each layer for a batch of one of ``input_shape`` (C, H, W)."""
+        shape_in = input_shape or self.input_shape
+        if shape_in is None:
+            raise ConfigError("give input_shape, e.g. summary((1, 28, 28))")
+        shape = (1, *tuple(shape_in))
+        shapes = []
+        for i, layer in enumerate(self.layers):
+            try:
+                shape = tuple(layer.output_shape(shape))
+            except ShapeError as exc:
+                raise ShapeError(f"layer {i} ({layer!r}) cannot take input {shape}: {exc}") from exc
+            shapes.append(shape)
+        return shapes
+
+    def summary(self, input_shape: tuple[int, ...] | None = None) -> str:
+        """A table: layer, output shape (batch shown as N), parameter count, and the totals."""
+        shapes = self.output_shapes(input_shape)
+        rows = [("#", "layer", "output shape", "params")]
+        for i, (layer, shape) in enumerate(zip(self.layers, shapes, strict=True)):
+            out = "(N, " + ", ".join(str(d) for d in shape[1:]) + ")"
+            rows.append((str(i), repr(layer), out, f"{layer.num_params():,}"))
+        widths = [max(len(r[c]) for r in rows) for c in range(4)]
+        line = "-" * (sum(widths) + 6)
+
+        def fmt(r: tuple[str, ...]) -> str:
+            w = widths
+            return f"{r[0]:>{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:>{w[3]}}"
+
+        text = [fmt(rows[0]), line, *(fmt(r) for r in rows[1:]), line]
+        shape_in = input_shape or self.input_shape
+        text.append(f"input (N, {', '.join(str(d) for d in shape_in)}), dtype {self.dtype.name}")
+        text.append(f"total parameters: {self.num_params():,}")
+        return "\n".join(text)
+
+    # --- container protocol -----------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, i: int) -> Layer:
+        return self.layers[i]
+
+    def __iter__(self) -> Iterator[Layer]:
+        return iter(self.layers)
+
+    def __repr__(self) -> str:
+        inner = "".join(f"\n  ({i}): {la!r}" for i, la in enumerate(self.layers))
+        return f"Sequential({inner}\n)"
+
+
+def _accepts_input_grad(layer: Any) -> bool:
+    """True if ``layer.backward`` takes ``input_grad`` (built-ins that can skip dL/dx)."""
+    if getattr(layer, "supports_input_grad_skip", False):
+        return True
+    try:
+        return "input_grad" in inspect.signature(layer.backward).parameters
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,184 @@
+"""The one sliding-window helper, shared by convolution and pooling.
+
+A window operation with kernel (KH, KW), stride (SH, SW) and padding
+((PT, PB), (PL, PR)) reads, for every output cell (i, j), the patch
+
+    xpad[..., i*SH + u, ..., j*SW + v, ...]      for u < KH, v < KW,
+
+and its output size is OH = (H + PT + PB - KH) // SH + 1 (likewise OW).
+
+Everything here is a strided view or one vectorised pass; nothing loops over pixels,
+channels or batch items.
+
+* ``sliding_windows`` views one axis as (window offset, window position): the 1-D im2col.
+  ``fold`` is its adjoint (it sums window gradients back onto the positions they were read
+  from), with one vectorised add per kernel offset.
+* ``row_blocks`` stacks KH consecutive rows of an array into one matrix per output row,
+  without copying: Conv2D gathers windows along W only (a KW-fold copy instead of the
+  KH*KW-fold copy of a full im2col) and lets this view supply the H direction.
+* ``window_views`` yields, for each 2-D kernel offset, the strided view that holds that
+  offset of every window: pooling reduces over these KH*KW views.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from .errors import ConfigError, ShapeError
+
+Pair = tuple[int, int]
+Padding = tuple[Pair, Pair]  # ((top, bottom), (left, right))
+
+
+def as_pair(value: int | tuple[int, int], name: str, minimum: int) -> Pair:
+    """Return ``(value, value)`` for an int, or the validated pair; ``minimum`` bounds both."""
+    if isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if isinstance(value, (int, np.integer)):
+        pair = (int(value), int(value))
+    elif (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
+    ):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise ConfigError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if min(pair) < minimum:
+        kind = "positive" if minimum == 1 else "non-negative"
+        raise ConfigError(f"{name} must be {kind}, got {value!r}")
+    return pair
+
+
+def output_size(size: int, kernel: int, stride: int, pad: Pair) -> int:
+    """Number of window positions along one axis: (size + pad - kernel) // stride + 1."""
+    return (size + pad[0] + pad[1] - kernel) // stride + 1
+
+
+def window_output_shape(
+    hw: tuple[int, int], kernel: Pair, stride: Pair, padding: Padding, who: str
+) -> tuple[int, int]:
+    """(OH, OW) for an input of spatial size ``hw``; a clear error if the kernel does not fit."""
+    h, w = hw
+    hp, wp = h + sum(padding[0]), w + sum(padding[1])
+    if kernel[0] > hp or kernel[1] > wp:
+        raise ShapeError(
+            f"{who}: kernel {kernel[0]}x{kernel[1]} is larger than the padded input "
+            f"{hp}x{wp} (input {h}x{w}, padding {padding[0]}, {padding[1]})"
+        )
+    return (
+        output_size(h, kernel[0], stride[0], padding[0]),
+        output_size(w, kernel[1], stride[1], padding[1]),
+    )
+
+
+def _index(ndim: int, items: dict[int, slice | int]) -> tuple:
+    return tuple(items.get(a, slice(None)) for a in range(ndim))
+
+
+def pad2d(
+    x: np.ndarray,
+    padding: Padding,
+    value: float = 0.0,
+    axes: tuple[int, int] = (2, 3),
+    copy: bool = False,
+) -> np.ndarray:
+    """Pad the two spatial ``axes`` (H, W) with ``value``.
+
+    The result is C-contiguous (one copy, which also lays out a transposed view) unless there
+    is no padding and ``copy`` is False, in which case ``x`` itself is returned.
+    """
+    (pt, pb), (pl, pr) = padding
+    if pt == pb == pl == pr == 0 and not copy:
+        return x
+    ah, aw = axes
+    shape = list(x.shape)
+    h, w = shape[ah], shape[aw]
+    shape[ah] += pt + pb
+    shape[aw] += pl + pr
+    out = np.empty(shape, dtype=x.dtype)
+    nd = x.ndim
+    # Fill only the border; the interior is written once by the copy below.
+    rows, cols = slice(pt, pt + h), slice(pl, pl + w)
+    for region in (
+        {ah: slice(0, pt)},
+        {ah: slice(pt + h, None)},
+        {ah: rows, aw: slice(0, pl)},
+        {ah: rows, aw: slice(pl + w, None)},
+    ):
+        out[_index(nd, region)] = value
+    out[_index(nd, {ah: rows, aw: cols})] = x
+    return out
+
+
+def sliding_windows(
+    xp: np.ndarray, kernel: int, stride: int, axis: int, writeable: bool = False
+) -> np.ndarray:
+    """View of ``xp`` (already padded) with ``axis`` (length L) replaced by two axes
+    (kernel, out): view[..., v, j, ...] = xp[..., j*stride + v, ...], where
+    out = (L - kernel) // stride + 1. No data is copied."""
+    size, step = xp.shape[axis], xp.strides[axis]
+    out = (size - kernel) // stride + 1
+    return as_strided(
+        xp,
+        shape=(*xp.shape[:axis], kernel, out, *xp.shape[axis + 1 :]),
+        strides=(*xp.strides[:axis], step, step * stride, *xp.strides[axis + 1 :]),
+        writeable=writeable,
+    )
+
+
+def fold(cols: np.ndarray, size: int, stride: int, axis: int) -> np.ndarray:
+    """Adjoint of :func:`sliding_windows`: ``cols`` has (kernel, out) at ``axis``, ``axis+1``;
+    returns the array with those two axes replaced by one of length ``size`` where
+    result[..., j*stride + v, ...] = sum of cols[..., v, j, ...] over every (v, j) that reads it.
+    """
+    kernel, out = cols.shape[axis], cols.shape[axis + 1]
+    shape = (*cols.shape[:axis], size, *cols.shape[axis + 2 :])
+    nd = len(shape)
+    if kernel <= stride:
+        # Windows do not overlap: every position receives at most one value, so a single
+        # strided assignment replaces the accumulation (positions no window reads stay 0).
+        tiled = kernel == stride and kernel * out == size
+        result = np.empty(shape, dtype=cols.dtype) if tiled else np.zeros(shape, dtype=cols.dtype)
+        sliding_windows(result, kernel, stride, axis, writeable=True)[...] = cols
+        return result
+    result = np.zeros(shape, dtype=cols.dtype)
+    for v in range(kernel):
+        # One vectorised add per kernel offset.
+        result[_index(nd, {axis: slice(v, v + stride * out, stride)})] += cols[
+            _index(cols.ndim, {axis: v})
+        ]
+    return result
+
+
+def row_blocks(r: np.ndarray, kernel: int, stride: int, out: int) -> np.ndarray:
+    """View a contiguous (H, M, L) array as (out, kernel*M, L): block i is rows
+    i*stride .. i*stride + kernel - 1 of ``r`` stacked, i.e. block[i, u*M + m] = r[i*stride + u, m].
+    Consecutive rows of a contiguous array are adjacent in memory, so this is a plain
+    strided view (no copy), with the same row stride inside every block."""
+    if not r.flags.c_contiguous or r.ndim != 3:
+        raise ValueError("row_blocks needs a C-contiguous 3-D array")
+    s_row, s_m, s_l = r.strides
+    return as_strided(
+        r, shape=(out, kernel * r.shape[1], r.shape[2]), strides=(s_row * stride, s_m, s_l)
+    )
+
+
+def window_views(
+    xp: np.ndarray,
+    kernel: Pair,
+    stride: Pair,
+    out_hw: tuple[int, int],
+    axes: tuple[int, int] = (2, 3),
+) -> Iterator[tuple[int, np.ndarray]]:
+    """For each kernel offset (u, v), in row-major order k = u*KW + v, yield ``(k, view)``
+    where view[..., i, j, ...] = xp[..., i*SH + u, j*SW + v, ...] (spatial shape OH x OW)."""
+    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
+    ah, aw = axes
+    for u in range(kh):
+        for v in range(kw):
+            rows, cols = slice(u, u + sh * oh, sh), slice(v, v + sw * ow, sw)
+            yield u * kw + v, xp[_index(xp.ndim, {ah: rows, aw: cols})]

@@ -1,0 +1,218 @@
+"""Every layer and loss against PyTorch autograd: forward and every gradient.
+
+float64 must agree to 1e-7 and float32 to 1e-4, relative to the tensor's scale
+(max |a - b| <= rel * max |b|). Dropout is not here: torch draws its own masks; its
+gradients are checked by finite differences instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import scratchcnn as sc
+from tests.conftest import distinct, noncontiguous
+
+REL = {np.float64: 1e-7, np.float32: 1e-4}
+DTYPES = [np.float64, np.float32]
+
+
+def assert_close(ours: np.ndarray, theirs: torch.Tensor, dtype, what: str) -> None:
+    theirs = theirs.detach().numpy()
+    assert ours.shape == theirs.shape, f"{what}: shape {ours.shape} vs torch {theirs.shape}"
+    assert ours.dtype == dtype, f"{what}: dtype {ours.dtype}, expected {np.dtype(dtype)}"
+    scale = max(float(np.abs(theirs).max(initial=0.0)), 1e-30)
+    err = float(np.abs(ours.astype(np.float64) - theirs).max(initial=0.0))
+    assert err <= REL[dtype] * scale, f"{what}: max error {err:.3e} vs scale {scale:.3e}"
+
+
+def run_both(layer, torch_fn, x: np.ndarray, dtype, torch_params=(), dy=None):
+    """Forward + backward in both; returns (ours dx, torch x tensor) after comparing y."""
+    xt = torch.tensor(np.ascontiguousarray(x), requires_grad=True)
+    yt = torch_fn(xt)
+    y = layer.forward(x)
+    assert_close(y, yt, dtype, "forward")
+    if dy is None:
+        dy = np.random.default_rng(7).standard_normal(y.shape).astype(dtype)
+    yt.backward(torch.tensor(np.ascontiguousarray(dy)))
+    dx = layer.backward(dy)
+    assert_close(dx, xt.grad, dtype, "dL/dx")
+    for name, tp in torch_params:
+        assert_close(layer.grads[name], tp.grad, dtype, f"dL/d{name}")
+    return dx
+
+
+def tparam(a: np.ndarray) -> torch.Tensor:
+    return torch.tensor(a.copy(), requires_grad=True)
+
+
+CONV_GRID = [
+    # in, out, kernel, stride, padding, (H, W), N
+    (1, 6, 5, 1, 2, (28, 28), 3),
+    (6, 16, 5, 1, 0, (14, 14), 2),
+    (3, 4, 3, 2, 1, (9, 7), 2),
+    (2, 3, (2, 4), (3, 1), (0, 2), (8, 9), 1),
+    (4, 2, 1, 1, 0, (5, 5), 2),
+    (2, 2, 3, 3, 0, (10, 11), 1),
+    (1, 2, 4, 2, 1, (7, 7), 2),
+    (2, 3, 3, 1, "same", (6, 5), 2),
+    (2, 3, 4, 1, "same", (6, 5), 2),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cin,cout,k,s,p,hw,n", CONV_GRID)
+def test_conv2d(cin, cout, k, s, p, hw, n, dtype, rng):
+    conv = sc.Conv2D(cin, cout, k, stride=s, padding=p, dtype=dtype, rng=rng)
+    w, b = tparam(conv.params["weight"]), tparam(conv.params["bias"])
+    x = rng.standard_normal((n, cin, *hw)).astype(dtype)
+    run_both(
+        conv,
+        lambda t: F.conv2d(t, w, b, stride=s, padding=p),
+        noncontiguous(x),
+        dtype,
+        [("weight", w), ("bias", b)],
+    )
+
+
+POOL_GRID = [
+    (2, None, 0, (28, 28)),
+    (2, 1, 0, (3, 3)),
+    (3, 2, 1, (9, 8)),
+    ((2, 3), (1, 2), (1, 1), (6, 7)),
+    (3, 3, 0, (10, 10)),
+    (2, 3, 0, (7, 7)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,s,p,hw", POOL_GRID)
+def test_maxpool2d(k, s, p, hw, dtype, rng):
+    x = distinct((2, 3, *hw), rng, dtype)
+    run_both(
+        sc.MaxPool2D(k, stride=s, padding=p),
+        lambda t: F.max_pool2d(t, k, stride=s, padding=p),
+        x,
+        dtype,
+    )
+
+
+@pytest.mark.parametrize("k,s", [(2, 2), (2, 1), (3, 2)])
+def test_maxpool2d_ties_match_torch(k, s, rng):
+    # Heavily tied input (values from {0, 1}), overlapping windows: the gradient routing
+    # must be identical to torch's, position by position.
+    x = rng.integers(0, 2, (2, 2, 7, 7)).astype(np.float64)
+    run_both(sc.MaxPool2D(k, stride=s), lambda t: F.max_pool2d(t, k, stride=s), x, np.float64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,s,p,hw", POOL_GRID)
+def test_avgpool2d(k, s, p, hw, dtype, rng):
+    x = rng.standard_normal((2, 3, *hw)).astype(dtype)
+    run_both(
+        sc.AvgPool2D(k, stride=s, padding=p),
+        lambda t: F.avg_pool2d(t, k, stride=s, padding=p),
+        x,
+        dtype,
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense(dtype, rng):
+    layer = sc.Dense(13, 7, dtype=dtype, rng=rng)
+    w, b = tparam(layer.params["weight"]), tparam(layer.params["bias"])
+    x = rng.standard_normal((5, 13)).astype(dtype)
+    run_both(
+        layer, lambda t: F.linear(t, w, b), noncontiguous(x), dtype, [("weight", w), ("bias", b)]
+    )
+
+
+ACTS = [
+    (sc.ReLU, F.relu),
+    (lambda: sc.LeakyReLU(0.05), lambda t: F.leaky_relu(t, 0.05)),
+    (sc.Sigmoid, torch.sigmoid),
+    (sc.Tanh, torch.tanh),
+    (sc.Softmax, lambda t: F.softmax(t, dim=1)),
+    (sc.Flatten, lambda t: torch.flatten(t, 1)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("ours,theirs", ACTS)
+def test_elementwise(ours, theirs, dtype, rng):
+    x = (rng.standard_normal((3, 4, 5, 2)) * 3).astype(dtype)
+    x[0, 0, 0, 0] = 0.0  # ReLU'(0) = 0 in both
+    run_both(ours(), theirs, x, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm2d(training, dtype, rng):
+    bn = sc.BatchNorm2D(3, momentum=0.2, dtype=dtype)
+    tbn = torch.nn.BatchNorm2d(3, momentum=0.2).to(
+        torch.float64 if dtype == np.float64 else torch.float32
+    )
+    gamma = rng.uniform(0.5, 2, 3).astype(dtype)
+    beta = rng.standard_normal(3).astype(dtype)
+    rm, rv = rng.standard_normal(3).astype(dtype), rng.uniform(0.5, 2, 3).astype(dtype)
+    bn.params["weight"][:], bn.params["bias"][:] = gamma, beta
+    bn.buffers["running_mean"][:], bn.buffers["running_var"][:] = rm, rv
+    with torch.no_grad():
+        tbn.weight.copy_(torch.tensor(gamma))
+        tbn.bias.copy_(torch.tensor(beta))
+        tbn.running_mean.copy_(torch.tensor(rm))
+        tbn.running_var.copy_(torch.tensor(rv))
+    bn.train(training)
+    tbn.train(training)
+    x = (rng.standard_normal((4, 3, 5, 6)) * 2 + 1).astype(dtype)
+    run_both(bn, tbn, x, dtype, [("weight", tbn.weight), ("bias", tbn.bias)])
+    assert_close(bn.buffers["running_mean"], tbn.running_mean, dtype, "running_mean")
+    assert_close(bn.buffers["running_var"], tbn.running_var, dtype, "running_var")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy(dtype, rng):
+    z = (rng.standard_normal((6, 10)) * 5).astype(dtype)
+    y = rng.integers(0, 10, 6)
+    zt = torch.tensor(z, requires_grad=True)
+    lt = F.cross_entropy(zt, torch.tensor(y))
+    lt.backward()
+    fn = sc.CrossEntropyLoss()
+    assert fn.forward(z, y) == pytest.approx(lt.item(), rel=REL[dtype])
+    assert_close(fn.backward(), zt.grad, dtype, "dL/dlogits")
+
+
+def test_cross_entropy_sum_reduction(rng):
+    z = rng.standard_normal((4, 3))
+    y = rng.integers(0, 3, 4)
+    zt = torch.tensor(z, requires_grad=True)
+    F.cross_entropy(zt, torch.tensor(y), reduction="sum").backward()
+    fn = sc.CrossEntropyLoss(reduction="sum")
+    fn.forward(z, y)
+    assert_close(fn.backward(), zt.grad, np.float64, "sum-reduced dL/dlogits")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bce_with_logits(dtype, rng):
+    z = (rng.standard_normal((8, 1)) * 10).astype(dtype)
+    t = rng.integers(0, 2, (8, 1)).astype(dtype)
+    zt = torch.tensor(z, requires_grad=True)
+    lt = F.binary_cross_entropy_with_logits(zt, torch.tensor(t))
+    lt.backward()
+    fn = sc.BCEWithLogitsLoss()
+    assert fn.forward(z, t) == pytest.approx(lt.item(), rel=REL[dtype])
+    assert_close(fn.backward(), zt.grad, dtype, "dL/dlogits")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_mse(dtype, rng):
+    p = rng.standard_normal((5, 3)).astype(dtype)
+    t = rng.standard_normal((5, 3)).astype(dtype)
+    pt = torch.tensor(p, requires_grad=True)
+    lt = F.mse_loss(pt, torch.tensor(t))
+    lt.backward()
+    fn = sc.MSELoss()
+    assert fn.forward(p, t) == pytest.approx(lt.item(), rel=REL[dtype])
+    assert_close(fn.backward(), pt.grad, dtype, "dL/doutput")
