@@ -1,0 +1,434 @@
+"""The ``scratchcnn`` command line: train, evaluate, predict, info, explain, filters, plot.
+
+A user error (bad argument, missing or malformed file, diverged training) prints one line
+``scratchcnn: error: ...`` on stderr and exits with status 2; anything else is a bug and
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .data import DATASETS, load_dataset
+from .errors import ConfigError, DataError, ScratchCNNError
+from .io import atomic_write_bytes, load_checkpoint
+from .models import MODELS, build_model
+from .train import (
+    CHECKPOINT_NAME,
+    EpochMetrics,
+    evaluate,
+    fit,
+    make_optimizer,
+    make_scheduler,
+)
+
+RUN_CONFIG = "run.json"
+
+#: Defaults of ``scratchcnn train``: LeNet-5 on the embedded MNIST subset, tuned to reach
+#: >= 96 % test accuracy in well under a minute on 2 cores.
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "model": "lenet5",
+    "dataset": "mnist-5k",
+    "epochs": 12,
+    "batch_size": 32,
+    "optimizer": "sgd",
+    "lr": 0.05,
+    "momentum": 0.9,
+    "weight_decay": 0.0,
+    "schedule": "cosine",
+    "clip": None,
+    "seed": 0,
+    "dtype": "float32",
+    "limit": None,
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (plus exit 2), not the whole usage text."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not np.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="scratchcnn",
+        description="Train, evaluate and look inside CNNs written from scratch on NumPy.",
+    )
+    parser.add_argument("--version", action="version", version=f"scratchcnn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    d = TRAIN_DEFAULTS
+    p = sub.add_parser("train", help="train a model and write checkpoint + metrics")
+    p.add_argument("--model", choices=sorted(MODELS), help=f"network (default {d['model']})")
+    p.add_argument("--dataset", choices=DATASETS, help=f"data set (default {d['dataset']})")
+    p.add_argument("--data-dir", type=Path, help="folder with IDX files you already have")
+    p.add_argument("--epochs", type=_positive_int, help=f"default {d['epochs']}")
+    p.add_argument("--batch-size", type=_positive_int, help=f"default {d['batch_size']}")
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="default sgd")
+    p.add_argument("--lr", type=_float, help=f"learning rate (default {d['lr']})")
+    p.add_argument("--momentum", type=_float, help=f"SGD momentum (default {d['momentum']})")
+    p.add_argument("--weight-decay", type=_float, help="default 0")
+    p.add_argument("--schedule", choices=["none", "step", "cosine"], help="default cosine")
+    p.add_argument("--clip", type=_float, help="clip the global gradient norm to this value")
+    p.add_argument("--seed", type=int, help="seed for weights and shuffling (default 0)")
+    p.add_argument("--dtype", choices=["float32", "float64"], help="default float32")
+    p.add_argument("--limit", type=_positive_int, help="train on the first N images only")
+    p.add_argument("--out", type=Path, help="output folder (default runs/MODEL-DATASET)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    p.add_argument("--plot", action="store_true", help="write the run's pictures at the end")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="accuracy and loss of a checkpoint on a data set")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--dataset", choices=DATASETS, help="default: the one it was trained on")
+    p.add_argument("--data-dir", type=Path)
+    p.add_argument("--split", choices=["train", "test"], default="test")
+    p.add_argument("--json", action="store_true", help='print {"accuracy", "loss", "n"}')
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify image files (PNG/JPEG, any size)")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
+    inv = p.add_mutually_exclusive_group()
+    inv.add_argument(
+        "--invert",
+        dest="invert",
+        action="store_const",
+        const=True,
+        help="always invert (dark digit on light paper)",
+    )
+    inv.add_argument(
+        "--no-invert", dest="invert", action="store_const", const=False, help="never invert"
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per image")
+    p.set_defaults(func=cmd_predict, invert=None)
+
+    p = sub.add_parser("info", help="a checkpoint's model summary and training record")
+    p.add_argument("checkpoint", type=Path)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("explain", help="the cross-vs-rectangle forward/backward walkthrough")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("."), help="folder for explain.png")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("filters", help="Sobel edge filters over a photograph")
+    p.add_argument("image", type=Path, nargs="?", help="default: a photo shipped with matplotlib")
+    p.add_argument("--out", type=Path, default=Path("."), help="folder for sobel.png")
+    p.set_defaults(func=cmd_filters)
+
+    p = sub.add_parser("plot", help="curves, confusion matrix, filters ... of a training run")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--data-dir", type=Path)
+    p.set_defaults(func=cmd_plot)
+    return parser
+
+
+def _say(*parts: Any) -> None:
+    print(*parts, flush=True)
+
+
+# --- train --------------------------------------------------------------------------------
+def _resolve_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
+    """Merge defaults, a resumed run's saved settings and the explicit arguments."""
+    explicit = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k) is not None}
+    if args.data_dir is not None:
+        explicit["data_dir"] = str(args.data_dir)
+    out = args.out
+    if out is None:
+        name = f"{explicit.get('model', TRAIN_DEFAULTS['model'])}-"
+        name += explicit.get("dataset", TRAIN_DEFAULTS["dataset"])
+        out = Path("runs") / name
+        if not args.resume and (out / CHECKPOINT_NAME).exists() and not args.overwrite:
+            n = 2
+            while (Path("runs") / f"{name}-{n}" / CHECKPOINT_NAME).exists():
+                n += 1
+            out = Path("runs") / f"{name}-{n}"
+    run = {**TRAIN_DEFAULTS, "data_dir": None}
+    if args.resume and (out / RUN_CONFIG).exists():
+        try:
+            saved = json.loads((out / RUN_CONFIG).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise DataError(f"{out / RUN_CONFIG}: cannot read the run's settings ({exc})") from exc
+        changed = [k for k, v in explicit.items() if k != "epochs" and saved.get(k) != v]
+        if changed:
+            raise ConfigError(
+                f"--resume continues the run saved in {out}; it cannot change "
+                f"{', '.join('--' + k.replace('_', '-') for k in changed)} (only --epochs)"
+            )
+        run.update(saved)
+    elif (out / CHECKPOINT_NAME).exists() and not args.resume and not args.overwrite:
+        raise ConfigError(
+            f"{out} already holds a run ({CHECKPOINT_NAME}); pass --resume to continue it, "
+            "--overwrite to replace it, or choose another --out"
+        )
+    run.update(explicit)
+    return run, out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    run, out = _resolve_run(args)
+    dtype = np.dtype(run["dtype"])
+    train = load_dataset(run["dataset"], "train", data_dir=run["data_dir"], seed=run["seed"])
+    test = load_dataset(run["dataset"], "test", data_dir=run["data_dir"], seed=run["seed"])
+    if run["limit"]:
+        train = train[: run["limit"]]
+    model = build_model(run["model"], dtype=dtype, seed=run["seed"])
+    _check_fits(model, train, run)
+    opt = make_optimizer(
+        run["optimizer"], model, run["lr"], run["momentum"], run["weight_decay"], run["clip"]
+    )
+    sched = make_scheduler(run["schedule"], opt, run["epochs"])
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(run, indent=2) + "\n"
+    atomic_write_bytes(out / RUN_CONFIG, lambda fh: fh.write(text.encode()))
+    quiet = args.quiet
+    if args.resume and (out / CHECKPOINT_NAME).exists() and not quiet:
+        done = load_checkpoint(out / CHECKPOINT_NAME).epoch
+        _say(f"resuming the run in {out} after epoch {done}")
+    elif args.resume and not quiet:
+        _say(f"no checkpoint in {out} yet; starting the run from the beginning")
+    if not quiet:
+        _say(
+            f"training {run['model']} on {run['dataset']} ({len(train):,} train / "
+            f"{len(test):,} test images) for {run['epochs']} epochs, batch {run['batch_size']}, "
+            f"{run['optimizer']} lr {run['lr']:g}; writing to {out}"
+        )
+
+    def report(m: EpochMetrics) -> None:
+        if not quiet:
+            _say(
+                f"epoch {m.epoch:>3}/{run['epochs']}  train loss {m.train_loss:.4f} "
+                f"acc {m.train_accuracy:6.2%}  test loss {m.test_loss:.4f} "
+                f"acc {m.test_accuracy:6.2%}  {m.seconds:5.1f}s"
+            )
+
+    history = fit(
+        model,
+        train,
+        test_data=test,
+        epochs=run["epochs"],
+        batch_size=run["batch_size"],
+        optimizer=opt,
+        scheduler=sched,
+        seed=run["seed"],
+        out_dir=out,
+        resume=args.resume,
+        progress=False if quiet else None,
+        on_epoch_end=report,
+        extra={"run": run, "classes": list(train.classes)},
+    )
+    if history.resumed_from_epoch >= run["epochs"] and not quiet:
+        _say(f"the run in {out} already finished {run['epochs']} epochs; raise --epochs to go on")
+    last = history.last if history.epochs else None
+    if last is not None:
+        _say(
+            f"test accuracy {last.test_accuracy:.2%} (loss {last.test_loss:.4f}) after "
+            f"{last.epoch} epochs"
+        )
+    _say(f"checkpoint: {history.checkpoint}")
+    _say(f"metrics:    {history.metrics_file}")
+    if args.plot:
+        from .viz import plot_run
+
+        for path in plot_run(out, data_dir=run["data_dir"]):
+            _say(f"picture:    {path}")
+    return 0
+
+
+def _check_fits(model: Any, data: Any, run: dict[str, Any]) -> None:
+    expected = model.input_shape
+    if expected is not None and tuple(expected) != data.input_shape:
+        raise ConfigError(
+            f"model {run['model']} takes images {tuple(expected)} but {run['dataset']} has "
+            f"{data.input_shape}; pick a matching --model"
+        )
+    out = model.output_shapes()[-1][-1]
+    if out != data.num_classes and not (out == 1 and data.num_classes == 2):
+        raise ConfigError(
+            f"model {run['model']} has {out} outputs but {run['dataset']} has "
+            f"{data.num_classes} classes; pick a matching --model"
+        )
+
+
+# --- evaluate / predict / info -----------------------------------------------------------
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    ckpt = load_checkpoint(args.checkpoint)
+    run = ckpt.extra.get("run", {})
+    name = args.dataset or run.get("dataset")
+    if name is None:
+        raise ConfigError(f"{args.checkpoint}: does not record its data set; pass --dataset")
+    data_dir = args.data_dir if args.data_dir is not None else run.get("data_dir")
+    data = load_dataset(name, args.split, data_dir=data_dir, seed=run.get("seed", 0))
+    _check_fits(ckpt.model, data, {"model": args.checkpoint.name, "dataset": name})
+    result = evaluate(ckpt.model, data, progress=None if not args.json else False)
+    if args.json:
+        _say(json.dumps({"accuracy": result.accuracy, "loss": result.loss, "n": result.n}))
+        return 0
+    correct = int(np.trace(result.confusion))
+    _say(
+        f"{name} {args.split}: accuracy {result.accuracy:.2%} ({correct:,}/{result.n:,}), "
+        f"loss {result.loss:.4f}"
+    )
+    _say("confusion matrix (rows: true class, columns: predicted):")
+    width = max(4, len(str(result.confusion.max())) + 1)
+    _say(" " * 6 + "".join(f"{j:>{width}}" for j in range(len(data.classes))))
+    for i, row in enumerate(result.confusion):
+        name = data.classes[i] if data.classes[i] != str(i) else ""
+        _say(f"{i:>4}  " + "".join(f"{v:>{width}}" for v in row) + f"   {name}".rstrip())
+    return 0
+
+
+def _load_image(path: Path, shape: tuple[int, int, int], invert: bool | None) -> np.ndarray:
+    """An image file as (C, H, W) float in [0, 1], resized to the model's input."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise DataError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if shape[0] == 1 else "RGB")
+            img = img.resize((shape[2], shape[1]), Image.Resampling.LANCZOS)
+            arr = np.asarray(img, dtype=np.float32) / 255
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"{path}: cannot read it as an image ({exc})") from exc
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    if invert is None:
+        # MNIST digits are light on a dark background; a photo of ink on paper is the
+        # opposite, which the border (mostly background) shows.
+        border = np.concatenate([arr[:, 0], arr[:, -1], arr[:, :, 0], arr[:, :, -1]], axis=None)
+        invert = float(border.mean()) > 0.5
+    return 1.0 - arr if invert else arr
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    ckpt = load_checkpoint(args.checkpoint)
+    model = ckpt.model
+    if model.input_shape is None:
+        raise ConfigError(f"{args.checkpoint}: the model does not record its input shape")
+    classes = ckpt.extra.get("classes") or [str(i) for i in range(model.output_shapes()[-1][-1])]
+    batch = np.stack([_load_image(p, model.input_shape, args.invert) for p in args.images])
+    logits = model.predict(batch.astype(model.dtype))
+    if logits.shape[1] == 1:
+        p1 = 1 / (1 + np.exp(-logits[:, 0].astype(np.float64)))
+        probs = np.stack([1 - p1, p1], axis=1)
+    else:
+        z = logits - logits.max(axis=1, keepdims=True)
+        probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    for path, pr in zip(args.images, probs, strict=True):
+        top = np.argsort(pr)[::-1][:3]
+        if args.json:
+            _say(
+                json.dumps(
+                    {
+                        "image": str(path),
+                        "prediction": classes[top[0]],
+                        "probability": float(pr[top[0]]),
+                        "probabilities": {classes[i]: float(pr[i]) for i in range(len(pr))},
+                    }
+                )
+            )
+        else:
+            others = ", ".join(f"{classes[i]} {pr[i]:.1%}" for i in top[1:])
+            _say(f"{path}: {classes[top[0]]} ({pr[top[0]]:.1%}; then {others})")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    ckpt = load_checkpoint(args.checkpoint)
+    _say(f"checkpoint: {ckpt.path}")
+    _say(ckpt.model.summary())
+    run = ckpt.extra.get("run")
+    if run:
+        _say("trained: " + ", ".join(f"{k}={v}" for k, v in run.items() if v is not None))
+    if ckpt.epoch is not None:
+        _say(f"epoch: {ckpt.epoch}")
+    if ckpt.optimizer_state:
+        st = ckpt.optimizer_state
+        hyper = ", ".join(f"{k}={v}" for k, v in st["hyper"].items())
+        _say(f"optimizer: {st['type']}({hyper}), {st['steps']} steps")
+    history = ckpt.extra.get("history") or []
+    if history:
+        h = history[-1]
+        if h.get("test_accuracy") is not None:
+            _say(f"last test accuracy: {h['test_accuracy']:.2%} (loss {h['test_loss']:.4f})")
+    return 0
+
+
+# --- pictures -------------------------------------------------------------------------------
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .viz import format_walkthrough, plot_walkthrough, run_walkthrough
+
+    w = run_walkthrough(args.seed)
+    _say(format_walkthrough(w))
+    args.out.mkdir(parents=True, exist_ok=True)
+    _say(f"figure: {plot_walkthrough(w, args.out / 'explain.png')}")
+    return 0
+
+
+def cmd_filters(args: argparse.Namespace) -> int:
+    from .viz import sobel_demo
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    for path in sobel_demo(args.image, args.out):
+        _say(f"figure: {path}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .viz import plot_run
+
+    for path in plot_run(args.run_dir, data_dir=args.data_dir):
+        _say(f"figure: {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``scratchcnn`` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ScratchCNNError as exc:
+        print(f"scratchcnn: error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        print(f"scratchcnn: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("scratchcnn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

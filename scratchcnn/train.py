@@ -1,0 +1,348 @@
+"""The training loop: fit, evaluate, metrics, checkpoints and exact resume.
+
+``fit`` trains a ``Sequential`` on a ``Dataset`` for some epochs. With ``out_dir`` it writes,
+at the end of every epoch and atomically,
+
+* ``out_dir/model.npz``: weights, architecture, optimiser, scheduler, data-loader and
+  Dropout RNG states and the history (see ``scratchcnn.io``);
+* ``out_dir/metrics.jsonl``: one JSON object per epoch with ``epoch``, ``train_loss``,
+  ``train_accuracy``, ``test_loss``, ``test_accuracy``, ``seconds`` and ``lr``.
+
+``resume=True`` continues from ``out_dir/model.npz``. Everything that shapes the future
+of a run is in the checkpoint, so with the same seed and the same number of BLAS threads a
+run that was killed and resumed ends with bit-identical weights to one that never stopped.
+
+Models with one output are binary classifiers (``BCEWithLogitsLoss``, prediction
+logit > 0); others use ``CrossEntropyLoss`` with the argmax as prediction.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .data import DataLoader, Dataset
+from .errors import CheckpointError, ConfigError, TrainingDiverged
+from .io import atomic_write_bytes, load_checkpoint, save
+from .losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss
+from .model import Sequential
+from .optim import SGD, Adam, AdamW, CosineAnnealingLR, LRScheduler, Optimizer, StepLR
+
+CHECKPOINT_NAME = "model.npz"
+METRICS_NAME = "metrics.jsonl"
+
+
+@dataclass
+class EpochMetrics:
+    """One line of metrics.jsonl."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    test_loss: float | None
+    test_accuracy: float | None
+    seconds: float
+    lr: float
+
+
+@dataclass
+class EvalResult:
+    """Loss, accuracy and confusion matrix (rows: true class, columns: predicted) on a set."""
+
+    loss: float
+    accuracy: float
+    n: int
+    confusion: np.ndarray
+    predictions: np.ndarray = field(repr=False)
+
+
+@dataclass
+class History:
+    """What ``fit`` returns: the per-epoch metrics and where things were written."""
+
+    epochs: list[EpochMetrics]
+    checkpoint: Path | None
+    metrics_file: Path | None
+    resumed_from_epoch: int = 0
+
+    @property
+    def last(self) -> EpochMetrics:
+        return self.epochs[-1]
+
+
+def is_binary(model: Sequential) -> bool:
+    """True for a one-logit model (a binary classifier)."""
+    if model.input_shape is not None:
+        return model.output_shapes()[-1][-1] == 1
+    outs = [la.out_features for la in model.layers if hasattr(la, "out_features")]
+    return bool(outs) and outs[-1] == 1
+
+
+def default_loss(model: Sequential) -> Loss:
+    return BCEWithLogitsLoss() if is_binary(model) else CrossEntropyLoss()
+
+
+def _targets(loss_fn: Loss, logits: np.ndarray, y: np.ndarray) -> Any:
+    """Labels as the loss wants them: class indices, or 0/1 floats shaped like the logit."""
+    if isinstance(loss_fn, BCEWithLogitsLoss):
+        return y.reshape(logits.shape).astype(logits.dtype)
+    return y
+
+
+def _predict(logits: np.ndarray) -> np.ndarray:
+    if logits.shape[-1] == 1:
+        return (logits[:, 0] > 0).astype(np.int64)
+    return logits.argmax(axis=1)
+
+
+def evaluate(
+    model: Sequential,
+    dataset: Dataset,
+    loss_fn: Loss | None = None,
+    batch_size: int = 512,
+    progress: bool | None = False,
+) -> EvalResult:
+    """Loss, accuracy and confusion matrix of ``model`` on ``dataset`` in eval mode."""
+    loss_fn = loss_fn or default_loss(model)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, dtype=model.dtype)
+    was_training = model.training
+    model.eval()
+    total, preds = 0.0, []
+    try:
+        for x, y in tqdm(loader, desc="evaluate", leave=False, disable=_disable(progress)):
+            logits = model.forward(x)
+            total += loss_fn.forward(logits, _targets(loss_fn, logits, y)) * len(y)
+            preds.append(_predict(logits))
+    finally:
+        model.train(was_training)
+    pred = np.concatenate(preds)
+    k = dataset.num_classes
+    confusion = np.bincount(dataset.labels * k + pred, minlength=k * k).reshape(k, k)
+    n = len(dataset)
+    return EvalResult(
+        loss=total / n,
+        accuracy=float(np.mean(pred == dataset.labels)),
+        n=n,
+        confusion=confusion,
+        predictions=pred,
+    )
+
+
+def make_optimizer(
+    name: str,
+    model: Sequential,
+    lr: float,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    max_grad_norm: float | None = None,
+) -> Optimizer:
+    """``sgd``, ``adam`` or ``adamw`` with the given hyper-parameters."""
+    name = name.lower()
+    if name == "sgd":
+        return SGD(model, lr, momentum, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
+    if name in ("adam", "adamw"):
+        cls = Adam if name == "adam" else AdamW
+        kwargs = {"weight_decay": weight_decay} if weight_decay or name == "adam" else {}
+        return cls(model, lr, max_grad_norm=max_grad_norm, **kwargs)
+    raise ConfigError(f"unknown optimizer {name!r}; choose sgd, adam or adamw")
+
+
+def make_scheduler(
+    name: str | None, optimizer: Optimizer, epochs: int, step_size: int | None = None
+) -> LRScheduler | None:
+    """``none``, ``step`` (x0.1 every ``step_size`` epochs, default a third of the run) or
+    ``cosine`` (to zero over ``epochs``)."""
+    if name in (None, "none", "constant"):
+        return None
+    if name == "step":
+        return StepLR(optimizer, step_size or max(1, epochs // 3), 0.1)
+    if name == "cosine":
+        return CosineAnnealingLR(optimizer, max(1, epochs))
+    raise ConfigError(f"unknown schedule {name!r}; choose none, step or cosine")
+
+
+def _disable(progress: bool | None) -> bool | None:
+    # tqdm's disable=None turns the bar off when stderr is not a terminal.
+    return None if progress is None else not progress
+
+
+def _write_metrics(path: Path, epochs: list[EpochMetrics]) -> None:
+    text = "".join(json.dumps(asdict(m)) + "\n" for m in epochs)
+    atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
+
+
+def fit(
+    model: Sequential,
+    train_data: Dataset,
+    *,
+    test_data: Dataset | None = None,
+    epochs: int = 5,
+    batch_size: int = 64,
+    optimizer: Optimizer | None = None,
+    loss_fn: Loss | None = None,
+    scheduler: LRScheduler | None = None,
+    seed: int = 0,
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+    on_epoch_end: Callable[[EpochMetrics], None] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> History:
+    """Train ``model`` for ``epochs`` epochs of mini-batch steps; see the module docstring.
+
+    optimizer defaults to SGD(lr=0.01); loss_fn to the model's task's loss. ``progress``
+    shows a tqdm bar with running loss and accuracy (None: only on a terminal).
+    ``on_epoch_end`` receives each epoch's metrics (the command line prints them).
+    A NaN or infinite loss stops training with ``TrainingDiverged``; the checkpoint of the
+    last good epoch stays on disk.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ConfigError(f"epochs must be a positive int, got {epochs!r}")
+    optimizer = optimizer or SGD(model, lr=0.01)
+    loss_fn = loss_fn or default_loss(model)
+    loader = DataLoader(
+        train_data, batch_size=batch_size, shuffle=True, seed=seed, dtype=model.dtype
+    )
+    out = Path(out_dir) if out_dir is not None else None
+    ckpt_path = out / CHECKPOINT_NAME if out else None
+    metrics_path = out / METRICS_NAME if out else None
+    history: list[EpochMetrics] = []
+    start = 0
+    if resume:
+        if ckpt_path is None:
+            raise ConfigError("resume needs out_dir (where the checkpoint is)")
+        if ckpt_path.exists():
+            start, history = _restore(ckpt_path, model, optimizer, scheduler, loader)
+            _write_metrics(metrics_path, history)
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+
+    # Overflow in a diverging run is reported once, as TrainingDiverged, not as warnings.
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _epochs(
+            model,
+            loader,
+            test_data,
+            epochs,
+            start,
+            history,
+            optimizer,
+            loss_fn,
+            scheduler,
+            ckpt_path,
+            metrics_path,
+            progress,
+            on_epoch_end,
+            extra,
+        )
+
+
+def _epochs(
+    model: Sequential,
+    loader: DataLoader,
+    test_data: Dataset | None,
+    epochs: int,
+    start: int,
+    history: list[EpochMetrics],
+    optimizer: Optimizer,
+    loss_fn: Loss,
+    scheduler: LRScheduler | None,
+    ckpt_path: Path | None,
+    metrics_path: Path | None,
+    progress: bool | None,
+    on_epoch_end: Callable[[EpochMetrics], None] | None,
+    extra: dict[str, Any] | None,
+) -> History:
+    for epoch in range(start + 1, epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch}/{epochs}",
+            unit="batch",
+            leave=False,
+            disable=_disable(progress),
+        )
+        for step, (x, y) in enumerate(bar, 1):
+            logits = model.forward(x)
+            loss = loss_fn.forward(logits, _targets(loss_fn, logits, y))
+            if not math.isfinite(loss):
+                last = f"epoch {epoch - 1} at {ckpt_path}" if ckpt_path and epoch > 1 else None
+                raise TrainingDiverged(
+                    f"loss became {loss} at epoch {epoch}, step {step} (lr {optimizer.lr:g}); "
+                    + (f"the last good checkpoint is {last}; " if last else "")
+                    + "try a lower learning rate or gradient clipping"
+                )
+            model.backward(loss_fn.backward(), input_grad=False)
+            optimizer.step()
+            loss_sum += loss * len(y)
+            correct += int(np.sum(_predict(logits) == y))
+            seen += len(y)
+            if step % 10 == 0 or step == len(loader):
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
+        bar.close()
+        lr_used = optimizer.lr
+        if scheduler is not None:
+            scheduler.step()
+        test = evaluate(model, test_data, loss_fn) if test_data is not None else None
+        metrics = EpochMetrics(
+            epoch=epoch,
+            train_loss=loss_sum / seen,
+            train_accuracy=correct / seen,
+            test_loss=test.loss if test else None,
+            test_accuracy=test.accuracy if test else None,
+            seconds=time.perf_counter() - t0,
+            lr=lr_used,
+        )
+        history.append(metrics)
+        if ckpt_path is not None:
+            save(
+                model,
+                ckpt_path,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                epoch=epoch,
+                rng={"loader": loader.state_dict()},
+                extra={**(extra or {}), "history": [asdict(m) for m in history]},
+            )
+            _write_metrics(metrics_path, history)
+        if on_epoch_end is not None:
+            on_epoch_end(metrics)
+    return History(history, ckpt_path, metrics_path, resumed_from_epoch=start)
+
+
+def _restore(
+    path: Path,
+    model: Sequential,
+    optimizer: Optimizer,
+    scheduler: LRScheduler | None,
+    loader: DataLoader,
+) -> tuple[int, list[EpochMetrics]]:
+    """Load a checkpoint into the live objects; returns (epoch, history)."""
+    ckpt = load_checkpoint(path)
+    if ckpt.model.config()["layers"] != model.config()["layers"]:
+        raise CheckpointError(
+            f"{path}: the checkpoint's architecture differs from the model being trained; "
+            "use a new --out folder or the same --model"
+        )
+    model.load_state_dict(ckpt.model.state_dict())
+    for i, layer in enumerate(ckpt.model.layers):
+        if hasattr(layer, "rng"):
+            model.layers[i].rng.bit_generator.state = layer.rng.bit_generator.state
+    ckpt.restore_training_state(optimizer, scheduler)
+    if "loader" in ckpt.rng:
+        loader.load_state_dict(ckpt.rng["loader"])
+    history = [EpochMetrics(**m) for m in ckpt.extra.get("history", [])]
+    if not isinstance(ckpt.epoch, int):
+        raise CheckpointError(f"{path}: checkpoint has no epoch number; cannot resume from it")
+    return ckpt.epoch, history

@@ -1,0 +1,229 @@
+"""Dataset validation and the DataLoader: batching, scaling, shuffling, resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from scratchcnn.data import DataLoader, Dataset
+from scratchcnn.errors import CheckpointError, ConfigError, DataError
+
+
+def _ds(n=10, dtype=np.uint8, classes=3, name="toy"):
+    images = (np.arange(n * 2 * 3 * 3) % 256).astype(dtype).reshape(n, 2, 3, 3)
+    if dtype != np.uint8:
+        images = images / 255.0
+        images = images.astype(dtype)
+    labels = np.arange(n) % classes
+    return Dataset(images, labels, tuple(f"c{i}" for i in range(classes)), name)
+
+
+# ---------------------------------------------------------------- Dataset
+
+
+def test_dataset_basics():
+    ds = _ds(10)
+    assert len(ds) == 10 and ds.num_classes == 3 and ds.input_shape == (2, 3, 3)
+    assert ds.labels.dtype == np.int64
+    sub = ds[2:5]
+    assert isinstance(sub, Dataset) and len(sub) == 3
+    assert sub.name == "toy" and sub.classes == ds.classes
+    fancy = ds[np.array([9, 0, 3])]
+    np.testing.assert_array_equal(fancy.labels, [0, 0, 0])
+    np.testing.assert_array_equal(fancy.images[0], ds.images[9])
+    mask = ds[ds.labels == 1]
+    assert len(mask) == 3
+    one = ds[-1]
+    assert len(one) == 1 and one.images.shape == (1, 2, 3, 3)
+    np.testing.assert_array_equal(one.images[0], ds.images[9])
+    with pytest.raises(IndexError):
+        ds[10]
+    assert "n=10" in repr(ds)
+
+
+def test_dataset_validation():
+    img = np.zeros((4, 1, 2, 2), np.uint8)
+    lab = np.zeros(4, np.int64)
+    with pytest.raises(DataError, match=r"4-D \(N, C, H, W\), got shape \(4, 2, 2\)"):
+        Dataset(img[:, 0], lab, ("a",), "x")
+    with pytest.raises(DataError, match=r"labels must be 1-D"):
+        Dataset(img, lab[:, None], ("a",), "x")
+    with pytest.raises(DataError, match=r"labels must be integers, got float64"):
+        Dataset(img, lab.astype(float), ("a",), "x")
+    with pytest.raises(DataError, match=r"dataset 'x': 4 images but 3 labels"):
+        Dataset(img, lab[:3], ("a",), "x")
+    with pytest.raises(DataError, match=r"label 2 at index 1 is out of range \[0, 2\)"):
+        Dataset(img, np.array([0, 2, 1, 5]), ("a", "b"), "x")
+    with pytest.raises(DataError, match=r"label -1 at index 3"):
+        Dataset(img, np.array([0, 0, 0, -1]), ("a", "b"), "x")
+    bad = np.zeros((4, 1, 2, 2), np.float32)
+    bad[2, 0, 1, 1] = np.nan
+    with pytest.raises(DataError, match=r"image 2 contains NaN or inf"):
+        Dataset(bad, lab, ("a",), "x")
+    bad[2, 0, 1, 1] = np.inf
+    with pytest.raises(DataError, match=r"image 2 contains NaN or inf"):
+        Dataset(bad, lab, ("a",), "x")
+    with pytest.raises(DataError, match=r"dataset 'x' is empty"):
+        Dataset(img[:0], lab[:0], ("a",), "x")
+    with pytest.raises(DataError, match=r"uint8 or floating"):
+        Dataset(img.astype(np.int32), lab, ("a",), "x")
+    # float images outside [0, 1] are allowed as long as they are finite
+    Dataset(np.full((4, 1, 2, 2), 3.0, np.float32), lab, ("a",), "x")
+
+
+def test_dataset_is_frozen():
+    ds = _ds(4)
+    with pytest.raises(AttributeError):
+        ds.name = "other"  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------- DataLoader
+
+
+def test_batch_shapes_and_partial_last():
+    ds = _ds(10)
+    loader = DataLoader(ds, batch_size=4, shuffle=False)
+    batches = list(loader)
+    assert len(loader) == 3 == len(batches)
+    assert [b[0].shape for b in batches] == [(4, 2, 3, 3), (4, 2, 3, 3), (2, 2, 3, 3)]
+    assert all(b[1].dtype == np.int64 for b in batches)
+
+
+def test_drop_last():
+    loader = DataLoader(_ds(10), batch_size=4, drop_last=True)
+    batches = list(loader)
+    assert len(loader) == 2 == len(batches)
+    assert all(len(y) == 4 for _, y in batches)
+    assert len(DataLoader(_ds(3), batch_size=4, drop_last=True)) == 0
+    assert list(DataLoader(_ds(3), batch_size=4, drop_last=True)) == []
+    assert len(DataLoader(_ds(8), batch_size=4, drop_last=True)) == 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dtype_and_scaling(dtype):
+    ds = _ds(6)
+    x, _ = next(iter(DataLoader(ds, batch_size=6, shuffle=False, dtype=dtype)))
+    assert x.dtype == dtype
+    np.testing.assert_array_equal(x, ds.images.astype(dtype) / dtype(255))
+    assert x.min() >= 0 and x.max() <= 1
+
+
+def test_float_images_pass_through():
+    ds = _ds(6, dtype=np.float32)
+    x, _ = next(iter(DataLoader(ds, batch_size=6, shuffle=False, dtype=np.float64)))
+    assert x.dtype == np.float64
+    np.testing.assert_array_equal(x, ds.images.astype(np.float64))
+
+
+def test_batches_are_copies():
+    ds = _ds(6, dtype=np.float32)
+    x, _ = next(iter(DataLoader(ds, batch_size=6, shuffle=False)))
+    x[:] = 7
+    assert ds.images.max() < 1
+
+
+def test_no_shuffle_keeps_order():
+    ds = _ds(10)
+    ys = np.concatenate([y for _, y in DataLoader(ds, batch_size=3, shuffle=False)])
+    np.testing.assert_array_equal(ys, ds.labels)
+    xs = np.concatenate([x for x, _ in DataLoader(ds, batch_size=3, shuffle=False)])
+    np.testing.assert_array_equal(xs, ds.images / np.float32(255))
+
+
+def _order(loader):
+    """Sample indices in the order one epoch of ``loader`` yields them."""
+    out = []
+    for x, _ in loader:
+        out.append(x[:, 0, 0, 0])
+    return np.concatenate(out)
+
+
+def test_each_sample_once_per_epoch_and_fresh_permutations():
+    n = 103
+    images = np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1)
+    ds = Dataset(images, np.zeros(n, np.int64), ("a",), "idx")
+    loader = DataLoader(ds, batch_size=10, seed=1)
+    epochs = [_order(loader) for _ in range(3)]
+    for e in epochs:
+        np.testing.assert_array_equal(np.sort(e), np.arange(n))
+    assert not np.array_equal(epochs[0], np.arange(n))
+    assert not np.array_equal(epochs[0], epochs[1])
+    assert not np.array_equal(epochs[1], epochs[2])
+
+
+def test_same_seed_same_batches():
+    ds = _ds(50)
+    la, lb = DataLoader(ds, 7, seed=9), DataLoader(ds, 7, seed=9)
+    a = [(x, y) for _ in range(2) for x, y in la]
+    b = [(x, y) for _ in range(2) for x, y in lb]
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    c = [y for x, y in DataLoader(ds, 7, seed=10)]
+    assert not all(np.array_equal(p[1], q) for p, q in zip(a, c, strict=False))
+
+
+def test_generator_seed_shared():
+    ds = _ds(20)
+    rng = np.random.default_rng(3)
+    loader = DataLoader(ds, 5, seed=rng)
+    assert loader.rng is rng
+    expected = np.random.default_rng(3).permutation(20)
+    got = np.concatenate([y for _, y in loader])
+    np.testing.assert_array_equal(got, ds.labels[expected])
+
+
+def test_permutation_drawn_at_iter_not_first_next():
+    ds = _ds(20)
+    loader = DataLoader(ds, 5, seed=0)
+    before = loader.state_dict()
+    it = iter(loader)
+    assert loader.state_dict() != before
+    del it
+
+
+def test_state_dict_resume_json_round_trip():
+    n = 37
+    images = np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1)
+    ds = Dataset(images, np.zeros(n, np.int64), ("a",), "idx")
+    full = DataLoader(ds, batch_size=8, seed=123)
+    reference = [_order(full) for _ in range(5)]
+
+    first = DataLoader(ds, batch_size=8, seed=123)
+    for _ in range(2):
+        _order(first)
+    saved = json.loads(json.dumps(first.state_dict()))
+    assert saved["bit_generator"] == "PCG64"
+
+    resumed = DataLoader(ds, batch_size=8, seed=999)
+    resumed.load_state_dict(saved)
+    for k in range(2, 5):
+        np.testing.assert_array_equal(_order(resumed), reference[k])
+
+
+def test_load_state_dict_errors():
+    loader = DataLoader(_ds(4), 2)
+    with pytest.raises(CheckpointError, match="bit_generator"):
+        loader.load_state_dict({"x": 1})
+    with pytest.raises(CheckpointError, match="'MT19937'"):
+        loader.load_state_dict({"bit_generator": "MT19937", "state": {}})
+    with pytest.raises(CheckpointError, match="invalid DataLoader state"):
+        loader.load_state_dict({"bit_generator": "PCG64", "state": {"state": 1}})
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.0, True, None])
+def test_bad_batch_size(bad):
+    with pytest.raises(ConfigError) as err:
+        DataLoader(_ds(4), batch_size=bad)
+    assert repr(bad) in str(err.value) and "batch_size" in str(err.value)
+
+
+def test_bad_args():
+    with pytest.raises(ConfigError, match="float type"):
+        DataLoader(_ds(4), dtype=np.int32)
+    with pytest.raises(ConfigError, match="seed"):
+        DataLoader(_ds(4), seed=-1)
+    with pytest.raises(ConfigError, match="Dataset"):
+        DataLoader((np.zeros((2, 1, 1, 1)), np.zeros(2)))  # type: ignore[arg-type]
