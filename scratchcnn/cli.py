@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from .models import MODELS, build_model
 from .train import (
     CHECKPOINT_NAME,
     EpochMetrics,
+    check_data_fits,
+    default_loss,
     evaluate,
     fit,
     make_optimizer,
@@ -67,6 +70,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 def _float(text: str) -> float:
     try:
         value = float(text)
@@ -99,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=_float, help="default 0")
     p.add_argument("--schedule", choices=["none", "step", "cosine"], help="default cosine")
     p.add_argument("--clip", type=_float, help="clip the global gradient norm to this value")
-    p.add_argument("--seed", type=int, help="seed for weights and shuffling (default 0)")
+    p.add_argument("--seed", type=_seed, help="seed for weights and shuffling (default 0)")
     p.add_argument("--dtype", choices=["float32", "float64"], help="default float32")
     p.add_argument("--limit", type=_positive_int, help="train on the first N images only")
     p.add_argument("--out", type=Path, help="output folder (default runs/MODEL-DATASET)")
@@ -139,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("explain", help="the cross-vs-rectangle forward/backward walkthrough")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", type=Path, default=Path("."), help="folder for explain.png")
     p.set_defaults(func=cmd_explain)
 
@@ -175,12 +188,11 @@ def _resolve_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
             while (Path("runs") / f"{name}-{n}" / CHECKPOINT_NAME).exists():
                 n += 1
             out = Path("runs") / f"{name}-{n}"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder; choose another --out")
     run = {**TRAIN_DEFAULTS, "data_dir": None}
     if args.resume and (out / RUN_CONFIG).exists():
-        try:
-            saved = json.loads((out / RUN_CONFIG).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DataError(f"{out / RUN_CONFIG}: cannot read the run's settings ({exc})") from exc
+        saved = _read_run_config(out / RUN_CONFIG)
         changed = [k for k, v in explicit.items() if k != "epochs" and saved.get(k) != v]
         if changed:
             raise ConfigError(
@@ -194,7 +206,52 @@ def _resolve_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
             "--overwrite to replace it, or choose another --out"
         )
     run.update(explicit)
+    if run["optimizer"] != "sgd" and "momentum" in explicit:
+        raise ConfigError(
+            f"--momentum applies to --optimizer sgd only; {run['optimizer']} keeps its own "
+            "moment estimates (leave --momentum out)"
+        )
     return run, out
+
+
+def _read_run_config(path: Path) -> dict[str, Any]:
+    """A run's saved settings (run.json), checked key by key: a damaged or hand-edited file
+    is a one-line error, not a crash halfway through training."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise DataError(f"{path}: cannot read the run's settings ({exc})") from exc
+    if not isinstance(saved, dict):
+        raise DataError(f"{path}: the run's settings must be a JSON object, got {saved!r:.40}")
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+    def count(v: Any, low: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    valid = {
+        "model": lambda v: v in MODELS,
+        "dataset": lambda v: v in DATASETS,
+        "epochs": lambda v: count(v, 1),
+        "batch_size": lambda v: count(v, 1),
+        "optimizer": lambda v: v in ("sgd", "adam", "adamw"),
+        "lr": number,
+        "momentum": number,
+        "weight_decay": number,
+        "schedule": lambda v: v in ("none", "step", "cosine"),
+        "clip": lambda v: v is None or number(v),
+        "seed": lambda v: count(v, 0),
+        "dtype": lambda v: v in ("float32", "float64"),
+        "limit": lambda v: v is None or count(v, 1),
+        "data_dir": lambda v: v is None or isinstance(v, str),
+    }
+    for key, value in saved.items():
+        if key not in valid:
+            raise DataError(f"{path}: unknown setting {key!r} in the run's settings")
+        if not valid[key](value):
+            raise DataError(f"{path}: bad value {value!r} for {key!r} in the run's settings")
+    return saved
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -268,29 +325,27 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _check_fits(model: Any, data: Any, run: dict[str, Any]) -> None:
-    expected = model.input_shape
-    if expected is not None and tuple(expected) != data.input_shape:
-        raise ConfigError(
-            f"model {run['model']} takes images {tuple(expected)} but {run['dataset']} has "
-            f"{data.input_shape}; pick a matching --model"
-        )
-    out = model.output_shapes()[-1][-1]
-    if out != data.num_classes and not (out == 1 and data.num_classes == 2):
-        raise ConfigError(
-            f"model {run['model']} has {out} outputs but {run['dataset']} has "
-            f"{data.num_classes} classes; pick a matching --model"
-        )
+    """train.check_data_fits, with the command line's hint."""
+    try:
+        check_data_fits(model, data, default_loss(model), "data set")
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (model {run['model']}); pick a matching --model") from exc
 
 
 # --- evaluate / predict / info -----------------------------------------------------------
 def cmd_evaluate(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.checkpoint)
-    run = ckpt.extra.get("run", {})
+    run = ckpt.extra.get("run")
+    run = run if isinstance(run, dict) else {}
     name = args.dataset or run.get("dataset")
     if name is None:
         raise ConfigError(f"{args.checkpoint}: does not record its data set; pass --dataset")
     data_dir = args.data_dir if args.data_dir is not None else run.get("data_dir")
-    data = load_dataset(name, args.split, data_dir=data_dir, seed=run.get("seed", 0))
+    if not isinstance(data_dir, (str, os.PathLike, type(None))):
+        data_dir = None
+    seed = run.get("seed", 0)
+    seed = seed if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 else 0
+    data = load_dataset(name, args.split, data_dir=data_dir, seed=seed)
     _check_fits(ckpt.model, data, {"model": args.checkpoint.name, "dataset": name})
     result = evaluate(ckpt.model, data, progress=None if not args.json else False)
     if args.json:
@@ -337,7 +392,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model = ckpt.model
     if model.input_shape is None:
         raise ConfigError(f"{args.checkpoint}: the model does not record its input shape")
-    classes = ckpt.extra.get("classes") or [str(i) for i in range(model.output_shapes()[-1][-1])]
+    n_out = model.output_shapes()[-1][-1]
+    classes = ckpt.extra.get("classes")
+    if not (isinstance(classes, list) and len(classes) == max(n_out, 2)):
+        classes = [str(i) for i in range(max(n_out, 2))]
+    classes = [str(c) for c in classes]
     batch = np.stack([_load_image(p, model.input_shape, args.invert) for p in args.images])
     logits = model.predict(batch.astype(model.dtype))
     if logits.shape[1] == 1:
@@ -370,7 +429,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     _say(f"checkpoint: {ckpt.path}")
     _say(ckpt.model.summary())
     run = ckpt.extra.get("run")
-    if run:
+    if isinstance(run, dict) and run:
         _say("trained: " + ", ".join(f"{k}={v}" for k, v in run.items() if v is not None))
     if ckpt.epoch is not None:
         _say(f"epoch: {ckpt.epoch}")
@@ -378,11 +437,12 @@ def cmd_info(args: argparse.Namespace) -> int:
         st = ckpt.optimizer_state
         hyper = ", ".join(f"{k}={v}" for k, v in st["hyper"].items())
         _say(f"optimizer: {st['type']}({hyper}), {st['steps']} steps")
-    history = ckpt.extra.get("history") or []
-    if history:
-        h = history[-1]
-        if h.get("test_accuracy") is not None:
-            _say(f"last test accuracy: {h['test_accuracy']:.2%} (loss {h['test_loss']:.4f})")
+    history = ckpt.extra.get("history")
+    h = history[-1] if isinstance(history, list) and history else None
+    if isinstance(h, dict):
+        acc, loss = h.get("test_accuracy"), h.get("test_loss")
+        if isinstance(acc, (int, float)) and isinstance(loss, (int, float)):
+            _say(f"last test accuracy: {acc:.2%} (loss {loss:.4f})")
     return 0
 
 
@@ -414,20 +474,44 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _error(message: Any) -> int:
+    """Print ``scratchcnn: error: ...`` as exactly one line on stderr; return status 2."""
+    text = " ".join(line.strip() for line in str(message).splitlines()) or "unknown error"
+    print(f"scratchcnn: error: {text}", file=sys.stderr, flush=True)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``scratchcnn`` command; returns the exit status."""
+    """Entry point of the ``scratchcnn`` command; returns the exit status.
+
+    User errors (``ScratchCNNError``, and operating-system errors about a named file: missing,
+    unreadable, disk full) print one line and return 2; anything else is a bug and propagates
+    with its traceback."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except ScratchCNNError as exc:
-        print(f"scratchcnn: error: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
-        print(f"scratchcnn: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(exc)
+    except BrokenPipeError:
+        # The reader of our output went away (`scratchcnn info x.npz | head -1`): not an error
+        # worth a traceback. Point stdout at devnull so the interpreter's final flush is quiet.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
+    except OSError as exc:
+        if exc.filename is None:  # not about a file the user named: a bug, keep the traceback
+            raise
+        return _error(f"{exc.filename}: {_reason(exc)}")
     except KeyboardInterrupt:
         print("scratchcnn: interrupted", file=sys.stderr)
         return 130
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
 
 
 if __name__ == "__main__":

@@ -43,3 +43,8 @@ class CheckpointError(ScratchCNNError, ValueError):
 
 class TrainingDiverged(ScratchCNNError, RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class FileWriteError(ScratchCNNError, OSError):
+    """A file could not be written (disk full, file too large, permission denied, read-only
+    file system). Written atomically, the previous version of the file is left unchanged."""

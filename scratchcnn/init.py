@@ -50,6 +50,8 @@ def get_rng(rng: np.random.Generator | int | None = None) -> np.random.Generator
     if isinstance(rng, np.random.Generator):
         return rng
     if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        if rng < 0:
+            raise ConfigError(f"a seed must be a non-negative int, got {rng}")
         return np.random.default_rng(int(rng))
     raise ConfigError(f"rng must be a numpy Generator, an int seed or None, got {rng!r}")
 

@@ -79,11 +79,14 @@ class CrossEntropyLoss(Loss):
             raise ShapeError(f"{who} expects logits of shape (N, classes), got {logits.shape}")
         n, k = logits.shape
         labels = check_labels(labels, n, k, who)
-        z = logits - logits.max(axis=1, keepdims=True)
-        e = np.exp(z)
+        top = logits.max(axis=1, keepdims=True)
+        with np.errstate(over="ignore"):  # a logit far below the max: exp(-inf) = 0 is exact
+            e = np.exp(logits - top)
         s = e.sum(axis=1, keepdims=True)
-        rows = np.arange(n)
-        per_item = np.log(s[:, 0]) - z[rows, labels]
+        # The per-item loss in float64: with float32 logits more than the float32 range apart,
+        # z[label] = logit - max would overflow to -inf although the loss itself is finite.
+        z_label = logits[np.arange(n), labels].astype(np.float64) - top[:, 0]
+        per_item = np.log(s[:, 0], dtype=np.float64) - z_label
         e /= s
         self._cache = (e, labels)
         return self._reduce(per_item, n)

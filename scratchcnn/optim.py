@@ -109,8 +109,12 @@ class Optimizer:
             raise ConfigError(
                 f"optimizer state is for {state.get('type')!r}, not {type(self).__name__}"
             )
+        known = self.hyperparameters()
+        unknown = sorted(set(state.get("hyper", {})) - set(known))
+        if unknown:
+            raise ConfigError(f"optimizer state has unknown hyper-parameters {unknown}")
         for name, value in state.get("hyper", {}).items():
-            setattr(self, name, value)
+            setattr(self, name, tuple(value) if isinstance(getattr(self, name), tuple) else value)
         self.steps = int(state.get("steps", 0))
         params = {key: layer.params[name] for key, layer, name in self.model.named_parameters()}
         self.state = {}

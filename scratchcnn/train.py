@@ -31,8 +31,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .data import DataLoader, Dataset
-from .errors import CheckpointError, ConfigError, TrainingDiverged
-from .io import atomic_write_bytes, load_checkpoint, save
+from .errors import CheckpointError, ConfigError, ScratchCNNError, TrainingDiverged
+from .io import atomic_write_bytes, load_checkpoint, remove_stale_temp_files, save
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss
 from .model import Sequential
 from .optim import SGD, Adam, AdamW, CosineAnnealingLR, LRScheduler, Optimizer, StepLR
@@ -209,6 +209,10 @@ def fit(
         raise ConfigError(f"epochs must be a positive int, got {epochs!r}")
     optimizer = optimizer or SGD(model, lr=0.01)
     loss_fn = loss_fn or default_loss(model)
+    # Every data problem is reported here, before a step is taken or a file is written.
+    check_data_fits(model, train_data, loss_fn, "training data")
+    if test_data is not None:
+        check_data_fits(model, test_data, loss_fn, "test data")
     loader = DataLoader(
         train_data, batch_size=batch_size, shuffle=True, seed=seed, dtype=model.dtype
     )
@@ -220,6 +224,7 @@ def fit(
     if resume:
         if ckpt_path is None:
             raise ConfigError("resume needs out_dir (where the checkpoint is)")
+        remove_stale_temp_files(ckpt_path)
         if ckpt_path.exists():
             start, history = _restore(ckpt_path, model, optimizer, scheduler, loader)
             _write_metrics(metrics_path, history)
@@ -262,6 +267,14 @@ def _epochs(
     on_epoch_end: Callable[[EpochMetrics], None] | None,
     extra: dict[str, Any] | None,
 ) -> History:
+    def _diverged(what: str, epoch: int) -> TrainingDiverged:
+        last = f"epoch {epoch - 1} at {ckpt_path}" if ckpt_path and epoch > 1 else None
+        return TrainingDiverged(
+            f"{what} (lr {optimizer.lr:g}); "
+            + (f"the last good checkpoint is {last}; " if last else "")
+            + "try a lower learning rate or gradient clipping"
+        )
+
     for epoch in range(start + 1, epochs + 1):
         t0 = time.perf_counter()
         model.train()
@@ -277,12 +290,7 @@ def _epochs(
             logits = model.forward(x)
             loss = loss_fn.forward(logits, _targets(loss_fn, logits, y))
             if not math.isfinite(loss):
-                last = f"epoch {epoch - 1} at {ckpt_path}" if ckpt_path and epoch > 1 else None
-                raise TrainingDiverged(
-                    f"loss became {loss} at epoch {epoch}, step {step} (lr {optimizer.lr:g}); "
-                    + (f"the last good checkpoint is {last}; " if last else "")
-                    + "try a lower learning rate or gradient clipping"
-                )
+                raise _diverged(f"loss became {loss} at epoch {epoch}, step {step}", epoch)
             model.backward(loss_fn.backward(), input_grad=False)
             optimizer.step()
             loss_sum += loss * len(y)
@@ -291,10 +299,20 @@ def _epochs(
             if step % 10 == 0 or step == len(loader):
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
         bar.close()
+        # The last step of an epoch can blow the weights up after its (finite) loss was
+        # computed; such weights must never become "the last good checkpoint".
+        broken = non_finite_tensors(model)
+        if broken:
+            raise _diverged(
+                f"weights became NaN or inf ({', '.join(broken[:3])}) during epoch {epoch}",
+                epoch,
+            )
         lr_used = optimizer.lr
         if scheduler is not None:
             scheduler.step()
         test = evaluate(model, test_data, loss_fn) if test_data is not None else None
+        if test is not None and not math.isfinite(test.loss):
+            raise _diverged(f"test loss became {test.loss} after epoch {epoch}", epoch)
         metrics = EpochMetrics(
             epoch=epoch,
             train_loss=loss_sum / seen,
@@ -328,21 +346,93 @@ def _restore(
     scheduler: LRScheduler | None,
     loader: DataLoader,
 ) -> tuple[int, list[EpochMetrics]]:
-    """Load a checkpoint into the live objects; returns (epoch, history)."""
+    """Load a checkpoint into the live objects; returns (epoch, history).
+
+    A checkpoint that does not fit (another architecture, optimiser or schedule, a damaged
+    history or RNG state) raises one ``CheckpointError`` line naming the file."""
     ckpt = load_checkpoint(path)
-    if ckpt.model.config()["layers"] != model.config()["layers"]:
-        raise CheckpointError(
-            f"{path}: the checkpoint's architecture differs from the model being trained; "
-            "use a new --out folder or the same --model"
+    if not isinstance(ckpt.epoch, int):
+        raise CheckpointError(f"{path}: checkpoint has no epoch number; cannot resume from it")
+    saved, live = ckpt.model.config()["layers"], model.config()["layers"]
+    if saved != live:
+        i = next(
+            i for i in range(max(len(saved), len(live))) if saved[i : i + 1] != live[i : i + 1]
         )
+        a = repr(ckpt.model.layers[i]) if i < len(saved) else "nothing"
+        b = repr(model.layers[i]) if i < len(live) else "nothing"
+        diff = f"layer {i}: checkpoint {a}, model {b}"
+        if len(saved) != len(live):
+            diff += f"; {len(saved)} layers vs {len(live)}"
+        raise CheckpointError(
+            f"{path}: the checkpoint's architecture differs from the model being trained "
+            f"({diff}); use a new --out folder or the same --model"
+        )
+    raw_history = ckpt.extra.get("history", [])
+    try:
+        if not isinstance(raw_history, list):
+            raise TypeError(f"expected a list, got {type(raw_history).__name__}")
+        history = [EpochMetrics(**m) for m in raw_history]
+    except TypeError as exc:
+        raise CheckpointError(f"{path}: bad training history in the checkpoint ({exc})") from exc
+    loader_state = loader.state_dict()
+    try:
+        if "loader" in ckpt.rng:
+            loader.load_state_dict(ckpt.rng["loader"])
+        ckpt.restore_training_state(optimizer, scheduler)
+    except CheckpointError as exc:
+        loader.load_state_dict(loader_state)
+        text = str(exc)
+        raise CheckpointError(text if text.startswith(str(path)) else f"{path}: {text}") from exc
     model.load_state_dict(ckpt.model.state_dict())
     for i, layer in enumerate(ckpt.model.layers):
         if hasattr(layer, "rng"):
             model.layers[i].rng.bit_generator.state = layer.rng.bit_generator.state
-    ckpt.restore_training_state(optimizer, scheduler)
-    if "loader" in ckpt.rng:
-        loader.load_state_dict(ckpt.rng["loader"])
-    history = [EpochMetrics(**m) for m in ckpt.extra.get("history", [])]
-    if not isinstance(ckpt.epoch, int):
-        raise CheckpointError(f"{path}: checkpoint has no epoch number; cannot resume from it")
     return ckpt.epoch, history
+
+
+def non_finite_tensors(model: Sequential) -> list[str]:
+    """Keys (as in ``state_dict``) of the float parameters and buffers holding NaN or inf."""
+    return [
+        f"{i}.{name}"
+        for i, layer in enumerate(model.layers)
+        for name, arr in layer.named_tensors()
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all()
+    ]
+
+
+def check_data_fits(
+    model: Sequential, data: Dataset, loss_fn: Loss | None = None, what: str = "data"
+) -> None:
+    """Refuse, before training, data the model cannot take: wrong image shape, labels the
+    model has no output for, or arrays changed since the Dataset was built (NaN, inf, labels
+    out of range). Raises ``ConfigError`` or ``DataError`` naming the data set."""
+    if not isinstance(data, Dataset):
+        raise ConfigError(f"{what} must be a scratchcnn.data.Dataset, got {type(data).__name__}")
+    # Building a Dataset validates it; arrays are mutable, so validate what is there now.
+    Dataset(data.images, data.labels, data.classes, data.name)
+    expected = model.input_shape
+    if expected is not None and tuple(expected) != data.input_shape:
+        raise ConfigError(
+            f"the model takes images {tuple(expected)} but {what} {data.name!r} has "
+            f"{data.input_shape}"
+        )
+    try:
+        out = model.output_shapes(data.input_shape)[-1]
+    except ScratchCNNError as exc:
+        raise ConfigError(
+            f"{what} {data.name!r} (images {data.input_shape}) does not fit the model: {exc}"
+        ) from exc
+    if not isinstance(loss_fn, (CrossEntropyLoss, BCEWithLogitsLoss)):
+        return
+    top = int(data.labels.max())
+    if isinstance(loss_fn, BCEWithLogitsLoss):
+        if top > 1:
+            raise ConfigError(
+                f"the model is a binary classifier (one output) but {what} {data.name!r} has "
+                f"label {top} ({data.num_classes} classes)"
+            )
+    elif len(out) != 2 or top >= out[-1]:
+        raise ConfigError(
+            f"the model has {out[-1] if len(out) == 2 else out} outputs but {what} "
+            f"{data.name!r} has label {top} ({data.num_classes} classes)"
+        )

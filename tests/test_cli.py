@@ -121,7 +121,11 @@ def test_existing_run_is_never_overwritten_silently(tmp_path, capsys):
         (["train", "--epochs", "0"], "expected a positive integer, got 0"),
         (["train", "--model", "resnet"], "invalid choice: 'resnet'"),
         (["train", "--dataset", "mnist", "--data-dir", "/nonexistent/dir"], "/nonexistent/dir"),
-        (["train", "--model", "shapes_net", *QUICK], "takes images (1, 5, 5) but mnist-5k has"),
+        (
+            ["train", "--model", "shapes_net", *QUICK],
+            "the model takes images (1, 5, 5) but data set 'mnist-5k' has (1, 28, 28) (model "
+            "shapes_net); pick a matching --model",
+        ),
         (["predict", "missing.npz", "x.png"], "missing.npz"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
     ],
@@ -196,3 +200,39 @@ def test_images_are_inverted_only_when_the_background_is_light(tmp_path):
     b = _load_image(tmp_path / "light.png", (1, 28, 28), None)
     np.testing.assert_allclose(a, b, atol=1e-6)
     assert a[0, 12, 13] == pytest.approx(1.0)
+
+
+def test_explain_prints_the_walkthrough_and_saves_the_figure(tmp_path, capsys):
+    assert main(["explain", "--seed", "3", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for label in ("dL/dw", "dL/db", "dL/dkernel", "dL/dbias", "max pooling backward"):
+        assert label in out
+    assert (tmp_path / "explain.png").stat().st_size > 10_000
+
+
+def test_filters_writes_the_sobel_figure(tmp_path, capsys):
+    photo = tmp_path / "photo.png"
+    Image.fromarray((np.indices((40, 60)).sum(axis=0) % 17 * 15).astype(np.uint8)).save(photo)
+    assert main(["filters", str(photo), "--out", str(tmp_path)]) == 0
+    assert f"figure: {tmp_path / 'sobel.png'}" in capsys.readouterr().out
+    with Image.open(tmp_path / "sobel.png") as img:
+        assert img.size[0] > 500
+
+
+def test_plot_and_train_plot_write_every_picture(run_dir, tmp_path, capsys):
+    assert main(["plot", str(run_dir)]) == 0
+    names = {"curves.png", "confusion.png", "filters.png", "feature_maps.png", "misclassified.png"}
+    assert names <= {p.name for p in run_dir.iterdir()}
+    out = tmp_path / "run"
+    assert main(["train", *QUICK, "--out", str(out), "--plot"]) == 0
+    assert names <= {p.name for p in out.iterdir()}
+    assert main(["plot", str(tmp_path / "nothing-here")]) == 2
+    assert "nothing-here" in capsys.readouterr().err
+
+
+def test_momentum_with_adam_is_refused(tmp_path, capsys):
+    assert run_cli(["train", *QUICK, "--optimizer", "adam", "--momentum", "0.5"]) == 2
+    assert "--momentum applies to --optimizer sgd only" in capsys.readouterr().err
+    assert (
+        main(["train", *QUICK, "--optimizer", "adam", "--lr", "0.001", "--out", str(tmp_path)]) == 0
+    )

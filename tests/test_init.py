@@ -65,3 +65,8 @@ def test_custom_and_bad_initializers():
     with pytest.raises(sc.ConfigError, match="rng"):
         sc.Dense(2, 2, rng="seed")
     assert set(INITIALIZERS) >= {"he_normal", "glorot_uniform", "lecun_normal"}
+
+
+def test_negative_seed_is_a_config_error():
+    with pytest.raises(sc.ConfigError, match="non-negative"):
+        sc.Dense(2, 2, rng=-1)

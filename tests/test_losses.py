@@ -76,3 +76,11 @@ def test_bce_and_mse_shape_errors():
         sc.MSELoss().forward(np.zeros((4, 2)), np.zeros((4,)))
     with pytest.raises(sc.ConfigError, match="reduction"):
         sc.MSELoss(reduction="none")
+
+
+def test_cross_entropy_loss_is_finite_beyond_the_float32_range():
+    # The logits are 6e38 apart, more than float32 can hold; the loss is still a number.
+    fn = sc.CrossEntropyLoss()
+    loss = fn.forward(np.array([[3e38, -3e38]], np.float32), np.array([1]))
+    assert loss == pytest.approx(6e38, rel=1e-6)
+    np.testing.assert_array_equal(fn.backward(), [[1.0, -1.0]])

@@ -139,3 +139,12 @@ def test_optimizer_state_round_trip(rng):
 def test_bad_hyperparameters(make, match):
     with pytest.raises(sc.ConfigError, match=match):
         make(sc.Sequential([sc.Dense(2, 2)]))
+
+
+def test_load_state_dict_refuses_unknown_hyperparameters():
+    opt = optim.SGD(sc.Sequential([sc.Dense(2, 2)]), lr=0.1)
+    state = opt.state_dict()
+    state["hyper"]["step"] = 5  # would shadow the method
+    with pytest.raises(sc.ConfigError, match=r"unknown hyper-parameters \['step'\]"):
+        opt.load_state_dict(state)
+    assert callable(opt.step)

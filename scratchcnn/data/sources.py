@@ -256,10 +256,10 @@ def _locate_idx(
     if data_dir is not None:
         root = Path(data_dir).expanduser()
         if not root.is_dir():
-            raise DataError(
-                f"{root}: data directory does not exist (looked for {wanted} of {name} "
-                f"{split} there)"
-            )
+            problem = "data directory does not exist"
+            if root.exists():
+                problem = "is a file, not a data directory"
+            raise DataError(f"{root}: {problem} (looked for {wanted} of {name} {split} there)")
         looked = [root, root / name]
         for folder in looked:
             found, missing = _find_in(folder, stems)

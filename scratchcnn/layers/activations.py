@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, ShapeError
-from .base import Layer, check_array, check_grad
+from .base import Layer, check_array, check_grad, finite_float
 
 
 class _Elementwise(Layer):
@@ -61,9 +61,7 @@ class LeakyReLU(_Elementwise):
 
     def __init__(self, negative_slope: float = 0.01) -> None:
         super().__init__()
-        if not np.isfinite(negative_slope):
-            raise ConfigError(f"negative_slope must be finite, got {negative_slope!r}")
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = finite_float(negative_slope, "negative_slope")
 
     def config(self) -> dict[str, Any]:
         return {"negative_slope": self.negative_slope}
@@ -114,6 +112,8 @@ class Softmax(_Elementwise):
 
     def __init__(self, axis: int = 1) -> None:
         super().__init__()
+        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+            raise ConfigError(f"Softmax axis must be an int, got {axis!r}")
         self.axis = int(axis)
 
     def config(self) -> dict[str, Any]:
@@ -121,6 +121,10 @@ class Softmax(_Elementwise):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check(x)
+        if not -x.ndim <= self.axis < x.ndim:
+            raise ShapeError(
+                f"Softmax(axis={self.axis}) needs an input with more axes, got {x.shape}"
+            )
         y = softmax(x, self.axis)
         self._cache = y
         return y

@@ -54,6 +54,16 @@ def positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
+def finite_float(value: Any, name: str) -> float:
+    """Validate a real-valued hyper-parameter (a finite int or float, not a bool)."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
+    if not ok or not np.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
 def check_array(x: Any, who: str, what: str = "input") -> np.ndarray:
     """Refuse anything that is not a floating-point ndarray, naming what was given."""
     if not isinstance(x, np.ndarray):

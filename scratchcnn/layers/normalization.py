@@ -8,7 +8,15 @@ import numpy as np
 
 from ..errors import ConfigError, ShapeError
 from ..init import get_rng
-from .base import Layer, check_array, check_grad, check_input, positive_int, resolve_dtype
+from .base import (
+    Layer,
+    check_array,
+    check_grad,
+    check_input,
+    finite_float,
+    positive_int,
+    resolve_dtype,
+)
 
 
 class BatchNorm2D(Layer):
@@ -34,12 +42,12 @@ class BatchNorm2D(Layer):
     ) -> None:
         super().__init__()
         self.num_features = positive_int(num_features, "num_features")
-        if not eps > 0:
+        self.eps = finite_float(eps, "eps")
+        self.momentum = finite_float(momentum, "momentum")
+        if not self.eps > 0:
             raise ConfigError(f"eps must be positive, got {eps!r}")
-        if not 0 <= momentum <= 1:
+        if not 0 <= self.momentum <= 1:
             raise ConfigError(f"momentum must be in [0, 1], got {momentum!r}")
-        self.eps = float(eps)
-        self.momentum = float(momentum)
         self.affine = bool(affine)
         self.dtype = resolve_dtype(dtype)
         c = self.num_features

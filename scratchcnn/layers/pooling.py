@@ -91,11 +91,11 @@ class MaxPool2D(_Pool2D):
             best = np.maximum(best, view)  # propagates NaN like torch
         if not better:
             best = best.copy(order="K")
-        self._cache = (better if self.training else None, x.shape, x.dtype, xp)
+        self._cache = (better if self.training else None, x.shape, x.dtype, xp, best.shape[2:])
         return best
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        better, x_shape, dtype, xp = self._require_cache()
+        better, x_shape, dtype, xp, out_hw = self._require_cache()
         if better is None:
             # After an eval-mode forward (rare: gradients of a frozen model), recompute.
             was_training = self.training
@@ -107,7 +107,6 @@ class MaxPool2D(_Pool2D):
             better = self._cache[0]
         kk = len(better) + 1
         n, c = x_shape[:2]
-        out_hw = better[0].shape[2:] if better else xp.shape[2:]
         dy = check_grad(dy, (n, c, *out_hw), dtype, "MaxPool2D")
         # Offset k won a window iff it beat all earlier offsets and no later one beat it.
         wins: list[np.ndarray | None] = [None] * kk
@@ -118,11 +117,12 @@ class MaxPool2D(_Pool2D):
             taken = b.copy(order="K") if taken is None else np.logical_or(taken, b, out=taken)
         wins[0] = ~taken if taken is not None else None
         tiled = (
-            not self._overlapping
+            self.kernel_size == self.stride
             and self.stride[0] * out_hw[0] == xp.shape[2]
-            and (self.stride[1] * out_hw[1] == xp.shape[3])
+            and self.stride[1] * out_hw[1] == xp.shape[3]
         )
-        # Every cell is written when the windows tile the input, so no zero fill is needed.
+        # When the windows tile the input exactly, every cell is written below, so no zero
+        # fill is needed; with gaps between windows or rows left over, the rest must be 0.
         dxp = np.empty_like(xp) if tiled else np.zeros_like(xp)
         for k, view in self._views(dxp, out_hw):
             if wins[k] is None:

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
 from .activations import _Elementwise
+from .base import finite_float
 
 
 class Rescale(_Elementwise):
@@ -19,10 +19,8 @@ class Rescale(_Elementwise):
 
     def __init__(self, scale: float = 1.0, offset: float = 0.0) -> None:
         super().__init__()
-        if not (np.isfinite(scale) and np.isfinite(offset)):
-            raise ConfigError(f"Rescale needs finite scale and offset, got {scale!r}, {offset!r}")
-        self.scale = float(scale)
-        self.offset = float(offset)
+        self.scale = finite_float(scale, "scale")
+        self.offset = finite_float(offset, "offset")
 
     def config(self) -> dict[str, Any]:
         return {"scale": self.scale, "offset": self.offset}

@@ -56,3 +56,22 @@ def test_activation_keeps_dtype_and_rejects_ints(make):
 def test_activation_backward_before_forward():
     with pytest.raises(sc.StateError):
         sc.Tanh().backward(np.ones((1, 1)))
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: sc.LeakyReLU("a"), "negative_slope must be a finite number"),
+        (lambda: sc.LeakyReLU(float("nan")), "negative_slope must be a finite number"),
+        (lambda: sc.Rescale("a"), "scale must be a finite number"),
+        (lambda: sc.Softmax(axis="x"), "Softmax axis must be an int"),
+    ],
+)
+def test_bad_constructor_arguments_are_config_errors(make, match):
+    with pytest.raises(sc.ConfigError, match=match):
+        make()
+
+
+def test_softmax_axis_beyond_the_input():
+    with pytest.raises(sc.ShapeError, match=r"Softmax\(axis=5\)"):
+        sc.Softmax(axis=5).forward(np.zeros((2, 3)))

@@ -88,3 +88,10 @@ def test_dropout_gradcheck_and_determinism(rng):
 def test_dropout_bad_probability(p):
     with pytest.raises(sc.ConfigError, match="p must be in"):
         sc.Dropout(p)
+
+
+def test_batchnorm_non_numeric_arguments_are_config_errors():
+    with pytest.raises(sc.ConfigError, match="eps must be a finite number"):
+        sc.BatchNorm2D(2, eps="a")
+    with pytest.raises(sc.ConfigError, match="momentum must be a finite number"):
+        sc.BatchNorm2D(2, momentum=None)
