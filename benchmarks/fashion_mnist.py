@@ -106,9 +106,14 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir")
     p.add_argument("--json")
+    p.add_argument(
+        "--limit", type=int, help="use only the first N images of each split (smoke test)"
+    )
     args = p.parse_args()
     train = load_dataset("fashion-mnist", "train", data_dir=args.data_dir)
     test = load_dataset("fashion-mnist", "test", data_dir=args.data_dir)
+    if args.limit:
+        train, test = train[: args.limit], test[: args.limit]
     init = lenet5(seed=args.seed).state_dict()
     print(f"Fashion-MNIST {len(train):,} train / {len(test):,} test, LeNet-5, {THREADS} threads")
     ours = run_ours(train, test, args.epochs, init, args.seed)
