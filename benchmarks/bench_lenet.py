@@ -127,23 +127,45 @@ def time_rate(fn, batch: int, seconds: float) -> float:
             return n * batch / elapsed
 
 
-def compare(kind: str, batch: int, rounds: int, seconds: float) -> dict:
+def _setup(framework: str, kind: str, batch: int):
+    """The framework's step function on a fixed random batch."""
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (batch, 1, 28, 28)).astype(np.float32)
     y = rng.integers(0, 10, batch)
-    xt, yt = torch.from_numpy(x.copy()), torch.from_numpy(y.copy())
     ours_m, theirs_m = make_pair()
-    ours, theirs = Ours(ours_m), Theirs(theirs_m)
+    if framework == "scratchcnn":
+        fw, args = Ours(ours_m), (x, y)
+    else:
+        fw, args = Theirs(theirs_m), (torch.from_numpy(x), torch.from_numpy(y))
+    if kind == "train":
+        fw.train()
+        return lambda: fw.train_step(*args)
+    fw.eval()
+    return lambda: fw.infer(args[0])
+
+
+def rate_child(framework: str, kind: str, batch: int, seconds: float) -> float:
+    """Run in a child process: images/s of one framework alone (``--isolated``)."""
+    return time_rate(_setup(framework, kind, batch), batch, seconds)
+
+
+def compare(kind: str, batch: int, rounds: int, seconds: float, isolated: bool = False) -> dict:
+    """Median images/s of both frameworks, alternating round after round. In one process by
+    default; with ``isolated`` each measurement runs in a fresh child process, so neither
+    framework's idle worker threads can slow the other."""
+    steps = (
+        {fw: _setup(fw, kind, batch) for fw in ("scratchcnn", "pytorch")} if not isolated else {}
+    )
     rates: dict[str, list[float]] = {"scratchcnn": [], "pytorch": []}
     for _ in range(rounds):
-        for fw, args in ((ours, (x, y)), (theirs, (xt, yt))):
-            if kind == "train":
-                fw.train()
-                rate = time_rate(lambda fw=fw, a=args: fw.train_step(*a), batch, seconds)
+        for fw in ("scratchcnn", "pytorch"):
+            if isolated:
+                cmd = [sys.executable, __file__, "--threads", str(THREADS), "--rate-child", fw]
+                cmd += ["--kind", kind, "--batch", str(batch), "--seconds", str(seconds)]
+                res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                rates[fw].append(float(res.stdout.strip().splitlines()[-1]))
             else:
-                fw.eval()
-                rate = time_rate(lambda fw=fw, a=args: fw.infer(a[0]), batch, seconds)
-            rates[fw.name].append(rate)
+                rates[fw].append(time_rate(steps[fw], batch, seconds))
     med = {k: float(np.median(v)) for k, v in rates.items()}
     return {
         "kind": kind,
@@ -152,6 +174,7 @@ def compare(kind: str, batch: int, rounds: int, seconds: float) -> dict:
         "pytorch_img_s": med["pytorch"],
         "ratio": med["scratchcnn"] / med["pytorch"],
         "rounds": rounds,
+        "isolated": isolated,
     }
 
 
@@ -203,10 +226,18 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=0.5)
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--only", choices=["train", "infer", "memory"], action="append")
+    p.add_argument(
+        "--isolated", action="store_true", help="time each framework in its own child process"
+    )
     p.add_argument("--memory-child", choices=["scratchcnn", "pytorch"], help=argparse.SUPPRESS)
+    p.add_argument("--rate-child", choices=["scratchcnn", "pytorch"], help=argparse.SUPPRESS)
+    p.add_argument("--kind", choices=["train", "infer"], default="train", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=256, help=argparse.SUPPRESS)
     p.add_argument("--steps", type=int, default=20, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.rate_child:
+        print(rate_child(args.rate_child, args.kind, args.batch, args.seconds))
+        return
     if args.memory_child:
         print(json.dumps(memory_child(args.memory_child, args.batch, args.steps)))
         return
@@ -214,13 +245,14 @@ def main() -> None:
     print(
         f"LeNet-5, float32, {THREADS} threads, numpy {np.__version__}, torch {torch.__version__},"
         f" {args.rounds} rounds x {args.seconds}s, median images/s"
+        + (", each measurement in its own process" if args.isolated else "")
     )
     print(f"{'':<10}{'batch':>6}{'scratchcnn':>12}{'pytorch':>10}{'ratio':>8}")
     results = []
     jobs = [("train", b) for b in (16, 64, 256) if "train" in only]
     jobs += [("infer", 256)] if "infer" in only else []
     for kind, batch in jobs:
-        r = compare(kind, batch, args.rounds, args.seconds)
+        r = compare(kind, batch, args.rounds, args.seconds, args.isolated)
         results.append(r)
         print(
             f"{kind:<10}{batch:>6}{r['scratchcnn_img_s']:>12,.0f}{r['pytorch_img_s']:>10,.0f}"
