@@ -13,32 +13,21 @@ memory, what the training step itself needs).
 
 from __future__ import annotations
 
+from _threads import THREADS  # first: pins the BLAS thread count before NumPy loads
+
+# isort: split
+
 import argparse
 import json
-import os
 import subprocess
 import sys
+import time
 
+import numpy as np
+import torch
 
-def _early_threads() -> int:
-    # BLAS reads its thread count when NumPy/torch load, so set it before importing them.
-    threads = 2
-    if "--threads" in sys.argv:
-        threads = int(sys.argv[sys.argv.index("--threads") + 1])
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    return threads
-
-
-THREADS = _early_threads()
-
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import scratchcnn as sc  # noqa: E402
-from scratchcnn.models import lenet5  # noqa: E402
+import scratchcnn as sc
+from scratchcnn.models import lenet5
 
 torch.set_num_threads(THREADS)
 
@@ -188,19 +177,12 @@ def _rss_kib(field: str) -> int:
 
 def memory_child(framework: str, batch: int, steps: int) -> dict:
     """Run in a child process: peak RSS and working memory of ``steps`` training steps."""
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 1, (batch, 1, 28, 28)).astype(np.float32)
-    y = rng.integers(0, 10, batch)
-    ours_m, theirs_m = make_pair()
-    if framework == "scratchcnn":
-        fw, args = Ours(ours_m), (x, y)
-    else:
-        fw, args = Theirs(theirs_m), (torch.from_numpy(x), torch.from_numpy(y))
+    step = _setup(framework, "train", batch)
     base = _rss_kib("VmRSS:")
     with open("/proc/self/clear_refs", "w") as fh:  # reset the peak (VmHWM) to now
         fh.write("5")
     for _ in range(steps):
-        fw.train_step(*args)
+        step()
     peak = _rss_kib("VmHWM:")
     return {
         "framework": framework,

@@ -11,35 +11,26 @@ dataset-fashion-mnist package (or any source ``scratchcnn.data`` knows).
 
 from __future__ import annotations
 
+from _threads import THREADS  # first: pins the BLAS thread count before NumPy loads
+
+# isort: split
+
 import argparse
 import json
 import os
 import sys
+import time
 
+import numpy as np
+import torch
 
-def _early_threads() -> int:
-    threads = 2
-    if "--threads" in sys.argv:
-        threads = int(sys.argv[sys.argv.index("--threads") + 1])
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    return threads
-
-
-THREADS = _early_threads()
-
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import scratchcnn as sc  # noqa: E402
-from scratchcnn.data import load_dataset  # noqa: E402
-from scratchcnn.models import lenet5  # noqa: E402
-from scratchcnn.train import evaluate  # noqa: E402
+import scratchcnn as sc
+from scratchcnn.data import load_dataset
+from scratchcnn.models import lenet5
+from scratchcnn.train import evaluate
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_lenet import torch_lenet  # noqa: E402
+from bench_lenet import torch_lenet
 
 torch.set_num_threads(THREADS)
 

@@ -9,28 +9,17 @@ Each layer's forward and backward is timed separately over ``--steps`` steps (me
 
 from __future__ import annotations
 
+from _threads import THREADS  # first: pins the BLAS thread count before NumPy loads
+
+# isort: split
+
 import argparse
-import os
-import sys
+import time
 
+import numpy as np
 
-def _early_threads() -> int:
-    threads = 2
-    if "--threads" in sys.argv:
-        threads = int(sys.argv[sys.argv.index("--threads") + 1])
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    return threads
-
-
-THREADS = _early_threads()
-
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-import scratchcnn as sc  # noqa: E402
-from scratchcnn.models import lenet5  # noqa: E402
+import scratchcnn as sc
+from scratchcnn.models import lenet5
 
 
 def main() -> None:

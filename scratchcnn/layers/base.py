@@ -221,6 +221,12 @@ class Layer:
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config().items())
 
+    def _repr_suffix(self) -> str:
+        """``, bias=False`` and ``, dtype=float64`` where they differ from the defaults."""
+        text = "" if getattr(self, "use_bias", True) else ", bias=False"
+        dtype = getattr(self, "dtype", np.dtype(np.float32))
+        return text + (f", dtype={dtype.name}" if dtype != np.float32 else "")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"
 

@@ -111,11 +111,7 @@ class Conv2D(Layer):
         text += f", stride={self.stride}"
         if self.padding not in (0, (0, 0), "valid"):
             text += f", padding={self.padding!r}"
-        if not self.use_bias:
-            text += ", bias=False"
-        if self.dtype != np.float32:
-            text += f", dtype={self.dtype.name}"
-        return text
+        return text + self._repr_suffix()
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         if len(input_shape) != 4 or input_shape[1] != self.in_channels:

@@ -51,12 +51,7 @@ class Dense(Layer):
         }
 
     def extra_repr(self) -> str:
-        text = f"{self.in_features}, {self.out_features}"
-        if not self.use_bias:
-            text += ", bias=False"
-        if self.dtype != np.float32:
-            text += f", dtype={self.dtype.name}"
-        return text
+        return f"{self.in_features}, {self.out_features}" + self._repr_suffix()
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         if len(input_shape) != 2 or input_shape[1] != self.in_features:

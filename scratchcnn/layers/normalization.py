@@ -72,9 +72,7 @@ class BatchNorm2D(Layer):
         text = f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
         if not self.affine:
             text += ", affine=False"
-        if self.dtype != np.float32:
-            text += f", dtype={self.dtype.name}"
-        return text
+        return text + self._repr_suffix()
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(input_shape)
