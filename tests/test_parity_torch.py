@@ -62,6 +62,7 @@ CONV_GRID = [
 ]
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cin,cout,k,s,p,hw,n", CONV_GRID)
 def test_conv2d(cin, cout, k, s, p, hw, n, dtype, rng):
