@@ -231,43 +231,7 @@ def fit(
     if out:
         out.mkdir(parents=True, exist_ok=True)
 
-    # Overflow in a diverging run is reported once, as TrainingDiverged, not as warnings.
-    with np.errstate(over="ignore", invalid="ignore"):
-        return _epochs(
-            model,
-            loader,
-            test_data,
-            epochs,
-            start,
-            history,
-            optimizer,
-            loss_fn,
-            scheduler,
-            ckpt_path,
-            metrics_path,
-            progress,
-            on_epoch_end,
-            extra,
-        )
-
-
-def _epochs(
-    model: Sequential,
-    loader: DataLoader,
-    test_data: Dataset | None,
-    epochs: int,
-    start: int,
-    history: list[EpochMetrics],
-    optimizer: Optimizer,
-    loss_fn: Loss,
-    scheduler: LRScheduler | None,
-    ckpt_path: Path | None,
-    metrics_path: Path | None,
-    progress: bool | None,
-    on_epoch_end: Callable[[EpochMetrics], None] | None,
-    extra: dict[str, Any] | None,
-) -> History:
-    def _diverged(what: str, epoch: int) -> TrainingDiverged:
+    def diverged(what: str, epoch: int) -> TrainingDiverged:
         last = f"epoch {epoch - 1} at {ckpt_path}" if ckpt_path and epoch > 1 else None
         return TrainingDiverged(
             f"{what} (lr {optimizer.lr:g}); "
@@ -277,46 +241,31 @@ def _epochs(
 
     for epoch in range(start + 1, epochs + 1):
         t0 = time.perf_counter()
-        model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        bar = tqdm(
-            loader,
-            desc=f"epoch {epoch}/{epochs}",
-            unit="batch",
-            leave=False,
-            disable=_disable(progress),
-        )
-        for step, (x, y) in enumerate(bar, 1):
-            logits = model.forward(x)
-            loss = loss_fn.forward(logits, _targets(loss_fn, logits, y))
-            if not math.isfinite(loss):
-                raise _diverged(f"loss became {loss} at epoch {epoch}, step {step}", epoch)
-            model.backward(loss_fn.backward(), input_grad=False)
-            optimizer.step()
-            loss_sum += loss * len(y)
-            correct += int(np.sum(_predict(logits) == y))
-            seen += len(y)
-            if step % 10 == 0 or step == len(loader):
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
-        bar.close()
-        # The last step of an epoch can blow the weights up after its (finite) loss was
-        # computed; such weights must never become "the last good checkpoint".
-        broken = non_finite_tensors(model)
-        if broken:
-            raise _diverged(
-                f"weights became NaN or inf ({', '.join(broken[:3])}) during epoch {epoch}",
-                epoch,
+        # Overflow in a diverging run is reported once, as TrainingDiverged, not as warnings.
+        with np.errstate(over="ignore", invalid="ignore"):
+            train_loss, train_acc, steps = _train_epoch(
+                model, loader, loss_fn, optimizer, f"epoch {epoch}/{epochs}", progress
             )
-        lr_used = optimizer.lr
-        if scheduler is not None:
-            scheduler.step()
-        test = evaluate(model, test_data, loss_fn) if test_data is not None else None
+            if not math.isfinite(train_loss):
+                raise diverged(f"loss became {train_loss} at epoch {epoch}, step {steps}", epoch)
+            # The last step of an epoch can blow the weights up after its (finite) loss was
+            # computed; such weights must never become "the last good checkpoint".
+            broken = non_finite_tensors(model)
+            if broken:
+                raise diverged(
+                    f"weights became NaN or inf ({', '.join(broken[:3])}) during epoch {epoch}",
+                    epoch,
+                )
+            lr_used = optimizer.lr
+            if scheduler is not None:
+                scheduler.step()
+            test = evaluate(model, test_data, loss_fn) if test_data is not None else None
         if test is not None and not math.isfinite(test.loss):
-            raise _diverged(f"test loss became {test.loss} after epoch {epoch}", epoch)
+            raise diverged(f"test loss became {test.loss} after epoch {epoch}", epoch)
         metrics = EpochMetrics(
             epoch=epoch,
-            train_loss=loss_sum / seen,
-            train_accuracy=correct / seen,
+            train_loss=train_loss,
+            train_accuracy=train_acc,
             test_loss=test.loss if test else None,
             test_accuracy=test.accuracy if test else None,
             seconds=time.perf_counter() - t0,
@@ -337,6 +286,38 @@ def _epochs(
         if on_epoch_end is not None:
             on_epoch_end(metrics)
     return History(history, ckpt_path, metrics_path, resumed_from_epoch=start)
+
+
+def _train_epoch(
+    model: Sequential,
+    loader: DataLoader,
+    loss_fn: Loss,
+    optimizer: Optimizer,
+    desc: str,
+    progress: bool | None,
+) -> tuple[float, float, int]:
+    """One pass over the loader: forward, loss, backward, step. Returns the mean training
+    loss, the accuracy and the number of steps; it stops at the first non-finite loss and
+    returns that loss and the step it happened at."""
+    model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=_disable(progress))
+    try:
+        for step, (x, y) in enumerate(bar, 1):
+            logits = model.forward(x)
+            loss = loss_fn.forward(logits, _targets(loss_fn, logits, y))
+            if not math.isfinite(loss):
+                return loss, correct / max(seen, 1), step
+            model.backward(loss_fn.backward(), input_grad=False)
+            optimizer.step()
+            loss_sum += loss * len(y)
+            correct += int(np.sum(_predict(logits) == y))
+            seen += len(y)
+            if step % 10 == 0 or step == len(loader):
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
+    finally:
+        bar.close()
+    return loss_sum / seen, correct / seen, len(loader)
 
 
 def _restore(
