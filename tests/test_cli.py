@@ -236,3 +236,21 @@ def test_momentum_with_adam_is_refused(tmp_path, capsys):
     assert (
         main(["train", *QUICK, "--optimizer", "adam", "--lr", "0.001", "--out", str(tmp_path)]) == 0
     )
+
+
+def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
+    import os
+
+    from scratchcnn.io import remove_stale_temp_files
+
+    target = tmp_path / "model.npz"
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
+    stale = tmp_path / f".model.npz.{dead}.abc123.tmp"
+    live = tmp_path / f".model.npz.{os.getppid()}.def456.tmp"  # a process that runs
+    other = tmp_path / f".other.npz.{dead}.abc123.tmp"
+    for f in (stale, live, other):
+        f.write_bytes(b"partial")
+    assert remove_stale_temp_files(target) == [stale]
+    assert not stale.exists() and live.exists() and other.exists()

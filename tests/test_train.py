@@ -161,3 +161,20 @@ def test_bad_arguments():
         make_optimizer("rmsprop", lenet5(), 0.1)
     with pytest.raises(sc.ConfigError, match="unknown schedule 'linear'"):
         make_scheduler("linear", make_optimizer("sgd", lenet5(), 0.1), 3)
+
+
+def test_check_data_fits_refuses_what_the_model_cannot_take():
+    from scratchcnn.train import check_data_fits, default_loss, is_binary
+
+    shapes = load_dataset("shapes", "test")
+    assert is_binary(shapes_net()) and not is_binary(lenet5())
+    assert isinstance(default_loss(shapes_net()), sc.BCEWithLogitsLoss)
+    check_data_fits(shapes_net(), shapes, default_loss(shapes_net()))
+    with pytest.raises(sc.ConfigError, match=r"takes images \(1, 28, 28\) but data 'shapes'"):
+        check_data_fits(lenet5(), shapes, default_loss(lenet5()))
+    digits = load_dataset("mnist-5k", "test")
+    small = sc.Sequential([sc.Flatten(), sc.Dense(784, 3)], input_shape=(1, 28, 28))
+    with pytest.raises(sc.ConfigError, match=r"has 3 outputs but data 'mnist-5k' has label 9"):
+        check_data_fits(small, digits, default_loss(small))
+    with pytest.raises(sc.ConfigError, match=r"must be a scratchcnn\.data\.Dataset"):
+        check_data_fits(lenet5(), (digits.images, digits.labels))

@@ -89,9 +89,9 @@ class Flatten(Layer):
         x = check_array(x, "Flatten")
         if x.ndim < 2:
             raise ShapeError(f"Flatten expects at least 2-D (N, ...) input, got shape {x.shape}")
-        # Keep an empty array with x's memory layout: backward hands dx back in that layout,
-        # so the layers before (pooling over a Conv2D's output) keep streaming through memory.
-        self._cache = np.empty_like(x)
+        # Keep x (a reference, no copy) for its memory layout: backward hands dx back in that
+        # layout, so the layers before (pooling over a Conv2D's output) stream through memory.
+        self._cache = x
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
