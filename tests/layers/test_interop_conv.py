@@ -160,3 +160,19 @@ def test_bad_asymmetric_padding(bad):
 def test_dilated_kernel_larger_than_input_names_the_span():
     with pytest.raises(sc.ShapeError, match=r"dilated kernel 3x3 .*span 7x7.* padded input 6x6"):
         sc.Conv2D(1, 1, 3, dilation=3).forward(np.zeros((1, 1, 6, 6), np.float32))
+
+
+@pytest.mark.parametrize("s,p", [(1, 0), (2, 1), ((1, 2), ((0, 2), (1, 1)))])
+def test_grouped_path_equals_the_plain_path(s, p, rng, monkeypatch):
+    """With one group and no dilation the two implementations must agree exactly."""
+    conv = sc.Conv2D(3, 4, 3, stride=s, padding=p, dtype=np.float64, rng=rng)
+    x = rng.standard_normal((2, 3, 7, 8))
+    y = conv.forward(x)
+    dy = rng.standard_normal(y.shape)
+    dx = conv.backward(dy)
+    grads = {k: v.copy() for k, v in conv.grads.items()}
+    monkeypatch.setattr(sc.Conv2D, "_plain", property(lambda self: False))
+    np.testing.assert_allclose(conv.forward(x), y, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(conv.backward(dy), dx, rtol=1e-13, atol=1e-14)
+    for k, v in grads.items():
+        np.testing.assert_allclose(conv.grads[k], v, rtol=1e-13, atol=1e-13)
