@@ -171,7 +171,7 @@ class MaxPool2D(_Pool2D):
         out_hw = y.shape[2:]
         # After an eval-mode forward (rare: gradients of a frozen model) recompute the masks;
         # NaN windows (where a strict ">" is not PyTorch's rule) too.
-        if better is None or np.isnan(y).any():
+        if better is None or np.isnan(y.max()):  # max propagates NaN: one cheap reduction
             better = self._better(xp, out_hw)
         kk = len(better) + 1
         n, c = x_shape[:2]
@@ -184,7 +184,7 @@ class MaxPool2D(_Pool2D):
             wins[k] = b if taken is None else b & ~taken
             taken = b.copy(order="K") if taken is None else np.logical_or(taken, b, out=taken)
         wins[0] = ~taken if taken is not None else None
-        if kk > 1:
+        if kk > 1 and (self.pad[0][0] or self.pad[1][0]):  # only leading padding can win
             self._all_minus_inf_to_first_inside(wins, out_hw)
         tiled = (
             self.dilation == (1, 1)
