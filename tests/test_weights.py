@@ -21,36 +21,39 @@ from scratchcnn.models import lenet5
 from scratchcnn.weights import read_safetensors
 
 
-def torch_lenet5() -> nn.Sequential:
-    """torch's twin of scratchcnn.models.lenet5: same layers, same indices, same keys."""
-    return nn.Sequential(
-        nn.Conv2d(1, 6, 5, padding=2),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(400, 120),
-        nn.ReLU(),
-        nn.Linear(120, 84),
-        nn.ReLU(),
-        nn.Linear(84, 10),
-    )
+def torch_twin(model: sc.Sequential) -> nn.Sequential:
+    """torch's nn.Sequential of the same layers: same indices, so the same state_dict keys."""
+
+    def twin(layer: sc.Layer) -> nn.Module:
+        kind = type(layer).__name__
+        if kind == "Conv2D":
+            (pt, _), (pl, _) = layer.pad
+            return nn.Conv2d(
+                layer.in_channels,
+                layer.out_channels,
+                layer.kernel_size,
+                layer.stride,
+                (pt, pl),
+                layer.dilation,
+                layer.groups,
+            )
+        if kind == "MaxPool2D":
+            return nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding)
+        simple = {
+            "Dense": lambda: nn.Linear(layer.in_features, layer.out_features),
+            "BatchNorm2D": lambda: nn.BatchNorm2d(layer.num_features),
+            "ReLU": nn.ReLU,
+            "GlobalAvgPool2D": lambda: nn.AdaptiveAvgPool2d(1),
+            "Flatten": lambda: nn.Flatten(layer.start_dim),
+        }
+        return simple[kind]()
+
+    return nn.Sequential(*(twin(layer) for layer in model.layers))
 
 
-def bn_models() -> tuple[nn.Sequential, sc.Sequential]:
-    """A model with BatchNorm2D (running statistics and num_batches_tracked) in both."""
-    theirs = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1, groups=1),
-        nn.BatchNorm2d(4),
-        nn.ReLU(),
-        nn.Conv2d(4, 4, 3, padding=1, groups=4),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(4, 3),
-    )
-    ours = sc.Sequential(
+def bn_model() -> sc.Sequential:
+    """A model with BatchNorm2D (running statistics and num_batches_tracked)."""
+    return sc.Sequential(
         [
             sc.Conv2D(3, 4, 3, padding=1),
             sc.BatchNorm2D(4),
@@ -61,7 +64,6 @@ def bn_models() -> tuple[nn.Sequential, sc.Sequential]:
             sc.Dense(4, 3),
         ]
     )
-    return theirs, ours
 
 
 def assert_same_outputs(ours: sc.Sequential, theirs: nn.Module, x: np.ndarray) -> None:
@@ -75,7 +77,7 @@ def assert_same_outputs(ours: sc.Sequential, theirs: nn.Module, x: np.ndarray) -
 
 def test_torch_lenet5_weights_load_and_give_torch_outputs(tmp_path, rng):
     torch.manual_seed(0)
-    net = torch_lenet5()
+    net = torch_twin(lenet5())
     path = tmp_path / "lenet.safetensors"
     save_file(net.state_dict(), path)
     model = lenet5(seed=1)
@@ -85,8 +87,8 @@ def test_torch_lenet5_weights_load_and_give_torch_outputs(tmp_path, rng):
 
 def test_torch_batchnorm_model_loads_with_its_running_statistics(tmp_path, rng):
     torch.manual_seed(0)
-    net, model = bn_models()
-    net.train()
+    model = bn_model()
+    net = torch_twin(model).train()
     with torch.no_grad():  # a few batches, so running stats and num_batches_tracked move
         for _ in range(3):
             net(torch.randn(8, 3, 6, 6) * 2 + 1)
@@ -101,16 +103,16 @@ def test_torch_batchnorm_model_loads_with_its_running_statistics(tmp_path, rng):
 @pytest.mark.parametrize("which", ["lenet5", "batchnorm"])
 def test_our_weights_load_into_torch_strictly(which, tmp_path, rng):
     if which == "lenet5":
-        model, net = lenet5(seed=3), torch_lenet5()
+        model = lenet5(seed=3)
         x = rng.random((3, 1, 28, 28), dtype=np.float32)
     else:
-        net, model = bn_models()
-        model.train()
+        model = bn_model().train()
         for _ in range(2):  # move the running statistics away from their initial values
             model.forward(rng.standard_normal((6, 3, 5, 5)).astype(np.float32))
         x = rng.standard_normal((3, 3, 5, 5)).astype(np.float32)
     path = tmp_path / "ours.safetensors"
     model.save_weights(path)
+    net = torch_twin(model)
     net.load_state_dict(load_file(path), strict=True)
     assert_same_outputs(model, net, x)
 

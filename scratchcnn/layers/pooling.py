@@ -26,6 +26,7 @@ class _Pool2D(Layer):
     ``padding`` is an int, (ph, pw) or ((top, bottom), (left, right)); each side at most half
     the (dilated) kernel span. ``ceil_mode`` rounds the output size up, as PyTorch does: a
     last, partial window is added when it starts inside the input or the leading padding.
+    ``dilation`` is MaxPool2D's (AvgPool2D has none, as in PyTorch).
     """
 
     def __init__(
@@ -127,16 +128,6 @@ class MaxPool2D(_Pool2D):
     PyTorch does: the first in row-major order on ties, the last NaN if the window holds NaN,
     and the first tap inside the input if every value is -inf. Overlapping windows accumulate.
     """
-
-    def __init__(
-        self,
-        kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int] | None = None,
-        padding: int | tuple[int, int] | Padding = 0,
-        ceil_mode: bool = False,
-        dilation: int | tuple[int, int] = 1,
-    ) -> None:
-        super().__init__(kernel_size, stride, padding, ceil_mode, dilation)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         xp, out_hw = self._input(x, -np.inf)
