@@ -46,6 +46,7 @@ import numpy as np
 
 from .errors import CheckpointError, FileWriteError, ScratchCNNError
 from .model import Sequential
+from .safezip import MAX_CHECKPOINT_BYTES, MAX_ENTRIES, read_regular_file, stored_entries
 
 FORMAT = "scratchcnn-checkpoint"
 VERSION = 1
@@ -289,15 +290,8 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _read_file(path: Path) -> bytes:
-    try:
-        if not path.exists():
-            raise CheckpointError(f"{path}: no such checkpoint file")
-        if path.is_dir():
-            raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read it ({_reason(exc)})") from exc
+def _read_file(path: Path, max_bytes: int) -> bytes:
+    data = read_regular_file(path, max_bytes)
     if not data:
         raise CheckpointError(f"{path}: empty file, not a checkpoint")
     if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
@@ -331,12 +325,14 @@ def _check_seal(path: Path, data: bytes) -> bool:
     return True
 
 
-def _read_npy(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
-    """One zip entry as an array, without pickle and without trusting its sizes."""
-    name = info.filename
-    if info.compress_type != zipfile.ZIP_STORED:
-        raise CheckpointError(f"{path}: entry {name!r} is compressed; checkpoints are not")
-    with zf.open(info) as fh:
+#: numpy refuses .npy headers longer than this by default; none of ours comes close.
+_NPY_HEADER_MAX = 10_000
+
+
+def _read_npy(path: Path, name: str, body: memoryview) -> np.ndarray:
+    """One entry's bytes as an array, without pickle and without trusting its sizes."""
+    fh = BytesIO(body[: _NPY_HEADER_MAX + 16].tobytes())
+    try:
         version = np.lib.format.read_magic(fh)
         if version == (1, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
@@ -344,69 +340,33 @@ def _read_npy(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndar
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
         else:
             raise CheckpointError(f"{path}: entry {name!r} has .npy format version {version}")
-        if dtype.hasobject:
-            raise CheckpointError(
-                f"{path}: entry {name!r} is an object array, which only pickle could load; "
-                "refusing to load it"
-            )
-        if dtype.kind not in "fiub" or dtype.fields is not None or dtype.subdtype is not None:
-            raise CheckpointError(f"{path}: entry {name!r} has unsupported dtype {dtype}")
-        nbytes = math.prod(shape) * dtype.itemsize
-        if fh.tell() + nbytes != info.file_size:
-            raise CheckpointError(
-                f"{path}: entry {name!r} holds {info.file_size - fh.tell()} bytes of data but "
-                f"its header declares {dtype} {shape} ({nbytes} bytes)"
-            )
-        raw = fh.read(nbytes)  # reading to the end checks the entry's CRC-32
-    if len(raw) != nbytes:
-        raise CheckpointError(f"{path}: entry {name!r} is truncated")
-    arr = np.frombuffer(raw, dtype=dtype)
+    except (ValueError, EOFError, SyntaxError, TypeError, OverflowError) as exc:
+        raise CheckpointError(f"{path}: entry {name!r} is not a valid .npy array ({exc})") from exc
+    if dtype.hasobject:
+        raise CheckpointError(
+            f"{path}: entry {name!r} is an object array, which only pickle could load; "
+            "refusing to load it"
+        )
+    if dtype.kind not in "fiub" or dtype.fields is not None or dtype.subdtype is not None:
+        raise CheckpointError(f"{path}: entry {name!r} has unsupported dtype {dtype}")
+    count = math.prod(shape)
+    nbytes = count * dtype.itemsize
+    if fh.tell() + nbytes != len(body):
+        raise CheckpointError(
+            f"{path}: entry {name!r} holds {len(body) - fh.tell()} bytes of data but "
+            f"its header declares {dtype} {shape} ({nbytes} bytes)"
+        )
+    arr = np.frombuffer(body, dtype=dtype, count=count, offset=fh.tell())
     arr = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
     return arr.copy()
 
 
-def _read_arrays(path: Path, data: bytes) -> dict[str, np.ndarray]:
-    arrays: dict[str, np.ndarray] = {}
-    try:
-        with zipfile.ZipFile(BytesIO(data)) as zf:
-            infos = zf.infolist()
-            names = [i.filename for i in infos]
-            if any(n.endswith("data.pkl") for n in names):
-                raise CheckpointError(
-                    f"{path}: is a PyTorch checkpoint (pickle inside), not a scratchcnn "
-                    "checkpoint; refusing to load it"
-                )
-            if len(set(names)) != len(names):
-                raise CheckpointError(f"{path}: corrupt checkpoint (duplicate entries)")
-            for info in infos:
-                if not info.filename.endswith(".npy"):
-                    raise CheckpointError(
-                        f"{path}: not a scratchcnn checkpoint (entry {info.filename!r} is not "
-                        "a .npy array)"
-                    )
-                arrays[info.filename[: -len(".npy")]] = _read_npy(path, zf, info)
-    except CheckpointError:
-        raise
-    except zipfile.BadZipFile as exc:
-        if "not a zip file" in str(exc):
-            raise CheckpointError(
-                f"{path}: truncated or corrupt checkpoint (the end of the archive is missing "
-                "or damaged)"
-            ) from exc
-        raise CheckpointError(f"{path}: corrupt checkpoint ({exc})") from exc
-    except (
-        zipfile.LargeZipFile,
-        EOFError,
-        OSError,
-        ValueError,
-        KeyError,
-        NotImplementedError,
-        RuntimeError,
-        OverflowError,
-        UnicodeDecodeError,
-    ) as exc:
-        raise CheckpointError(f"{path}: corrupt checkpoint ({type(exc).__name__}: {exc})") from exc
-    return arrays
+def _read_arrays(path: Path, data: bytes, max_entries: int) -> dict[str, np.ndarray]:
+    """Every entry as an array: at most the file's size in all (see ``safezip``)."""
+    return {
+        name[: -len(".npy")]: _read_npy(path, name, body)
+        for name, body in stored_entries(path, data, max_entries)
+    }
 
 
 def _reject_constant(name: str) -> Any:
@@ -453,12 +413,20 @@ def _check_meta(path: Path, meta: dict[str, Any]) -> None:
         raise bad("'scheduler' must be a JSON object")
 
 
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read and verify a checkpoint; rebuild the model with its weights."""
+def load_checkpoint(
+    path: str | os.PathLike,
+    *,
+    max_bytes: int = MAX_CHECKPOINT_BYTES,
+    max_entries: int = MAX_ENTRIES,
+) -> Checkpoint:
+    """Read and verify a checkpoint; rebuild the model with its weights.
+
+    Files larger than ``max_bytes`` (default 2 GiB) or with more than ``max_entries`` arrays
+    are refused before they are parsed."""
     path = Path(path)
-    data = _read_file(path)
+    data = _read_file(path, max_bytes)
     sealed = _check_seal(path, data)
-    arrays = _read_arrays(path, data)
+    arrays = _read_arrays(path, data, max_entries)
     raw = arrays.pop(META_KEY, None)
     if raw is None or raw.dtype != np.uint8 or raw.ndim != 1:
         raise CheckpointError(f"{path}: not a scratchcnn checkpoint (no {META_KEY} entry)")
