@@ -45,8 +45,10 @@ from typing import IO, Any
 import numpy as np
 
 from .errors import CheckpointError, FileWriteError, ScratchCNNError
+from .layers.base import layer_type_name, resolve_layer_type
 from .model import Sequential
 from .safezip import MAX_CHECKPOINT_BYTES, MAX_ENTRIES, read_regular_file, stored_entries
+from .schema import MAX_INPUT_ELEMENTS, check_metadata
 
 FORMAT = "scratchcnn-checkpoint"
 VERSION = 1
@@ -58,7 +60,8 @@ _DIGEST_LEN = 64
 _SEAL_LEN = len(SEAL_PREFIX) + _DIGEST_LEN
 _EOCD_LEN = 22  # a zip's end-of-central-directory record, without its comment
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed entry timestamps: same state, same bytes
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+#: Largest metadata (the ``__meta__`` JSON) read: parsed JSON takes many times its size.
+MAX_META_BYTES = 4 * 1024**2
 
 
 def _digest(arr: np.ndarray) -> str:
@@ -177,6 +180,16 @@ def layer_rng_states(model: Sequential) -> dict[str, Any]:
     }
 
 
+def _model_config(model: Sequential) -> dict[str, Any]:
+    """``model.config()`` with each custom layer's type saved under its qualified name, so
+    that loading can never mistake it for a built-in of the same name."""
+    config = model.config()
+    for spec, layer in zip(config["layers"], model.layers, strict=True):
+        if spec.get("type") == type(layer).__name__:
+            spec["type"] = layer_type_name(type(layer))
+    return config
+
+
 def checkpoint_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     """The .npz file of ``arrays`` (names without ``.npy``), sealed with its SHA-256."""
     buf = BytesIO()
@@ -212,7 +225,7 @@ def save(
         "format": FORMAT,
         "version": VERSION,
         "sealed": True,
-        "model": model.config(),
+        "model": _model_config(model),
         "epoch": epoch,
         "layer_rng": layer_rng_states(model),
         "rng": _jsonable(rng or {}),
@@ -268,26 +281,15 @@ class Checkpoint:
                 raise CheckpointError(f"{self.path}: optimizer state does not fit: {exc}") from exc
         if scheduler is not None and self.scheduler_state is not None:
             st = self.scheduler_state
-            epoch, base_lr = st.get("epoch"), st.get("base_lr")
             if st.get("type") != type(scheduler).__name__:
                 raise CheckpointError(
                     f"{self.path}: scheduler state is for {st.get('type')!r}, not "
                     f"{type(scheduler).__name__}"
                 )
-            if not _is_count(epoch) or not _is_number(base_lr) or base_lr <= 0:
-                raise CheckpointError(
-                    f"{self.path}: bad scheduler state (epoch {epoch!r}, base_lr {base_lr!r})"
-                )
-            scheduler.load_state_dict(st)
-
-
-def _is_count(value: Any) -> bool:
-    """A non-negative int (not a bool)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            try:
+                scheduler.load_state_dict(st)
+            except (ScratchCNNError, KeyError, TypeError, ValueError) as exc:
+                raise CheckpointError(f"{self.path}: bad scheduler state: {exc}") from exc
 
 
 def _read_file(path: Path, max_bytes: int) -> bytes:
@@ -373,44 +375,64 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
-def _check_meta(path: Path, meta: dict[str, Any]) -> None:
-    """The types of every field ``save`` writes; one line naming the first bad one."""
+def _check_state_shapes(path: Path, config: dict[str, Any], arrays: dict[str, Any]) -> None:
+    """The tensors the config implies (each layer's ``state_shapes``) against the arrays in the
+    file, before a layer is built: a config cannot make us allocate what the file lacks.
+    Layers whose class does not say (custom layers without ``state_shapes``) are skipped."""
+    expected: dict[str, tuple[int, ...]] = {}
+    unknown: set[str] = set()
+    for i, spec in enumerate(config["layers"]):
+        cls = resolve_layer_type(spec["type"])
+        try:
+            shapes = cls.state_shapes(spec.get("config", {}))
+        except (ScratchCNNError, KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise CheckpointError(
+                f"{path}: cannot rebuild the model: layer {i} ({spec['type']}) has a bad "
+                f"config: {exc}"
+            ) from exc
+        if shapes is None:
+            unknown.add(str(i))
+        else:
+            expected.update({f"{i}.{k}": tuple(v) for k, v in shapes.items()})
+    have = {k[len("model/") :]: v.shape for k, v in arrays.items() if k.startswith("model/")}
+    missing = [k for k in expected if k not in have]
+    unexpected = [k for k in have if k not in expected and k.split(".")[0] not in unknown]
+    misshaped = [
+        f"{k}: file {have[k]} vs config {expected[k]}"
+        for k in expected
+        if k in have and have[k] != expected[k]
+    ]
+    problems = [
+        f"{what}: {', '.join(keys) if what != 'mis-shaped' else '; '.join(keys)}"
+        for what, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("mis-shaped", misshaped),
+        )
+        if keys
+    ]
+    if problems:
+        raise CheckpointError(
+            f"{path}: cannot rebuild the model: the arrays in the file do not fit its config "
+            f"({' | '.join(problems)})"
+        )
 
-    def bad(what: str) -> CheckpointError:
-        return CheckpointError(f"{path}: malformed checkpoint metadata: {what}")
 
-    digests = meta.get("sha256")
-    if not isinstance(digests, dict) or not all(
-        isinstance(v, str) and _HEX64.fullmatch(v) for v in digests.values()
-    ):
-        raise bad("'sha256' must map array names to SHA-256 hex digests")
-    if not isinstance(meta.get("model"), dict):
-        raise bad("'model' must be the model's config (a JSON object)")
-    if meta.get("epoch") is not None and not _is_count(meta["epoch"]):
-        raise bad(f"'epoch' must be a non-negative integer, got {meta['epoch']!r}")
-    for key in ("layer_rng", "rng", "extra"):
-        if meta.get(key) is not None and not isinstance(meta[key], dict):
-            raise bad(f"{key!r} must be a JSON object, got {type(meta[key]).__name__}")
-    if meta.get("sealed") not in (None, True, False):
-        raise bad(f"'sealed' must be true or false, got {meta['sealed']!r}")
-    opt = meta.get("optimizer")
-    if opt is not None:
-        if not isinstance(opt, dict) or not isinstance(opt.get("type"), str):
-            raise bad("'optimizer' must be an object with a 'type' name")
-        hyper = opt.get("hyper")
-        if not isinstance(hyper, dict) or not all(
-            v is None
-            or _is_number(v)
-            or (isinstance(v, list) and all(_is_number(x) for x in v))
-            or isinstance(v, bool)
-            for v in hyper.values()
-        ):
-            raise bad("optimizer 'hyper' must map names to numbers")
-        if not _is_count(opt.get("steps")):
-            raise bad(f"optimizer 'steps' must be a non-negative integer, got {opt.get('steps')!r}")
-    sched = meta.get("scheduler")
-    if sched is not None and not isinstance(sched, dict):
-        raise bad("'scheduler' must be a JSON object")
+def _check_activations(path: Path, model: Sequential) -> None:
+    """With a recorded input shape, every layer's output must exist and stay within
+    ``MAX_INPUT_ELEMENTS`` values per image: running the model stays bounded too."""
+    if model.input_shape is None:
+        return
+    try:
+        shapes = model.output_shapes()
+    except (ScratchCNNError, ValueError, TypeError, IndexError, OverflowError) as exc:
+        raise CheckpointError(f"{path}: the model cannot run on its input shape: {exc}") from exc
+    for i, shape in enumerate(shapes):
+        if math.prod(shape[1:]) > MAX_INPUT_ELEMENTS:
+            raise CheckpointError(
+                f"{path}: layer {i} ({model.layers[i]!r}) would output {shape[1:]} per image, "
+                f"more than {MAX_INPUT_ELEMENTS:,} values"
+            )
 
 
 def load_checkpoint(
@@ -430,6 +452,11 @@ def load_checkpoint(
     raw = arrays.pop(META_KEY, None)
     if raw is None or raw.dtype != np.uint8 or raw.ndim != 1:
         raise CheckpointError(f"{path}: not a scratchcnn checkpoint (no {META_KEY} entry)")
+    if raw.size > MAX_META_BYTES:
+        raise CheckpointError(
+            f"{path}: checkpoint metadata of {raw.size:,} bytes is more than the "
+            f"{MAX_META_BYTES:,}-byte limit"
+        )
     try:
         meta = json.loads(raw.tobytes().decode(), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -445,7 +472,10 @@ def load_checkpoint(
             f"{path}: checkpoint format version {version} is newer than this scratchcnn "
             f"supports ({VERSION}); upgrade scratchcnn to load it"
         )
-    _check_meta(path, meta)
+    try:
+        check_metadata(meta)
+    except ScratchCNNError as exc:
+        raise CheckpointError(f"{path}: malformed checkpoint metadata: {exc}") from exc
     if meta.get("sealed") and not sealed:
         raise CheckpointError(
             f"{path}: truncated or corrupt checkpoint: its closing SHA-256 seal is missing or "
@@ -462,6 +492,7 @@ def load_checkpoint(
     for name, arr in arrays.items():
         if _digest(arr) != digests[name]:
             raise CheckpointError(f"{path}: array {name!r} is corrupt (SHA-256 mismatch)")
+    _check_state_shapes(path, meta["model"], arrays)
     try:
         model = Sequential.from_config(meta["model"])
         model.load_state_dict(
@@ -477,6 +508,7 @@ def load_checkpoint(
         MemoryError,
     ) as exc:
         raise CheckpointError(f"{path}: cannot rebuild the model: {exc}") from exc
+    _check_activations(path, model)
     for idx, state in (meta.get("layer_rng") or {}).items():
         try:
             layer = model.layers[int(idx)]

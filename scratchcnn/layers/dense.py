@@ -50,6 +50,12 @@ class Dense(Layer):
             "dtype": self.dtype.name,
         }
 
+    @classmethod
+    def state_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        fi = positive_int(config["in_features"], "in_features")
+        fo = positive_int(config["out_features"], "out_features")
+        return {"weight": (fo, fi), **({"bias": (fo,)} if config.get("bias", True) else {})}
+
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}" + self._repr_suffix()
 
@@ -81,6 +87,10 @@ class Dense(Layer):
 
 class Flatten(Layer):
     """(N, d1, d2, ...) -> (N, d1*d2*...); backward reshapes dy back."""
+
+    @classmethod
+    def state_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        return {}  # no parameters or buffers
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         return (input_shape[0], int(np.prod(input_shape[1:], dtype=np.int64)))
