@@ -288,7 +288,7 @@ class Checkpoint:
                 )
             try:
                 scheduler.load_state_dict(st)
-            except (ScratchCNNError, KeyError, TypeError, ValueError) as exc:
+            except (ScratchCNNError, KeyError, TypeError, ValueError, OverflowError) as exc:
                 raise CheckpointError(f"{self.path}: bad scheduler state: {exc}") from exc
 
 
