@@ -34,7 +34,9 @@ import json
 import math
 import os
 import re
+import stat
 import tempfile
+import threading
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -124,15 +126,33 @@ def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def _new_file_mode(path: Path) -> int:
+    """The permissions ``open(path, "w")`` would leave: the existing file's, else 0o666 less
+    the umask (``mkstemp`` alone creates 0600 files)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        pass
+    with _UMASK_LOCK:  # reading the umask means setting it; keep the window closed
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
     """Call ``write(fileobj)`` on a temporary file next to ``path``, then atomically replace
     ``path`` with it (after flush + fsync), fsync the folder, and remove temporary files that
     killed writers of ``path`` left behind. On any error the temporary file is removed and
     ``path`` is untouched; an ``OSError`` (disk full, file too large, permission denied)
-    becomes a one-line :class:`FileWriteError` naming ``path``."""
+    becomes a one-line :class:`FileWriteError` naming ``path``. The file gets the
+    permissions a plain write would give it (the umask's, or the replaced file's)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        mode = _new_file_mode(path)
         fd, tmp = tempfile.mkstemp(
             prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent
         )
@@ -140,6 +160,8 @@ def atomic_write_bytes(path: str | os.PathLike, write: Callable[[IO[bytes]], Any
         raise FileWriteError(f"{path}: cannot write it ({_reason(exc)})") from exc
     try:
         with os.fdopen(fd, "wb") as fh:
+            if hasattr(os, "fchmod"):
+                os.fchmod(fh.fileno(), mode)
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())

@@ -514,13 +514,15 @@ def test_cli_resume_from_a_damaged_checkpoint_is_one_line(tmp_path, good):
 
 
 def test_cli_resume_with_another_model_and_no_run_settings(tmp_path, capsys):
+    """Without run.json the command line's settings are the run's: the checkpoint's recorded
+    settings must be the same, before any model weight is touched."""
     out = tmp_path / "run"
     quick = ["--epochs", "1", "--limit", "64", "--quiet", "--out", str(out)]
     assert main(["train", *quick]) == 0
     (out / "run.json").unlink()
     assert main(["train", "--model", "tiny_cnn", *quick, "--resume"]) == 2
     assert captured_error(capsys) == (
-        f"scratchcnn: error: {out / 'model.npz'}: the checkpoint's architecture differs from "
-        f"the model being trained (layer 0: checkpoint {lenet5().layers[0]!r}, model "
-        f"{tiny_cnn().layers[0]!r}; 12 layers vs 5); use a new --out folder or the same --model"
+        f"scratchcnn: error: {out / 'model.npz'}: was written with other settings than the run "
+        "being resumed (model: checkpoint 'lenet5', run.json 'tiny_cnn'); --resume refuses to "
+        "continue it: use --overwrite to start over, or another --out"
     )
