@@ -97,6 +97,7 @@ def prepare_run_folder(
             "--resume continues the run in --out and --overwrite replaces it: pick one"
         )
     checkpoint = out / CHECKPOINT_NAME
-    if resume and checkpoint.exists():
+    # lexists: a dangling or looping symlink in its place is refused, not silently replaced.
+    if resume and os.path.lexists(checkpoint):
         return None, check_resume_settings(checkpoint, run, defaults)
     return (set_aside_run(out) if overwrite else None), None

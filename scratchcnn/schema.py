@@ -152,7 +152,7 @@ def check_rng_state(where: str, state: Any) -> None:
     if not isinstance(state, dict):
         raise _fail(where, "a random generator state (a JSON object)", state)
     name = state.get("bit_generator")
-    if name not in RNG_STATES:
+    if not isinstance(name, str) or name not in RNG_STATES:
         raise _fail(f"{where}.bit_generator", f"one of {', '.join(RNG_STATES)}", name)
     _match(where, {k: v for k, v in state.items() if k != "bit_generator"}, RNG_STATES[name])
 

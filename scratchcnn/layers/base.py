@@ -65,14 +65,14 @@ def resolve_layer_type(name: Any) -> type[Layer]:
 
     A bare name is a built-in; for checkpoints written before user layers were saved under
     their qualified name, a bare name that no built-in has is accepted when exactly one
-    registered user class has it as its qualified name's last part."""
+    registered custom class has it as its class name."""
     if not isinstance(name, str) or not name:
         raise ConfigError(f"a layer type must be a non-empty string, got {name!r}")
     cls = LAYER_TYPES.get(name)
     if cls is not None:
         return cls
     if "." not in name and not name.startswith("_"):
-        matches = [c for key, c in LAYER_TYPES.items() if "." in key and c.__qualname__ == name]
+        matches = [c for key, c in LAYER_TYPES.items() if "." in key and c.__name__ == name]
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:

@@ -18,7 +18,7 @@ import scratchcnn as sc
 from scratchcnn.cli import main
 from scratchcnn.data import load_dataset
 from scratchcnn.io import META_KEY, _digest, checkpoint_bytes
-from scratchcnn.models import lenet5, shapes_net, tiny_cnn
+from scratchcnn.models import shapes_net
 from scratchcnn.train import fit, make_optimizer, make_scheduler
 
 from .conftest import captured_error, error_line, run_cli
