@@ -109,17 +109,23 @@ def plain_zip(entries: dict[str, bytes]) -> tuple[bytes, bytes]:
 
 
 def overlap_bomb(k: int = 1000, payload_bytes: int = 1 << 20) -> bytes:
-    """``k`` entries whose data all run to the end of one shared 1 MB payload, with correct
-    CRCs: a reader that trusts the directory reads k MB (a gigabyte) from ~1.1 MB."""
+    """``k`` entries that all hold the same 1 MB .npy array, with correct CRCs: each local
+    header's extra field runs over the headers after it, up to the shared payload. A reader
+    that trusts the directory builds k arrays, a gigabyte, from a ~1.1 MB file."""
     names = [f"model/{i}.weight.npy".encode() for i in range(k)]
-    body, begins = b"", []
+    start = sum(LOCAL.size + len(n) for n in names)  # where the payload begins
+    payload = npy(np.zeros(payload_bytes // 4, np.float32))
+    crc, body, offsets = zlib.crc32(payload), b"", []
     for name in names:
-        body += LOCAL.pack(b"PK\x03\x04", 20, 0, 0, 0, 0, 0, 0, 0, len(name), 0) + name
-        begins.append(len(body))
-    body += npy(np.zeros(payload_bytes // 4, np.float32))
+        offsets.append(len(body))
+        extra = start - (len(body) + LOCAL.size + len(name))
+        size = len(payload)
+        body += LOCAL.pack(b"PK\x03\x04", 20, 0, 0, 0, 0, crc, size, size, len(name), extra)
+        body += name
+    body += payload
     central = b"".join(
-        central_entry(name, zlib.crc32(body[b:]), len(body) - b, b - LOCAL.size - len(name))
-        for name, b in zip(names, begins, strict=True)
+        central_entry(name, crc, len(payload), off)
+        for name, off in zip(names, offsets, strict=True)
     )
     return sealed(body, central, k)
 
