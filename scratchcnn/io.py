@@ -19,11 +19,16 @@ target with ``os.replace`` and the folder is fsynced, so the file on disk is alw
 previous complete checkpoint or the new complete one. Temporary files left behind by a
 writer that was killed (its PID is gone) are removed by the next successful write.
 
-Reads never unpickle (object arrays are refused) and check, in order: the file-wide
-SHA-256, the zip structure and CRCs, that every entry is a plain numeric ``.npy`` array
-whose size matches its header, the format name and version, the metadata's types, the
-SHA-256 of every array, and that the arrays fit the architecture. Any problem raises one
-``CheckpointError`` line naming the file and the problem.
+Reads treat the file as untrusted and never unpickle (object arrays are refused). They
+check, in order: that it is a regular file within the size cap (``safezip``), the file-wide
+SHA-256, the zip structure, parsed here rather than by ``zipfile`` so that entries cannot
+overlap or lie about their sizes (``safezip``), and CRCs, that every entry is a plain numeric
+``.npy`` array whose size matches its header, the format name and version, every metadata
+field's type and range (``schema``), the SHA-256 of every array, that the arrays are exactly
+the tensors the config implies (each layer's ``state_shapes``, before any layer is built),
+and that every layer's output fits the recorded input shape. Any problem raises one
+``CheckpointError`` line naming the file and the problem. Memory stays within about twice
+the file's size.
 """
 
 from __future__ import annotations
