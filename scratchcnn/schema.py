@@ -49,6 +49,8 @@ MAX_FLOAT = 1e300
 _INT64 = 2**63
 _U32, _U64, _U128 = 2**32, 2**64, 2**128
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+#: A table of field name -> (what it must be, in words; the check).
+Rules = dict[str, tuple[str, Callable[[Any], bool]]]
 _LAYER_KEY = re.compile(r"\d{1,9}(\.[A-Za-z0-9_]{1,64}){0,64}")
 
 
@@ -187,7 +189,7 @@ def _window_pair(value: Any, low: int) -> bool:
 
 
 #: Rules for config keys that built-in layers share; a key not listed is plain bounded JSON.
-CONFIG_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+CONFIG_RULES: Rules = {
     "dtype": ('"float32" or "float64"', lambda v: v in ("float32", "float64")),
     **{
         key: (f"an integer in [1, {MAX_FEATURES}]", lambda v: is_int(v, 1, MAX_FEATURES))
@@ -293,7 +295,7 @@ def _beta(v: Any) -> bool:
 
 
 #: Hyper-parameters the optimisers take, with the ranges their constructors accept.
-HYPER_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+HYPER_RULES: Rules = {
     # The rate in use, which a schedule may have brought to 0 (its setting is base_lr > 0).
     "lr": ("a number >= 0", lambda v: is_number(v, 0.0)),
     "momentum": ("a number in [0, 1)", _beta),
@@ -309,7 +311,7 @@ HYPER_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
 }
 
 #: Settings of the learning-rate schedules (the first three are every schedule's).
-SCHEDULER_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+SCHEDULER_RULES: Rules = {
     "type": ("a class name", lambda v: isinstance(v, str) and v.isidentifier()),
     "epoch": ("a non-negative integer", lambda v: is_int(v, 0, 2**31)),
     "base_lr": ("a number > 0", lambda v: is_number(v) and v > 0),
@@ -320,22 +322,34 @@ SCHEDULER_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
 }
 
 
+def _check_fields(
+    obj: dict[str, Any], rules: Rules, name: Callable[[str], str], other: Callable[[str, Any], None]
+) -> None:
+    """Each field of ``obj`` by its rule; ``other(where, value)`` for fields without one."""
+    for key, value in obj.items():
+        if key in rules:
+            what, ok = rules[key]
+            if not ok(value):
+                raise _fail(name(key), what, value)
+        else:
+            other(name(key), value)
+
+
 def check_hyper(where: str, hyper: Any) -> None:
     """Optimiser hyper-parameters: known names in range, others plain numbers."""
-    if not isinstance(hyper, dict):
-        raise SchemaError(f"{where} must map names to numbers")
-    for name, value in hyper.items():
-        if name in HYPER_RULES:
-            what, ok = HYPER_RULES[name]
-            if not ok(value):
-                raise _fail(f"{where} {name!r}", what, value)
-        elif not (
+
+    def other(_: str, value: Any) -> None:
+        if not (
             value is None
             or isinstance(value, bool)
             or is_number(value)
             or (isinstance(value, list) and all(is_number(x) for x in value))
         ):
             raise SchemaError(f"{where} must map names to numbers")
+
+    if not isinstance(hyper, dict):
+        raise SchemaError(f"{where} must map names to numbers")
+    _check_fields(hyper, HYPER_RULES, lambda k: f"{where} {k!r}", other)
 
 
 def _check_optimizer(opt: Any) -> None:
@@ -358,13 +372,12 @@ def check_scheduler_state(where: str, sched: Any) -> None:
     for key in ("type", "epoch", "base_lr"):
         if key not in sched:
             raise SchemaError(f"{where} has no {key!r}")
-    for key, value in sched.items():
-        if key in SCHEDULER_RULES:
-            what, ok = SCHEDULER_RULES[key]
-            if not ok(value):
-                raise _fail(f"{where} {key!r}", what, value)
-        elif not (value is None or isinstance(value, bool) or is_number(value)):
-            raise _fail(f"{where} {key!r}", "a number", value)
+
+    def other(name: str, value: Any) -> None:
+        if not (value is None or isinstance(value, bool) or is_number(value)):
+            raise _fail(name, "a number", value)
+
+    _check_fields(sched, SCHEDULER_RULES, lambda k: f"{where} {k!r}", other)
 
 
 def _check_scheduler(sched: Any) -> None:
@@ -376,7 +389,7 @@ def _check_scheduler(sched: Any) -> None:
 _FRACTION = ("a number in [0, 1]", lambda v: is_number(v, 0.0, 1.0))
 _LOSS = ("a finite number", is_number)
 #: Fields of one epoch in the training history (``train.EpochMetrics``), all required.
-HISTORY_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+HISTORY_RULES: Rules = {
     "epoch": ("a positive integer", lambda v: is_int(v, 1, 2**31)),
     "train_loss": _LOSS,
     "train_accuracy": _FRACTION,
@@ -397,13 +410,7 @@ def _check_history(history: Any) -> None:
         missing = sorted(set(HISTORY_RULES) - set(entry))
         if missing:
             raise SchemaError(f"{where} lacks {missing}")
-        for key, value in entry.items():
-            if key in HISTORY_RULES:
-                what, ok = HISTORY_RULES[key]
-                if not ok(value):
-                    raise _fail(f"{where}.{key}", what, value)
-            else:
-                check_json(f"{where}.{key}", value)
+        _check_fields(entry, HISTORY_RULES, lambda k, w=where: f"{w}.{k}", check_json)
 
 
 def _check_extra(extra: Any) -> None:
