@@ -51,6 +51,16 @@ def _reason(exc: OSError) -> str:
     return (exc.strerror or str(exc) or type(exc).__name__).strip()
 
 
+def _refuse_special(path: Path, mode: int) -> None:
+    """A CheckpointError naming the kind of anything but a regular file."""
+    for test, kind in _KINDS:
+        if test(mode):
+            what = "checkpoint file" if kind == "a directory" else "regular checkpoint file"
+            raise CheckpointError(f"{path}: is {kind}, not a {what}")
+    if not stat.S_ISREG(mode):
+        raise CheckpointError(f"{path}: is not a regular file")
+
+
 def read_regular_file(path: Path, max_bytes: int = MAX_CHECKPOINT_BYTES) -> bytes:
     """The bytes of ``path`` if it is a regular file of at most ``max_bytes`` bytes; else one
     ``CheckpointError`` line. Never blocks on a FIFO, never reads a device."""
@@ -62,15 +72,14 @@ def read_regular_file(path: Path, max_bytes: int = MAX_CHECKPOINT_BYTES) -> byte
     except IsADirectoryError as exc:  # Windows cannot open a folder
         raise CheckpointError(f"{path}: is a directory, not a checkpoint file") from exc
     except OSError as exc:
+        try:  # a socket cannot even be opened: say what it is
+            _refuse_special(path, os.stat(path).st_mode)
+        except OSError:
+            pass
         raise CheckpointError(f"{path}: cannot read it ({_reason(exc)})") from exc
     try:
         st = os.fstat(fd)
-        for test, kind in _KINDS:
-            if test(st.st_mode):
-                what = "checkpoint file" if kind == "a directory" else "regular checkpoint file"
-                raise CheckpointError(f"{path}: is {kind}, not a {what}")
-        if not stat.S_ISREG(st.st_mode):
-            raise CheckpointError(f"{path}: is not a regular file")
+        _refuse_special(path, st.st_mode)
         if st.st_size > max_bytes:
             raise CheckpointError(
                 f"{path}: is {st.st_size:,} bytes, more than the {max_bytes:,}-byte limit for "

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import socket
 import stat
 import struct
 import subprocess
@@ -420,7 +421,11 @@ def special_files(base: Path) -> dict[str, Path]:
     dangling.symlink_to(base / "nowhere")
     folder = base / "folder.npz"
     folder.mkdir()
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(base / "sock.npz"))  # the socket file stays after close
+    sock.close()
     return {
+        "socket": base / "sock.npz",
         "dev-zero": Path("/dev/zero"),
         "dev-null": Path("/dev/null"),
         "fifo": fifo,
@@ -450,6 +455,7 @@ def test_special_files_are_refused_without_blocking(tmp_path, good_run, png):
     assert "Too many levels of symbolic links" in text[str(files["loop"])]
     assert "no such checkpoint file" in text[str(files["dangling"])]
     assert "is a directory, not a checkpoint file" in text[str(files["directory"])]
+    assert "is a socket, not a regular checkpoint file" in text[str(files["socket"])]
 
 
 def test_a_file_over_the_size_cap_is_refused_before_it_is_read(tmp_path, good):
