@@ -47,7 +47,7 @@ def set_aside_run(out: Path) -> Path | None:
         n += 1
     try:
         os.rename(folder, aside)  # one atomic step: the old run is whole in one place or the other
-        out.mkdir()
+        folder.mkdir()  # the resolved path: a symlinked --out keeps pointing at the new run
     except OSError as exc:
         raise FileWriteError(
             f"{out}: cannot set the previous run aside ({_reason(exc)}); nothing was changed"
