@@ -19,6 +19,7 @@ import stat
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -713,3 +714,40 @@ def test_overwrite_refuses_to_move_the_current_folder(tmp_path, monkeypatch, cap
     assert main(["train", *QUICK, "--epochs", "1", "--out", ".", "--overwrite"]) == 2
     assert "holds the current folder" in captured_error(capsys)
     assert (out / "model.npz").exists()
+
+
+def test_overwrite_killed_for_real_never_mixes_runs(tmp_path, good_run):
+    """A real process, SIGKILLed as soon as the new run.json is on disk: the old run is whole
+    in D.old-1, and whatever checkpoint D holds was written under D's run.json."""
+    out = tmp_path / "run"
+    out.mkdir()
+    for item in good_run.iterdir():
+        (out / item.name).write_bytes(item.read_bytes())
+    old = {p.name: p.read_bytes() for p in out.iterdir()}
+    argv = [*QUICK, "--epochs", "3", "--lr", "0.2", "--out", str(out), "--overwrite"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scratchcnn", "train", *argv],
+        env=child_env(1),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(6000):  # at most a minute
+            try:
+                if json.loads((out / "run.json").read_text())["lr"] == 0.2:
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            if proc.poll() is not None:
+                break
+            time.sleep(0.01)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run.old-1").iterdir()} == old
+    assert json.loads((out / "run.json").read_text())["lr"] == 0.2
+    if (out / "model.npz").exists():  # the kill came after an epoch of the new run
+        assert sc.load_checkpoint(out / "model.npz").extra["run"]["lr"] == 0.2
+    result = run_cli("train", "--out", out, "--resume", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert sc.load_checkpoint(out / "model.npz").extra["run"]["lr"] == 0.2
