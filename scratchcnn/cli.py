@@ -21,6 +21,7 @@ from .data import DATASETS, load_dataset
 from .errors import ConfigError, DataError, ScratchCNNError
 from .io import atomic_write_bytes, load_checkpoint
 from .models import MODELS, build_model
+from .runs import prepare_run_folder
 from .train import (
     CHECKPOINT_NAME,
     EpochMetrics,
@@ -116,7 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_positive_int, help="train on the first N images only")
     p.add_argument("--out", type=Path, help="output folder (default runs/MODEL-DATASET)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in --out: the old run is first renamed to OUT.old-N, never deleted",
+    )
     p.add_argument("--plot", action="store_true", help="write the run's pictures at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     p.set_defaults(func=cmd_train)
@@ -266,12 +271,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         run["optimizer"], model, run["lr"], run["momentum"], run["weight_decay"], run["clip"]
     )
     sched = make_scheduler(run["schedule"], opt, run["epochs"])
+    aside, done = prepare_run_folder(
+        out, run, resume=args.resume, overwrite=args.overwrite, defaults=TRAIN_DEFAULTS
+    )
     out.mkdir(parents=True, exist_ok=True)
     text = json.dumps(run, indent=2) + "\n"
     atomic_write_bytes(out / RUN_CONFIG, lambda fh: fh.write(text.encode()))
     quiet = args.quiet
-    if args.resume and (out / CHECKPOINT_NAME).exists() and not quiet:
-        done = load_checkpoint(out / CHECKPOINT_NAME).epoch
+    if aside is not None and not quiet:
+        _say(f"moved the previous run in {out} to {aside}")
+    if done is not None and not quiet:
         _say(f"resuming the run in {out} after epoch {done}")
     elif args.resume and not quiet:
         _say(f"no checkpoint in {out} yet; starting the run from the beginning")

@@ -19,11 +19,16 @@ target with ``os.replace`` and the folder is fsynced, so the file on disk is alw
 previous complete checkpoint or the new complete one. Temporary files left behind by a
 writer that was killed (its PID is gone) are removed by the next successful write.
 
-Reads never unpickle (object arrays are refused) and check, in order: the file-wide
-SHA-256, the zip structure and CRCs, that every entry is a plain numeric ``.npy`` array
-whose size matches its header, the format name and version, the metadata's types, the
-SHA-256 of every array, and that the arrays fit the architecture. Any problem raises one
-``CheckpointError`` line naming the file and the problem.
+Reads treat the file as untrusted and never unpickle (object arrays are refused). They
+check, in order: that it is a regular file within the size cap (``safezip``), the file-wide
+SHA-256, the zip structure, parsed here rather than by ``zipfile`` so that entries cannot
+overlap or lie about their sizes (``safezip``), and CRCs, that every entry is a plain numeric
+``.npy`` array whose size matches its header, the format name and version, every metadata
+field's type and range (``schema``), the SHA-256 of every array, that the arrays are exactly
+the tensors the config implies (each layer's ``state_shapes``, before any layer is built),
+and that every layer's output fits the recorded input shape. Any problem raises one
+``CheckpointError`` line naming the file and the problem. Memory stays within about twice
+the file's size.
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ import json
 import math
 import os
 import re
+import stat
 import tempfile
+import threading
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,7 +52,10 @@ from typing import IO, Any
 import numpy as np
 
 from .errors import CheckpointError, FileWriteError, ScratchCNNError
+from .layers.base import layer_type_name, resolve_layer_type
 from .model import Sequential
+from .safezip import MAX_CHECKPOINT_BYTES, MAX_ENTRIES, read_regular_file, stored_entries
+from .schema import MAX_INPUT_ELEMENTS, check_metadata
 
 FORMAT = "scratchcnn-checkpoint"
 VERSION = 1
@@ -57,7 +67,8 @@ _DIGEST_LEN = 64
 _SEAL_LEN = len(SEAL_PREFIX) + _DIGEST_LEN
 _EOCD_LEN = 22  # a zip's end-of-central-directory record, without its comment
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed entry timestamps: same state, same bytes
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+#: Largest metadata (the ``__meta__`` JSON) read: parsed JSON takes many times its size.
+MAX_META_BYTES = 4 * 1024**2
 
 
 def _digest(arr: np.ndarray) -> str:
@@ -120,15 +131,33 @@ def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def _new_file_mode(path: Path) -> int:
+    """The permissions ``open(path, "w")`` would leave: the existing file's, else 0o666 less
+    the umask (``mkstemp`` alone creates 0600 files)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        pass
+    with _UMASK_LOCK:  # reading the umask means setting it; keep the window closed
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
     """Call ``write(fileobj)`` on a temporary file next to ``path``, then atomically replace
     ``path`` with it (after flush + fsync), fsync the folder, and remove temporary files that
     killed writers of ``path`` left behind. On any error the temporary file is removed and
     ``path`` is untouched; an ``OSError`` (disk full, file too large, permission denied)
-    becomes a one-line :class:`FileWriteError` naming ``path``."""
+    becomes a one-line :class:`FileWriteError` naming ``path``. The file gets the
+    permissions a plain write would give it (the umask's, or the replaced file's)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        mode = _new_file_mode(path)
         fd, tmp = tempfile.mkstemp(
             prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent
         )
@@ -136,6 +165,8 @@ def atomic_write_bytes(path: str | os.PathLike, write: Callable[[IO[bytes]], Any
         raise FileWriteError(f"{path}: cannot write it ({_reason(exc)})") from exc
     try:
         with os.fdopen(fd, "wb") as fh:
+            if hasattr(os, "fchmod"):
+                os.fchmod(fh.fileno(), mode)
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
@@ -176,6 +207,16 @@ def layer_rng_states(model: Sequential) -> dict[str, Any]:
     }
 
 
+def _model_config(model: Sequential) -> dict[str, Any]:
+    """``model.config()`` with each custom layer's type saved under its qualified name, so
+    that loading can never mistake it for a built-in of the same name."""
+    config = model.config()
+    for spec, layer in zip(config["layers"], model.layers, strict=True):
+        if spec.get("type") == type(layer).__name__:
+            spec["type"] = layer_type_name(type(layer))
+    return config
+
+
 def checkpoint_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     """The .npz file of ``arrays`` (names without ``.npy``), sealed with its SHA-256."""
     buf = BytesIO()
@@ -211,7 +252,7 @@ def save(
         "format": FORMAT,
         "version": VERSION,
         "sealed": True,
-        "model": model.config(),
+        "model": _model_config(model),
         "epoch": epoch,
         "layer_rng": layer_rng_states(model),
         "rng": _jsonable(rng or {}),
@@ -267,37 +308,19 @@ class Checkpoint:
                 raise CheckpointError(f"{self.path}: optimizer state does not fit: {exc}") from exc
         if scheduler is not None and self.scheduler_state is not None:
             st = self.scheduler_state
-            epoch, base_lr = st.get("epoch"), st.get("base_lr")
             if st.get("type") != type(scheduler).__name__:
                 raise CheckpointError(
                     f"{self.path}: scheduler state is for {st.get('type')!r}, not "
                     f"{type(scheduler).__name__}"
                 )
-            if not _is_count(epoch) or not _is_number(base_lr) or base_lr <= 0:
-                raise CheckpointError(
-                    f"{self.path}: bad scheduler state (epoch {epoch!r}, base_lr {base_lr!r})"
-                )
-            scheduler.load_state_dict(st)
+            try:
+                scheduler.load_state_dict(st)
+            except (ScratchCNNError, KeyError, TypeError, ValueError, OverflowError) as exc:
+                raise CheckpointError(f"{self.path}: bad scheduler state: {exc}") from exc
 
 
-def _is_count(value: Any) -> bool:
-    """A non-negative int (not a bool)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _read_file(path: Path) -> bytes:
-    try:
-        if not path.exists():
-            raise CheckpointError(f"{path}: no such checkpoint file")
-        if path.is_dir():
-            raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read it ({_reason(exc)})") from exc
+def _read_file(path: Path, max_bytes: int) -> bytes:
+    data = read_regular_file(path, max_bytes)
     if not data:
         raise CheckpointError(f"{path}: empty file, not a checkpoint")
     if data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
@@ -331,12 +354,14 @@ def _check_seal(path: Path, data: bytes) -> bool:
     return True
 
 
-def _read_npy(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
-    """One zip entry as an array, without pickle and without trusting its sizes."""
-    name = info.filename
-    if info.compress_type != zipfile.ZIP_STORED:
-        raise CheckpointError(f"{path}: entry {name!r} is compressed; checkpoints are not")
-    with zf.open(info) as fh:
+#: numpy refuses .npy headers longer than this by default; none of ours comes close.
+_NPY_HEADER_MAX = 10_000
+
+
+def _read_npy(path: Path, name: str, body: memoryview) -> np.ndarray:
+    """One entry's bytes as an array, without pickle and without trusting its sizes."""
+    fh = BytesIO(body[: _NPY_HEADER_MAX + 16].tobytes())
+    try:
         version = np.lib.format.read_magic(fh)
         if version == (1, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
@@ -344,124 +369,121 @@ def _read_npy(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndar
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
         else:
             raise CheckpointError(f"{path}: entry {name!r} has .npy format version {version}")
-        if dtype.hasobject:
-            raise CheckpointError(
-                f"{path}: entry {name!r} is an object array, which only pickle could load; "
-                "refusing to load it"
-            )
-        if dtype.kind not in "fiub" or dtype.fields is not None or dtype.subdtype is not None:
-            raise CheckpointError(f"{path}: entry {name!r} has unsupported dtype {dtype}")
-        nbytes = math.prod(shape) * dtype.itemsize
-        if fh.tell() + nbytes != info.file_size:
-            raise CheckpointError(
-                f"{path}: entry {name!r} holds {info.file_size - fh.tell()} bytes of data but "
-                f"its header declares {dtype} {shape} ({nbytes} bytes)"
-            )
-        raw = fh.read(nbytes)  # reading to the end checks the entry's CRC-32
-    if len(raw) != nbytes:
-        raise CheckpointError(f"{path}: entry {name!r} is truncated")
-    arr = np.frombuffer(raw, dtype=dtype)
+    except (ValueError, EOFError, SyntaxError, TypeError, OverflowError) as exc:
+        raise CheckpointError(f"{path}: entry {name!r} is not a valid .npy array ({exc})") from exc
+    if dtype.hasobject:
+        raise CheckpointError(
+            f"{path}: entry {name!r} is an object array, which only pickle could load; "
+            "refusing to load it"
+        )
+    if dtype.kind not in "fiub" or dtype.fields is not None or dtype.subdtype is not None:
+        raise CheckpointError(f"{path}: entry {name!r} has unsupported dtype {dtype}")
+    count = math.prod(shape)
+    nbytes = count * dtype.itemsize
+    if fh.tell() + nbytes != len(body):
+        raise CheckpointError(
+            f"{path}: entry {name!r} holds {len(body) - fh.tell()} bytes of data but "
+            f"its header declares {dtype} {shape} ({nbytes} bytes)"
+        )
+    arr = np.frombuffer(body, dtype=dtype, count=count, offset=fh.tell())
     arr = arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
     return arr.copy()
 
 
-def _read_arrays(path: Path, data: bytes) -> dict[str, np.ndarray]:
-    arrays: dict[str, np.ndarray] = {}
-    try:
-        with zipfile.ZipFile(BytesIO(data)) as zf:
-            infos = zf.infolist()
-            names = [i.filename for i in infos]
-            if any(n.endswith("data.pkl") for n in names):
-                raise CheckpointError(
-                    f"{path}: is a PyTorch checkpoint (pickle inside), not a scratchcnn "
-                    "checkpoint; refusing to load it"
-                )
-            if len(set(names)) != len(names):
-                raise CheckpointError(f"{path}: corrupt checkpoint (duplicate entries)")
-            for info in infos:
-                if not info.filename.endswith(".npy"):
-                    raise CheckpointError(
-                        f"{path}: not a scratchcnn checkpoint (entry {info.filename!r} is not "
-                        "a .npy array)"
-                    )
-                arrays[info.filename[: -len(".npy")]] = _read_npy(path, zf, info)
-    except CheckpointError:
-        raise
-    except zipfile.BadZipFile as exc:
-        if "not a zip file" in str(exc):
-            raise CheckpointError(
-                f"{path}: truncated or corrupt checkpoint (the end of the archive is missing "
-                "or damaged)"
-            ) from exc
-        raise CheckpointError(f"{path}: corrupt checkpoint ({exc})") from exc
-    except (
-        zipfile.LargeZipFile,
-        EOFError,
-        OSError,
-        ValueError,
-        KeyError,
-        NotImplementedError,
-        RuntimeError,
-        OverflowError,
-        UnicodeDecodeError,
-    ) as exc:
-        raise CheckpointError(f"{path}: corrupt checkpoint ({type(exc).__name__}: {exc})") from exc
-    return arrays
+def _read_arrays(path: Path, data: bytes, max_entries: int) -> dict[str, np.ndarray]:
+    """Every entry as an array: at most the file's size in all (see ``safezip``)."""
+    return {
+        name[: -len(".npy")]: _read_npy(path, name, body)
+        for name, body in stored_entries(path, data, max_entries)
+    }
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
-def _check_meta(path: Path, meta: dict[str, Any]) -> None:
-    """The types of every field ``save`` writes; one line naming the first bad one."""
+def _check_state_shapes(path: Path, config: dict[str, Any], arrays: dict[str, Any]) -> None:
+    """The tensors the config implies (each layer's ``state_shapes``) against the arrays in the
+    file, before a layer is built: a config cannot make us allocate what the file lacks.
+    Layers whose class does not say (custom layers without ``state_shapes``) are skipped."""
+    expected: dict[str, tuple[int, ...]] = {}
+    unknown: set[str] = set()
+    for i, spec in enumerate(config["layers"]):
+        cls = resolve_layer_type(spec["type"])
+        try:
+            shapes = cls.state_shapes(spec.get("config", {}))
+        except (ScratchCNNError, KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise CheckpointError(
+                f"{path}: cannot rebuild the model: layer {i} ({spec['type']}) has a bad "
+                f"config: {exc}"
+            ) from exc
+        if shapes is None:
+            unknown.add(str(i))
+        else:
+            expected.update({f"{i}.{k}": tuple(v) for k, v in shapes.items()})
+    have = {k[len("model/") :]: v.shape for k, v in arrays.items() if k.startswith("model/")}
+    missing = [k for k in expected if k not in have]
+    unexpected = [k for k in have if k not in expected and k.split(".")[0] not in unknown]
+    misshaped = [
+        f"{k}: file {have[k]} vs config {expected[k]}"
+        for k in expected
+        if k in have and have[k] != expected[k]
+    ]
+    problems = [
+        f"{what}: {', '.join(keys) if what != 'mis-shaped' else '; '.join(keys)}"
+        for what, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("mis-shaped", misshaped),
+        )
+        if keys
+    ]
+    if problems:
+        raise CheckpointError(
+            f"{path}: cannot rebuild the model: the arrays in the file do not fit its config "
+            f"({' | '.join(problems)})"
+        )
 
-    def bad(what: str) -> CheckpointError:
-        return CheckpointError(f"{path}: malformed checkpoint metadata: {what}")
 
-    digests = meta.get("sha256")
-    if not isinstance(digests, dict) or not all(
-        isinstance(v, str) and _HEX64.fullmatch(v) for v in digests.values()
-    ):
-        raise bad("'sha256' must map array names to SHA-256 hex digests")
-    if not isinstance(meta.get("model"), dict):
-        raise bad("'model' must be the model's config (a JSON object)")
-    if meta.get("epoch") is not None and not _is_count(meta["epoch"]):
-        raise bad(f"'epoch' must be a non-negative integer, got {meta['epoch']!r}")
-    for key in ("layer_rng", "rng", "extra"):
-        if meta.get(key) is not None and not isinstance(meta[key], dict):
-            raise bad(f"{key!r} must be a JSON object, got {type(meta[key]).__name__}")
-    if meta.get("sealed") not in (None, True, False):
-        raise bad(f"'sealed' must be true or false, got {meta['sealed']!r}")
-    opt = meta.get("optimizer")
-    if opt is not None:
-        if not isinstance(opt, dict) or not isinstance(opt.get("type"), str):
-            raise bad("'optimizer' must be an object with a 'type' name")
-        hyper = opt.get("hyper")
-        if not isinstance(hyper, dict) or not all(
-            v is None
-            or _is_number(v)
-            or (isinstance(v, list) and all(_is_number(x) for x in v))
-            or isinstance(v, bool)
-            for v in hyper.values()
-        ):
-            raise bad("optimizer 'hyper' must map names to numbers")
-        if not _is_count(opt.get("steps")):
-            raise bad(f"optimizer 'steps' must be a non-negative integer, got {opt.get('steps')!r}")
-    sched = meta.get("scheduler")
-    if sched is not None and not isinstance(sched, dict):
-        raise bad("'scheduler' must be a JSON object")
+def _check_activations(path: Path, model: Sequential) -> None:
+    """With a recorded input shape, every layer's output must exist and stay within
+    ``MAX_INPUT_ELEMENTS`` values per image: running the model stays bounded too."""
+    if model.input_shape is None:
+        return
+    try:
+        shapes = model.output_shapes()
+    except (ScratchCNNError, ValueError, TypeError, IndexError, OverflowError) as exc:
+        raise CheckpointError(f"{path}: the model cannot run on its input shape: {exc}") from exc
+    for i, shape in enumerate(shapes):
+        if math.prod(shape[1:]) > MAX_INPUT_ELEMENTS:
+            raise CheckpointError(
+                f"{path}: layer {i} ({model.layers[i]!r}) would output {shape[1:]} per image, "
+                f"more than {MAX_INPUT_ELEMENTS:,} values"
+            )
 
 
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read and verify a checkpoint; rebuild the model with its weights."""
+def load_checkpoint(
+    path: str | os.PathLike,
+    *,
+    max_bytes: int = MAX_CHECKPOINT_BYTES,
+    max_entries: int = MAX_ENTRIES,
+) -> Checkpoint:
+    """Read and verify a checkpoint; rebuild the model with its weights.
+
+    Files larger than ``max_bytes`` (default 2 GiB) or with more than ``max_entries`` arrays
+    are refused before they are parsed."""
     path = Path(path)
-    data = _read_file(path)
+    data = _read_file(path, max_bytes)
     sealed = _check_seal(path, data)
-    arrays = _read_arrays(path, data)
+    arrays = _read_arrays(path, data, max_entries)
     raw = arrays.pop(META_KEY, None)
     if raw is None or raw.dtype != np.uint8 or raw.ndim != 1:
         raise CheckpointError(f"{path}: not a scratchcnn checkpoint (no {META_KEY} entry)")
+    if raw.size > MAX_META_BYTES:
+        raise CheckpointError(
+            f"{path}: checkpoint metadata of {raw.size:,} bytes is more than the "
+            f"{MAX_META_BYTES:,}-byte limit"
+        )
     try:
         meta = json.loads(raw.tobytes().decode(), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -477,7 +499,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             f"{path}: checkpoint format version {version} is newer than this scratchcnn "
             f"supports ({VERSION}); upgrade scratchcnn to load it"
         )
-    _check_meta(path, meta)
+    try:
+        check_metadata(meta)
+    except ScratchCNNError as exc:
+        raise CheckpointError(f"{path}: malformed checkpoint metadata: {exc}") from exc
     if meta.get("sealed") and not sealed:
         raise CheckpointError(
             f"{path}: truncated or corrupt checkpoint: its closing SHA-256 seal is missing or "
@@ -494,6 +519,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     for name, arr in arrays.items():
         if _digest(arr) != digests[name]:
             raise CheckpointError(f"{path}: array {name!r} is corrupt (SHA-256 mismatch)")
+    _check_state_shapes(path, meta["model"], arrays)
     try:
         model = Sequential.from_config(meta["model"])
         model.load_state_dict(
@@ -509,6 +535,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         MemoryError,
     ) as exc:
         raise CheckpointError(f"{path}: cannot rebuild the model: {exc}") from exc
+    _check_activations(path, model)
     for idx, state in (meta.get("layer_rng") or {}).items():
         try:
             layer = model.layers[int(idx)]

@@ -104,30 +104,60 @@ class Optimizer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore hyper-parameters, step count and buffers saved by ``state_dict``."""
+        """Restore hyper-parameters, step count and buffers saved by ``state_dict``.
+
+        The hyper-parameters pass the constructor's checks again (``lr`` may be 0 here: the
+        rate a schedule brought down), and after the first step every parameter must have
+        every buffer, with its shape and dtype: a resume is exact or refused."""
         if state.get("type") != type(self).__name__:
             raise ConfigError(
                 f"optimizer state is for {state.get('type')!r}, not {type(self).__name__}"
             )
         known = self.hyperparameters()
-        unknown = sorted(set(state.get("hyper", {})) - set(known))
+        saved = state.get("hyper", {})
+        unknown = sorted(set(saved) - set(known))
         if unknown:
             raise ConfigError(f"optimizer state has unknown hyper-parameters {unknown}")
-        for name, value in state.get("hyper", {}).items():
-            setattr(self, name, tuple(value) if isinstance(getattr(self, name), tuple) else value)
-        self.steps = int(state.get("steps", 0))
-        params = {key: layer.params[name] for key, layer, name in self.model.named_parameters()}
-        self.state = {}
+        steps = state.get("steps", 0)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ConfigError(f"optimizer steps must be a non-negative int, got {steps!r}")
+        hyper = {**known, **saved}
+        lr = _check_hyper("lr", hyper.pop("lr"), 0.0)
+        model = self.model
+        try:  # the constructor's checks, on a scratch object: self stays as it was on error
+            fresh = type(self).__new__(type(self))
+            type(self).__init__(fresh, model, lr=lr or 1.0, **hyper)
+        except TypeError as exc:
+            raise ConfigError(f"optimizer state does not fit {type(self).__name__}: {exc}") from exc
+        params = {key: layer.params[name] for key, layer, name in model.named_parameters()}
+        buffers: dict[str, dict[str, np.ndarray]] = {}
         for full, arr in state.get("buffers", {}).items():
             key, _, buf = full.rpartition("/")
-            if key not in params or buf not in self.buffer_names:
+            if key not in params or buf not in fresh.buffer_names:
                 raise ShapeError(f"optimizer state has buffer {full!r} the model does not match")
-            if np.shape(arr) != params[key].shape:
+            if np.shape(arr) != params[key].shape or np.asarray(arr).dtype != params[key].dtype:
                 raise ShapeError(
-                    f"optimizer buffer {full!r} has shape {np.shape(arr)}, parameter has "
-                    f"{params[key].shape}"
+                    f"optimizer buffer {full!r} is {np.asarray(arr).dtype} {np.shape(arr)}, "
+                    f"the parameter is {params[key].dtype} {params[key].shape}"
                 )
-            self.state.setdefault(key, {})[buf] = np.array(arr, dtype=params[key].dtype)
+            buffers.setdefault(key, {})[buf] = np.array(arr, copy=True)
+        if steps:
+            missing = [
+                f"{key}/{b}"
+                for key in params
+                for b in fresh.buffer_names
+                if b not in buffers.get(key, {})
+            ]
+            if missing:
+                raise ShapeError(
+                    f"optimizer state after {steps} steps lacks buffers {', '.join(missing[:4])}"
+                    + (f" (and {len(missing) - 4} more)" if len(missing) > 4 else "")
+                    + "; resuming without them would not be exact"
+                )
+        elif buffers:
+            raise ShapeError("optimizer state has buffers but no steps")
+        self.__dict__.update(fresh.__dict__)
+        self.lr, self.steps, self.state = lr, steps, buffers
 
     def __repr__(self) -> str:
         hp = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
@@ -266,17 +296,35 @@ class LRScheduler:
         self.optimizer.lr = self.lr_at(self.epoch)
         return self.optimizer.lr
 
+    #: The settings a schedule saves with its state and takes back on load (torch keeps
+    #: ``T_max`` and ``step_size`` in its state dict too): a resumed run, even one given more
+    #: epochs, follows the schedule it started with.
+    settings: tuple[str, ...] = ()
+
     def state_dict(self) -> dict[str, Any]:
-        return {"type": type(self).__name__, "epoch": self.epoch, "base_lr": self.base_lr}
+        state = {"type": type(self).__name__, "epoch": self.epoch, "base_lr": self.base_lr}
+        return {**state, **{name: getattr(self, name) for name in self.settings}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch = int(state["epoch"])
-        self.base_lr = float(state["base_lr"])
+        """Restore ``state_dict()``; settings missing from older checkpoints keep their
+        current values. Every value passes the constructor's checks."""
+        epoch = state["epoch"]
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ConfigError(f"scheduler epoch must be a non-negative int, got {epoch!r}")
+        base_lr = _check_hyper("base_lr", state["base_lr"], 0.0, lo_open=True)
+        values = {name: state.get(name, getattr(self, name)) for name in self.settings}
+        fresh = type(self).__new__(type(self))
+        type(self).__init__(fresh, self.optimizer, **values)
+        for name in self.settings:
+            setattr(self, name, getattr(fresh, name))
+        self.epoch, self.base_lr = epoch, base_lr
         self.optimizer.lr = self.lr_at(self.epoch)
 
 
 class StepLR(LRScheduler):
     """lr = base_lr * gamma ** (epoch // step_size)."""
+
+    settings = ("step_size", "gamma")
 
     def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1) -> None:
         super().__init__(optimizer)
@@ -290,7 +338,12 @@ class StepLR(LRScheduler):
 
 
 class CosineAnnealingLR(LRScheduler):
-    """lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2."""
+    """lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2.
+
+    Past ``T_max`` the formula goes on as torch's does (the cosine is periodic: the rate
+    climbs back towards base_lr over the next T_max epochs); it is not held at eta_min."""
+
+    settings = ("T_max", "eta_min")
 
     def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0) -> None:
         super().__init__(optimizer)
@@ -300,8 +353,5 @@ class CosineAnnealingLR(LRScheduler):
         self.eta_min = _check_hyper("eta_min", eta_min, 0.0)
 
     def lr_at(self, epoch: int) -> float:
-        e = min(epoch, self.T_max)
-        return (
-            self.eta_min
-            + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * e / self.T_max)) / 2
-        )
+        cos = math.cos(math.pi * epoch / self.T_max)
+        return self.eta_min + (self.base_lr - self.eta_min) * (1 + cos) / 2

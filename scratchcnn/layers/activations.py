@@ -13,6 +13,10 @@ from .base import Layer, check_array, check_grad, finite_float
 class _Elementwise(Layer):
     """Shape-preserving layers: validate input, remember shape and dtype for backward."""
 
+    @classmethod
+    def state_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        return {}  # no parameters or buffers
+
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(input_shape)
 

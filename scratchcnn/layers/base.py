@@ -30,8 +30,64 @@ from ..errors import ConfigError, DTypeError, ShapeError, StateError
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 #: Registry of layer classes by name, filled by ``Layer.__init_subclass__``; used to rebuild
-#: models from their saved configuration without unpickling anything.
+#: models from their saved configuration without unpickling anything. Built-in layers
+#: (classes defined inside the scratchcnn package) are keyed by their bare name ("ReLU");
+#: any other layer by "module.QualName" ("mylib.layers.Scale"), so a user's class can never
+#: shadow a built-in. Private classes (a name part starting with "_") are not registered.
 LAYER_TYPES: dict[str, type[Layer]] = {}
+
+
+def is_builtin_layer(cls: type) -> bool:
+    """True for a class defined inside the scratchcnn package."""
+    module = getattr(cls, "__module__", "") or ""
+    return module == "scratchcnn" or module.startswith("scratchcnn.")
+
+
+def layer_type_name(cls: type) -> str:
+    """The name a layer class is saved and registered under: the bare class name for a
+    built-in, ``"module.QualName"`` for any other class."""
+    if is_builtin_layer(cls):
+        return cls.__name__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def layer_spec(layer: Layer) -> dict[str, Any]:
+    """``{"type": ..., "config": ...}``: what a model's config holds for one layer."""
+    return {"type": layer_type_name(type(layer)), "config": layer.config()}
+
+
+def _is_private(qualname: str) -> bool:
+    return any(part.startswith("_") for part in qualname.split("."))
+
+
+def resolve_layer_type(name: Any) -> type[Layer]:
+    """The registered class saved as ``name``; a ConfigError naming the problem if none.
+
+    A bare name is a built-in; for checkpoints written before user layers were saved under
+    their qualified name, a bare name that no built-in has is accepted when exactly one
+    registered custom class has it as its class name."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"a layer type must be a non-empty string, got {name!r}")
+    cls = LAYER_TYPES.get(name)
+    if cls is not None:
+        return cls
+    if "." not in name and not name.startswith("_"):
+        matches = [c for key, c in LAYER_TYPES.items() if "." in key and c.__name__ == name]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            names = ", ".join(sorted(layer_type_name(c) for c in matches))
+            raise ConfigError(f"layer type {name!r} is ambiguous: it could be {names}")
+    if "." in name:
+        raise ConfigError(
+            f"unknown layer type {name!r}: a custom layer must be imported before loading "
+            "(import the module that defines it)"
+        )
+    builtins = sorted(k for k in LAYER_TYPES if "." not in k)
+    raise ConfigError(
+        f"unknown layer type {name!r}; built-in types: {', '.join(builtins)}"
+        " (a custom layer must be imported before loading)"
+    )
 
 
 def resolve_dtype(dtype: Any) -> np.dtype:
@@ -139,7 +195,8 @@ class Layer:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        LAYER_TYPES[cls.__name__] = cls
+        if not _is_private(cls.__qualname__):
+            LAYER_TYPES[layer_type_name(cls)] = cls
 
     def __init__(self) -> None:
         self.params: dict[str, np.ndarray] = {}
@@ -158,6 +215,16 @@ class Layer:
     def config(self) -> dict[str, Any]:
         """Constructor arguments (JSON-serialisable) that rebuild this layer."""
         return {}
+
+    @classmethod
+    def state_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]] | None:
+        """Shapes of the parameters and buffers a layer built from ``config`` would hold,
+        keyed like its state dict ("weight", "running_mean"; "body.0.weight" in a block),
+        computed without allocating anything; None when unknown (the default).
+
+        Checkpoint loading compares these with the arrays in the file before building the
+        layer, so a tiny config cannot demand memory the file does not back."""
+        return None
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Shape of the output for an input of ``input_shape`` (batch axis included).
@@ -236,12 +303,7 @@ def layer_from_config(spec: dict[str, Any]) -> Layer:
     if not isinstance(spec, dict) or "type" not in spec:
         raise ConfigError(f"a layer spec must be a dict with a 'type' key, got {spec!r}")
     name = spec["type"]
-    cls = LAYER_TYPES.get(name)
-    if cls is None:
-        raise ConfigError(
-            f"unknown layer type {name!r}; known types: {', '.join(sorted(LAYER_TYPES))}"
-            " (a custom layer must be imported before loading)"
-        )
+    cls = resolve_layer_type(name)
     try:
         return cls(**spec.get("config", {}))
     except TypeError as exc:

@@ -137,6 +137,14 @@ class Conv2D(Layer):
             **({"groups": self.groups} if self.groups != 1 else {}),
         }
 
+    @classmethod
+    def state_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        o = positive_int(config["out_channels"], "out_channels")
+        c = positive_int(config["in_channels"], "in_channels")
+        kh, kw = as_pair(config["kernel_size"], "kernel_size", 1)
+        weight = (o, c // positive_int(config.get("groups", 1), "groups"), kh, kw)
+        return {"weight": weight, **({"bias": (o,)} if config.get("bias", True) else {})}
+
     def extra_repr(self) -> str:
         text = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}"
         text += f", stride={self.stride}"

@@ -50,6 +50,12 @@ class Dense(Layer):
             "dtype": self.dtype.name,
         }
 
+    @classmethod
+    def state_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        fi = positive_int(config["in_features"], "in_features")
+        fo = positive_int(config["out_features"], "out_features")
+        return {"weight": (fo, fi), **({"bias": (fo,)} if config.get("bias", True) else {})}
+
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}" + self._repr_suffix()
 
@@ -94,6 +100,10 @@ class Flatten(Layer):
 
     def extra_repr(self) -> str:
         return f"start_dim={self.start_dim}" if self.start_dim != 1 else ""
+
+    @classmethod
+    def state_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        return {}  # no parameters or buffers
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         s = self.start_dim

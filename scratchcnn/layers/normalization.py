@@ -68,6 +68,12 @@ class BatchNorm2D(Layer):
             "dtype": self.dtype.name,
         }
 
+    @classmethod
+    def state_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        c = (positive_int(config["num_features"], "num_features"),)
+        affine = {"weight": c, "bias": c} if config.get("affine", True) else {}
+        return {**affine, "running_mean": c, "running_var": c, "num_batches_tracked": ()}
+
     def extra_repr(self) -> str:
         text = f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
         if not self.affine:
@@ -147,6 +153,10 @@ class Dropout(Layer):
 
     def config(self) -> dict[str, Any]:
         return {"p": self.p}
+
+    @classmethod
+    def state_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        return {}  # no parameters or buffers
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(input_shape)

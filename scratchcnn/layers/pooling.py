@@ -69,6 +69,10 @@ class _Pool2D(Layer):
             cfg["dilation"] = list(self.dilation)
         return cfg
 
+    @classmethod
+    def state_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        return {}  # no parameters or buffers
+
     def extra_repr(self) -> str:
         text = f"kernel_size={self.kernel_size}, stride={self.stride}"
         text += f", padding={self.padding}" if self.padding != (0, 0) else ""
