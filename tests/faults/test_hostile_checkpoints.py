@@ -604,6 +604,8 @@ def test_state_shapes_match_every_built_in_layer():
     layers = [
         sc.Conv2D(3, 4, (3, 2), stride=2, padding=1),
         sc.Conv2D(2, 5, 1, bias=False),
+        sc.Conv2D(4, 8, 3, groups=2, dilation=2, padding=((1, 0), (2, 1))),
+        sc.GlobalAvgPool2D(),
         sc.Dense(7, 3),
         sc.Dense(2, 1, bias=False),
         sc.BatchNorm2D(6),
