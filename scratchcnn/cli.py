@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from ._json import json_line
 from .data import DATASETS, load_dataset
+from .data.images import load_image
 from .errors import ConfigError, DataError, ScratchCNNError
 from .io import atomic_write_bytes, load_checkpoint
 from .models import MODELS, build_model
@@ -348,7 +350,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _check_fits(ckpt.model, data, {"model": args.checkpoint.name, "dataset": name})
     result = evaluate(ckpt.model, data, progress=None if not args.json else False)
     if args.json:
-        _say(json.dumps({"accuracy": result.accuracy, "loss": result.loss, "n": result.n}))
+        _say(json_line({"accuracy": result.accuracy, "loss": result.loss, "n": result.n}))
         return 0
     correct = int(np.trace(result.confusion))
     _say(
@@ -364,39 +366,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_image(path: Path, shape: tuple[int, int, int], invert: bool | None) -> np.ndarray:
-    """An image file as (C, H, W) float in [0, 1], resized to the model's input."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not path.is_file():
-        raise DataError(f"{path}: no such image file")
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if shape[0] == 1 else "RGB")
-            img = img.resize((shape[2], shape[1]), Image.Resampling.LANCZOS)
-            arr = np.asarray(img, dtype=np.float32) / 255
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"{path}: cannot read it as an image ({exc})") from exc
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    if invert is None:
-        # MNIST digits are light on a dark background; a photo of ink on paper is the
-        # opposite, which the border (mostly background) shows.
-        border = np.concatenate([arr[:, 0], arr[:, -1], arr[:, :, 0], arr[:, :, -1]], axis=None)
-        invert = float(border.mean()) > 0.5
-    return 1.0 - arr if invert else arr
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     model = ckpt.model
     if model.input_shape is None:
         raise ConfigError(f"{args.checkpoint}: the model does not record its input shape")
-    n_out = model.output_shapes()[-1][-1]
+    out_shape = model.output_shapes()[-1]
+    if len(out_shape) != 2:
+        shape = "(N, " + ", ".join(str(d) for d in out_shape[1:]) + ")"
+        raise ConfigError(
+            f"{args.checkpoint}: the model's output is {shape}, not (N, classes); predict "
+            "needs a classifier"
+        )
+    n_out = out_shape[-1]
     classes = ckpt.extra.get("classes")
     if not (isinstance(classes, list) and len(classes) == max(n_out, 2)):
         classes = [str(i) for i in range(max(n_out, 2))]
     classes = [str(c) for c in classes]
-    batch = np.stack([_load_image(p, model.input_shape, args.invert) for p in args.images])
+    batch = np.stack([load_image(p, model.input_shape, args.invert) for p in args.images])
     logits = model.predict(batch.astype(model.dtype))
     if logits.shape[1] == 1:
         p1 = 1 / (1 + np.exp(-logits[:, 0].astype(np.float64)))
@@ -408,7 +395,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         top = np.argsort(pr)[::-1][:3]
         if args.json:
             _say(
-                json.dumps(
+                json_line(
                     {
                         "image": str(path),
                         "prediction": classes[top[0]],
