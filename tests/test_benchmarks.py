@@ -32,9 +32,11 @@ def test_bench_lenet_reports_ratios_and_memory(tmp_path):
     assert [m["framework"] for m in data["memory"]] == ["scratchcnn", "pytorch"]
 
 
-def test_fashion_mnist_benchmark_runs_on_a_slice(tmp_path):
+def test_fashion_mnist_benchmark_runs_on_a_slice(tmp_path, fashion_mnist_dir):
     out = run(
-        "fashion_mnist.py", "--epochs", "1", "--limit", "512", "--json", str(tmp_path / "f.json")
+        "fashion_mnist.py",
+        *("--epochs", "1", "--limit", "512", "--json", str(tmp_path / "f.json")),
+        *("--data-dir", str(fashion_mnist_dir)),
     )
     assert "scratchcnn epoch 1" in out and "pytorch    epoch 1" in out
     data = json.loads((tmp_path / "f.json").read_text())
