@@ -38,6 +38,7 @@ __all__ = [
     "SHAPES_SIZES",
     "SHAPES_TEST_SEED_OFFSET",
     "SPLITS",
+    "canonical_dataset_name",
     "default_cache_dir",
     "fashion_mnist_dir",
     "load_dataset",
@@ -169,7 +170,7 @@ def fashion_mnist_dir() -> Path:
     return Path(env).expanduser() if env else Path(DEBIAN_FASHION_MNIST_DIR)
 
 
-def _canonical_name(name: str) -> str:
+def canonical_dataset_name(name: str) -> str:
     if not isinstance(name, str):
         raise DataError(
             f"dataset name must be a string, got {type(name).__name__} "
@@ -196,7 +197,7 @@ def load_dataset(
     (train = ``make_shapes(2000, seed)``, test = ``make_shapes(500, seed +
     SHAPES_TEST_SEED_OFFSET)``). Image data sets are uint8 (N, 1, 28, 28).
     """
-    key = _canonical_name(name)
+    key = canonical_dataset_name(name)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} for dataset {key!r} (valid: train, test)")
     if key == "mnist-5k":
