@@ -83,13 +83,17 @@ def _decode(path: Path, fit: Fit, invert: bool | None) -> tuple[np.ndarray, bool
     from PIL import Image
 
     with warnings.catch_warnings():
-        # Pillow warns above its own pixel limit and raises at twice it; we bound the count
-        # ourselves below (before decoding), with our own message.
+        # Pillow warns above its own pixel limit and raises at twice it, from the header; we
+        # bound the count ourselves right below (before decoding), with our own message
+        # naming the size. Its limit is lifted for the header read only.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
             img = Image.open(path)
         except Image.DecompressionBombError:
             raise DataError(_too_many_pixels(path, None)) from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = pillow_limit
     with img:
         w, h = img.size
         if w * h > MAX_IMAGE_PIXELS:
