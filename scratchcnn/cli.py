@@ -143,13 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     _threads_option(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser(
+    p = _checkpoint_command(
+        sub,
         "evaluate",
-        help="accuracy and loss of a checkpoint on a data set",
-        description="Accuracy, loss and confusion matrix of a checkpoint on a data set's "
-        "test (or train) split.",
+        "accuracy and loss of a checkpoint on a data set",
+        "Accuracy, loss and confusion matrix of a checkpoint on a data set's test (or train) "
+        "split.",
     )
-    p.add_argument("checkpoint", type=Path, help="a model.npz written by train or sc.save")
     _dataset_option(p, "data set (default: the one it was trained on)")
     p.add_argument(
         "--data-dir", type=Path, help="folder with IDX files (default: the run's, if any)"
@@ -159,14 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     _threads_option(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser(
+    p = _checkpoint_command(
+        sub,
         "predict",
-        help="classify image files (PNG/JPEG, any size)",
-        description="Classify image files: each is converted to the model's channels "
-        "(alpha composited onto the background), resized to its input and, by default, "
-        "inverted when its border is light (MNIST digits are light on dark).",
+        "classify image files (PNG/JPEG, any size)",
+        "Classify image files: each is converted to the model's channels (alpha composited "
+        "onto the background), resized to its input and, by default, inverted when its "
+        "border is light (MNIST digits are light on dark).",
     )
-    p.add_argument("checkpoint", type=Path, help="a model.npz written by train or sc.save")
     p.add_argument(
         "images", type=Path, nargs="+", metavar="IMAGE", help="PNG, JPEG, GIF, ... files"
     )
@@ -189,13 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.set_defaults(func=cmd_predict, invert=None)
 
-    p = sub.add_parser(
+    p = _checkpoint_command(
+        sub,
         "info",
-        help="a checkpoint's model summary and training record",
-        description="Print a checkpoint's layers, training settings, optimiser and last "
-        "test metrics.",
+        "a checkpoint's model summary and training record",
+        "Print a checkpoint's layers, training settings, optimiser and last test metrics.",
     )
-    p.add_argument("checkpoint", type=Path, help="a model.npz written by train or sc.save")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser(
@@ -242,6 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_plot)
     return parser
+
+
+def _checkpoint_command(
+    sub: Any, name: str, summary: str, description: str
+) -> argparse.ArgumentParser:
+    """A subcommand whose first argument is a checkpoint file."""
+    p = sub.add_parser(name, help=summary, description=description)
+    p.add_argument("checkpoint", type=Path, help="a model.npz written by train or sc.save")
+    return p
 
 
 def _dataset_option(p: argparse.ArgumentParser, text: str) -> None:

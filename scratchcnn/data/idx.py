@@ -14,7 +14,6 @@ from __future__ import annotations
 import gzip
 import math
 import os
-import stat
 import struct
 import zlib
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import BinaryIO, Literal
 
 import numpy as np
 
+from scratchcnn.data._files import regular_file_size
 from scratchcnn.errors import DataError
 
 __all__ = [
@@ -123,20 +123,10 @@ class _Reader:
 
 
 def _open_regular(path: Path) -> tuple[BinaryIO, int]:
-    """Open ``path`` for reading if it is a regular file (a FIFO would block, a device such
-    as /dev/zero never ends); returns (file, size)."""
+    """Open ``path`` for reading if it is a regular file; returns (file, size)."""
+    size = regular_file_size(path, "an IDX file")
     try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise DataError(f"{path}: is a directory, expected an IDX file")
-    if not stat.S_ISREG(st.st_mode):
-        raise DataError(f"{path}: not a regular file (a device, FIFO or socket), expected IDX")
-    try:
-        return open(path, "rb"), st.st_size  # closed by read_idx
+        return open(path, "rb"), size  # closed by read_idx
     except OSError as exc:
         raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
 

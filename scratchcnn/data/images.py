@@ -19,13 +19,13 @@ failure (truncated, corrupt, not an image) is one :class:`DataError` line. What 
 from __future__ import annotations
 
 import os
-import stat
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from scratchcnn.data._files import regular_file_size
 from scratchcnn.errors import DataError
 
 __all__ = [
@@ -57,21 +57,12 @@ def open_image_file(path: str | os.PathLike[str]) -> Path:
     Refuses folders, FIFOs (which would block), devices (``/dev/zero`` never ends) and
     sockets without opening them."""
     path = Path(path)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such image file") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise DataError(f"{path}: is a folder, not an image file")
-    if not stat.S_ISREG(st.st_mode):
-        raise DataError(f"{path}: not a regular file (a device, FIFO or socket); expected an image")
-    if st.st_size == 0:
+    size = regular_file_size(path, "an image file")
+    if size == 0:
         raise DataError(f"{path}: empty file (0 bytes), not an image")
-    if st.st_size > MAX_IMAGE_BYTES:
+    if size > MAX_IMAGE_BYTES:
         raise DataError(
-            f"{path}: {st.st_size:,} bytes is larger than the {MAX_IMAGE_BYTES:,}-byte limit "
+            f"{path}: {size:,} bytes is larger than the {MAX_IMAGE_BYTES:,}-byte limit "
             "for an image file"
         )
     return path

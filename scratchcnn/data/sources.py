@@ -332,8 +332,7 @@ def _how_to_get(name: str, cache: Path) -> str:
     files = [f"{stem}.gz" for pair in IDX_FILES.values() for stem in pair]
     return (
         f"to get {name} by hand, download {', '.join(files)} from {MIRRORS[name][0]} into "
-        f"{cache}, or pass --data-dir DIR (data_dir=DIR in Python) naming a folder that "
-        "holds them"
+        f"{cache}, or pass --data-dir DIR (data_dir=DIR in Python) where they are"
     )
 
 

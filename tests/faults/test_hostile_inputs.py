@@ -188,10 +188,10 @@ def test_other_modes_and_first_frames(images):
         ("random.jpg", r"cannot read it as an image"),
         ("nan.tif", r"NaN or infinite"),
         ("empty.png", r"empty file \(0 bytes\)"),
-        ("folder.png", r"is a folder, not an image file"),
+        ("folder.png", r"is a directory, expected an image file"),
         ("fifo.png", r"not a regular file"),
         ("dev-zero", r"not a regular file"),
-        ("missing.png", r"no such image file"),
+        ("missing.png", r"file not found \(expected an image file\)"),
     ],
 )
 def test_bad_images_are_one_clear_error(images, recwarn, name, message):
