@@ -32,7 +32,8 @@ __all__ = [
 
 #: Multiply-adds per training step (batch x per-image MACs) that one more thread needs to
 #: pay for its synchronisation; below it, one thread. LeNet-5 (0.42 M MACs per image) stays
-#: on one thread up to batch ~1,200. Set from benchmarks/bench_threads.py.
+#: on one thread up to batch ~1,200. Chosen conservatively (BENCHMARKS.md, "BLAS threads"):
+#: measured on the default job, not on models large enough to cross it.
 MACS_PER_THREAD = 5e8
 #: Most threads the automatic choice uses: matrix products of these sizes stop scaling.
 MAX_AUTO_THREADS = 4
