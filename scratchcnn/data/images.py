@@ -73,18 +73,16 @@ def _decode(path: Path, fit: Fit, invert: bool | None) -> tuple[np.ndarray, bool
     (H, W, 3) float32 in [0, 1], composited onto the background, is_rgb)."""
     from PIL import Image
 
-    with warnings.catch_warnings():
-        # Pillow warns above its own pixel limit and raises at twice it, from the header; we
-        # bound the count ourselves right below (before decoding), with our own message
-        # naming the size. Its limit is lifted for the header read only.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-        try:
-            img = Image.open(path)
-        except Image.DecompressionBombError:
-            raise DataError(_too_many_pixels(path, None)) from None
-        finally:
-            Image.MAX_IMAGE_PIXELS = pillow_limit
+    # Pillow warns above its own pixel limit and raises at twice it, from the header; we
+    # bound the count ourselves right below (before decoding), with our own message naming
+    # the size. Its limit is lifted for the header read only.
+    pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        img = Image.open(path)
+    except Image.DecompressionBombError:
+        raise DataError(_too_many_pixels(path, None)) from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
     with img:
         w, h = img.size
         if w * h > MAX_IMAGE_PIXELS:
@@ -99,8 +97,10 @@ def _decode(path: Path, fit: Fit, invert: bool | None) -> tuple[np.ndarray, bool
             img = img if mode.startswith("I;16") else img.convert("F")
             scale = 65535.0
         elif mode == "F":
-            img.load()
-            top = float(np.nanmax(np.asarray(img))) if w * h else 0.0
+            values = np.asarray(img)
+            if not np.isfinite(values).all():
+                raise DataError(f"{path}: the image holds NaN or infinite pixel values")
+            top = float(values.max())
             scale = 1.0 if top <= 1 else 255.0 if top <= 255 else 65535.0
         else:
             if mode == "P" or (mode in ("L", "RGB") and "transparency" in img.info):
@@ -112,8 +112,6 @@ def _decode(path: Path, fit: Fit, invert: bool | None) -> tuple[np.ndarray, bool
         img = img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
         arr = np.asarray(img, dtype=np.float32) / np.float32(scale)
         alpha_mode = img.mode in ("LA", "RGBA")
-    if not np.isfinite(arr).all():
-        raise DataError(f"{path}: the image holds NaN or infinite pixel values")
     arr = np.clip(arr, 0.0, 1.0)
     if alpha_mode:
         arr, alpha = arr[..., :-1], arr[..., -1:]
@@ -191,7 +189,11 @@ def _read(path: str | os.PathLike[str], fit: Fit, invert: bool | None) -> tuple[
     """open_image_file + _decode, every decoding failure turned into one DataError line."""
     path = open_image_file(path)
     try:
-        return _decode(path, fit, invert)
+        # A foreign file can make Pillow warn (corrupt EXIF, odd chunks ...): that would be
+        # a second line on stderr, and the file either decodes or is refused anyway.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _decode(path, fit, invert)
     except DataError:
         raise
     except Exception as exc:  # any failure to decode a foreign file is the file's fault
