@@ -84,3 +84,29 @@ def test_cross_entropy_loss_is_finite_beyond_the_float32_range():
     loss = fn.forward(np.array([[3e38, -3e38]], np.float32), np.array([1]))
     assert loss == pytest.approx(6e38, rel=1e-6)
     np.testing.assert_array_equal(fn.backward(), [[1.0, -1.0]])
+
+
+@pytest.mark.parametrize(
+    "fn,logits,target",
+    [
+        (sc.CrossEntropyLoss(), np.zeros((0, 10)), np.zeros(0, np.int64)),
+        (sc.CrossEntropyLoss(), np.zeros((4, 0)), np.zeros(4, np.int64)),
+        (sc.BCEWithLogitsLoss(), np.zeros((0, 1)), np.zeros((0, 1))),
+        (sc.MSELoss(reduction="sum"), np.zeros((0, 3)), np.zeros((0, 3))),
+    ],
+)
+def test_empty_batches_are_one_clear_error(fn, logits, target):
+    with pytest.raises(sc.ShapeError, match=r"empty batch \(.* of shape \(\d+, \d+\)\)") as err:
+        fn.forward(logits, target)
+    assert type(fn).__name__ in str(err.value)
+
+
+def test_bce_targets_must_have_the_logits_shape_and_be_finite():
+    fn = sc.BCEWithLogitsLoss()
+    with pytest.raises(sc.ShapeError, match=r"targets shape \(4,\) does not match .* \(4, 1\)"):
+        fn.forward(np.zeros((4, 1)), np.zeros(4))  # same size, other shape: no silent reshape
+    with pytest.raises(sc.ShapeError, match=r"targets shape \(1, 4\)"):
+        fn.forward(np.zeros((4, 1)), np.zeros((1, 4)))
+    for bad in (np.nan, np.inf, -np.inf):
+        with pytest.raises(sc.ShapeError, match="NaN or infinite"):
+            fn.forward(np.zeros((2, 1)), np.array([[0.0], [bad]]))

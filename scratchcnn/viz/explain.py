@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -287,6 +288,11 @@ def format_walkthrough(w: Walkthrough) -> str:
 # --------------------------------------------------------------------------- picture
 
 
+def _matrix(ax: Any, values: np.ndarray, title: str, **kw: Any) -> None:
+    """A walkthrough panel: diverging colours centred at 0, like every other panel."""
+    _style.draw_matrix(ax, values, title, diverging=True, **kw)
+
+
 def plot_walkthrough(w: Walkthrough, path: str | Path) -> Path:
     """Save the walkthrough as ONE PNG (``WALKTHROUGH_FIGSIZE`` x ``_style.DPI`` pixels): a
     panel per stage, each a small matrix with its numbers written in the cells."""
@@ -301,10 +307,15 @@ def plot_walkthrough(w: Walkthrough, path: str | Path) -> Path:
     titles = (
         "Forward: convolution, ReLU, max pooling",
         "Forward: dense layer, sigmoid, loss  |  start of the backward pass",
-        "Backward: gradients from the library's own backward passes (red > 0, blue < 0)",
+        "Backward: gradients from the library's own backward passes",
     )
     for sub, title in zip(rows, titles, strict=True):
         sub.suptitle(title, fontsize=13, x=0.01, ha="left", color="0.25")
+    fig.supxlabel(
+        "One colour meaning in every panel, values, weights and gradients alike: red > 0, "
+        "blue < 0, white = 0 (each panel scaled to its own largest |value|)",
+        fontsize=12,
+    )
 
     routes = w.pool_routes
     route_notes = np.where(routes > 1, np.char.add(routes.astype(str), " windows"), "")
@@ -315,17 +326,17 @@ def plot_walkthrough(w: Walkthrough, path: str | Path) -> Path:
 
     # Row 1: forward through the convolution part.
     ax = rows[0].subplots(1, 5)
-    _style.draw_matrix(ax[0], w.image, "input image x (5x5)")
-    _style.draw_matrix(ax[1], w.kernel, f"kernel K (3x3)\nconv bias b = {w.conv_bias:.3f}")
-    _style.draw_matrix(ax[2], w.conv_out, "convolution result\nb + sum K * window of x")
-    _style.draw_matrix(
+    _matrix(ax[0], w.image, "input image x (5x5)")
+    _matrix(ax[1], w.kernel, f"kernel K (3x3)\nconv bias b = {w.conv_bias:.3f}")
+    _matrix(ax[2], w.conv_out, "convolution result\nb + sum K * window of x")
+    _matrix(
         ax[3],
         w.relu_out,
         "ReLU: max(conv, 0)\noutlined: max of a pooling window",
         highlight=routes > 0,
         notes=route_notes,
     )
-    _style.draw_matrix(
+    _matrix(
         ax[4],
         w.pooled,
         "max pool 2x2, stride 1 (3x3 -> 2x2)\nfrom = winning ReLU cell",
@@ -334,10 +345,8 @@ def plot_walkthrough(w: Walkthrough, path: str | Path) -> Path:
 
     # Row 2: dense, sigmoid, loss, and the first gradients.
     ax = rows[1].subplots(1, 5, gridspec_kw={"width_ratios": [1.3, 1.3, 1.6, 1.3, 0.8]})
-    _style.draw_matrix(ax[0], w.flat[None], "flatten (2x2 -> 4)")
-    _style.draw_matrix(
-        ax[1], w.dense_weight, f"dense weights w (1x4)\ndense bias b = {w.dense_bias:.3f}"
-    )
+    _matrix(ax[0], w.flat[None], "flatten (2x2 -> 4)")
+    _matrix(ax[1], w.dense_weight, f"dense weights w (1x4)\ndense bias b = {w.dense_bias:.3f}")
     ax[2].axis("off")
     predicted = SHAPE_CLASSES[int(w.logit > 0)]
     ax[2].text(
@@ -357,28 +366,21 @@ def plot_walkthrough(w: Walkthrough, path: str | Path) -> Path:
         bbox={"boxstyle": "round,pad=0.6", "facecolor": "#f3f3f3", "edgecolor": "0.6"},
         transform=ax[2].transAxes,
     )
-    _style.draw_matrix(ax[3], w.dL_dflat[None], "dL/dflat = dL/dz * w", diverging=True)
-    _style.draw_matrix(ax[4], w.dL_dpooled, "dL/dpooled\n(dL/dflat as 2x2)", diverging=True)
+    _matrix(ax[3], w.dL_dflat[None], "dL/dflat = dL/dz * w")
+    _matrix(ax[4], w.dL_dpooled, "dL/dpooled\n(dL/dflat as 2x2)")
 
     # Row 3: the parameter gradients and the routed gradient.
     ax = rows[2].subplots(1, 6, gridspec_kw={"width_ratios": [1.5, 0.6, 1.2, 1.2, 1.2, 0.6]})
-    _style.draw_matrix(ax[0], w.dL_dw, "dense: dL/dw = dL/dz * flat", diverging=True)
-    _style.draw_matrix(ax[1], np.array([[w.dL_db]]), "dense:\ndL/db = dL/dz", diverging=True)
-    _style.draw_matrix(
+    _matrix(ax[0], w.dL_dw, "dense: dL/dw = dL/dz * flat")
+    _matrix(ax[1], np.array([[w.dL_db]]), "dense:\ndL/db = dL/dz")
+    _matrix(
         ax[2],
         w.dL_drelu,
         "routed back through the pooling\n(nonzero only at the max cells)",
-        diverging=True,
         highlight=routes > 0,
         notes=route_notes,
     )
-    _style.draw_matrix(
-        ax[3], w.dL_dconv, "through ReLU: dL/dconv\n(0 where conv <= 0)", diverging=True
-    )
-    _style.draw_matrix(
-        ax[4], w.dL_dkernel, "conv: dL/dkernel\ncorrelate x with dL/dconv", diverging=True
-    )
-    _style.draw_matrix(
-        ax[5], np.array([[w.dL_dbias]]), "conv: dL/dbias\n= sum dL/dconv", diverging=True
-    )
+    _matrix(ax[3], w.dL_dconv, "through ReLU: dL/dconv\n(0 where conv <= 0)")
+    _matrix(ax[4], w.dL_dkernel, "conv: dL/dkernel\ncorrelate x with dL/dconv")
+    _matrix(ax[5], np.array([[w.dL_dbias]]), "conv: dL/dbias\n= sum dL/dconv")
     return _style.save_figure(fig, path)

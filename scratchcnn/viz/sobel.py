@@ -8,9 +8,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from matplotlib.patches import Rectangle
 
+from ..data.images import load_grayscale_image
 from ..errors import ConfigError, DataError
 from ..layers import Conv2D
 from . import _style
@@ -49,21 +52,8 @@ def default_image_path() -> Path:
 def load_grayscale(path: str | Path, max_side: int = MAX_SIDE) -> np.ndarray:
     """Read a PNG/JPEG (or any format Pillow reads) as a float32 (H, W) grayscale image in
     [0, 1], downscaled so its longest side is at most ``max_side``. DataError if it is missing
-    or not an image."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such image file")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            gray = img.convert("L")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read it as an image ({exc})") from exc
-    if max(gray.size) > max_side:
-        gray.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    return np.asarray(gray, dtype=np.float32) / np.float32(255)
+    or not an image (see ``scratchcnn.data.images`` for the checks and bounds)."""
+    return load_grayscale_image(path, max_side)
 
 
 def sobel_edges(gray: np.ndarray, padding: str = "same") -> tuple[np.ndarray, np.ndarray]:
@@ -84,6 +74,41 @@ def sobel_edges(gray: np.ndarray, padding: str = "same") -> tuple[np.ndarray, np
 
 def _size(a: np.ndarray) -> str:
     return f"{a.shape[0]} x {a.shape[1]}"
+
+
+#: Colour of the input's outline and of the area a "valid" output does not cover.
+_FRAME = "#e66101"
+_CORNER = 12
+
+
+def _draw_edges(ax: Any, edges: np.ndarray, input_shape: tuple[int, int], top: float) -> Any:
+    """Draw an edge map at its true place in the input's pixel grid: a "valid" output is
+    (k - 1) / 2 = 1 pixel in from every side, which the outline of the input and a zoom on
+    its top-left corner show (at full size a 2-pixel difference is invisible)."""
+    h, w = input_shape
+    off = (h - edges.shape[0]) // 2
+    extent = (off - 0.5, off + edges.shape[1] - 0.5, off + edges.shape[0] - 0.5, off - 0.5)
+    kw = {"cmap": "gray_r", "vmin": 0, "vmax": top, "extent": extent}
+    image = ax.imshow(edges, interpolation="antialiased", **kw)
+    ax.set_facecolor("#fdb863")  # no output pixel here
+    ax.set_xlim(-0.5, w - 0.5)
+    ax.set_ylim(h - 0.5, -0.5)
+    ax.add_patch(Rectangle((-0.5, -0.5), w, h, fill=False, ec=_FRAME, lw=1.5, ls="--"))
+    ax.tick_params(labelsize=8)
+    ax.set_xlabel("x (input pixels)", fontsize=9)
+    inset = ax.inset_axes((0.6, 0.6, 0.38, 0.38))
+    inset.imshow(edges, interpolation="nearest", **kw)
+    inset.set_facecolor("#fdb863")
+    inset.set_xlim(-0.5, _CORNER - 0.5)
+    inset.set_ylim(_CORNER - 0.5, -0.5)
+    inset.add_patch(Rectangle((-0.5, -0.5), w, h, fill=False, ec=_FRAME, lw=2.5, ls="--"))
+    inset.set_xticks([0, _CORNER - 1])
+    inset.set_yticks([0, _CORNER - 1])
+    inset.tick_params(labelsize=7)
+    inset.set_title(f"top-left {_CORNER}x{_CORNER} pixels", fontsize=8)
+    for spine in inset.spines.values():
+        spine.set_edgecolor(_FRAME)
+    return image
 
 
 def sobel_demo(
@@ -134,17 +159,19 @@ def sobel_demo(
             ((vertical, "|vertical edges|"), (horizontal, "|horizontal edges|")), start=1
         ):
             axe = fig.add_subplot(grid[row, col])
-            image_artist = axe.imshow(
-                np.abs(edges), cmap="gray_r", vmin=0, vmax=top, interpolation="antialiased"
-            )
+            image_artist = _draw_edges(axe, np.abs(edges), gray.shape, top)
             axe.set_title(
                 f'padding="{mode}": {label}\noutput {_size(edges)} ({explain})', fontsize=12
             )
-            axe.set_xticks([])
-            axe.set_yticks([])
     cbar = fig.colorbar(image_artist, cax=fig.add_subplot(grid[:, 3]))
     cbar.set_label(
         "|filter response| (darker = stronger edge; clipped at the 99th percentile)", fontsize=11
+    )
+    fig.supxlabel(
+        "Each output is drawn at its place in the input's pixel grid (dashed orange: the "
+        'input\'s outline; orange fill: no output pixel). "valid" starts 1 pixel in, as the '
+        "corner zooms show.",
+        fontsize=11,
     )
     out = Path(out_dir) / "sobel.png"
     return [_style.save_figure(fig, out)]

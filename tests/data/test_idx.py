@@ -188,7 +188,7 @@ def test_missing_file(tmp_path):
     path = tmp_path / "nope" / "train-images-idx3-ubyte.gz"
     with pytest.raises(DataError) as err:
         read_idx(path)
-    assert str(err.value) == f"{path}: file not found"
+    assert str(err.value) == f"{path}: file not found (expected an IDX file)"
     with pytest.raises(DataError, match="is a directory"):
         read_idx(tmp_path)
 
