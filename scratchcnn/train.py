@@ -365,17 +365,18 @@ def _restore(
         text = str(exc)
         raise CheckpointError(text if text.startswith(str(path)) else f"{path}: {text}") from exc
     model.load_state_dict(ckpt.model.state_dict())
-    for i, layer in enumerate(ckpt.model.layers):
+    live_layers = dict(model.named_layers())
+    for prefix, layer in ckpt.model.named_layers():
         if hasattr(layer, "rng"):
-            model.layers[i].rng.bit_generator.state = layer.rng.bit_generator.state
+            live_layers[prefix].rng.bit_generator.state = layer.rng.bit_generator.state
     return ckpt.epoch, history
 
 
 def non_finite_tensors(model: Sequential) -> list[str]:
     """Keys (as in ``state_dict``) of the float parameters and buffers holding NaN or inf."""
     return [
-        f"{i}.{name}"
-        for i, layer in enumerate(model.layers)
+        f"{prefix}.{name}"
+        for prefix, layer in model.named_layers()
         for name, arr in layer.named_tensors()
         if arr.dtype.kind == "f" and not np.isfinite(arr).all()
     ]
