@@ -196,8 +196,12 @@ def fit(
     progress: bool | None = None,
     on_epoch_end: Callable[[EpochMetrics], None] | None = None,
     extra: dict[str, Any] | None = None,
+    augment: bool = False,
 ) -> History:
     """Train ``model`` for ``epochs`` epochs of mini-batch steps; see the module docstring.
+
+    ``augment`` applies the loader's random crop (2-pixel zero padding) and horizontal flip
+    to the training batches only; evaluation and test data are never augmented.
 
     optimizer defaults to SGD(lr=0.01); loss_fn to the model's task's loss. ``progress``
     shows a tqdm bar with running loss and accuracy (None: only on a terminal).
@@ -214,7 +218,12 @@ def fit(
     if test_data is not None:
         check_data_fits(model, test_data, loss_fn, "test data")
     loader = DataLoader(
-        train_data, batch_size=batch_size, shuffle=True, seed=seed, dtype=model.dtype
+        train_data,
+        batch_size=batch_size,
+        shuffle=True,
+        seed=seed,
+        dtype=model.dtype,
+        augment=augment,
     )
     out = Path(out_dir) if out_dir is not None else None
     ckpt_path = out / CHECKPOINT_NAME if out else None
