@@ -33,25 +33,21 @@ MERGES = ("concat", "add")
 
 
 def _depth(spec: Any) -> int:
-    """Nesting depth of lists/dicts in a JSON-like value, computed without recursion."""
-    deepest, stack = 0, [(spec, 1)]
-    while stack:
+    """How many layer specs (dicts with a "type") deep ``spec`` nests, without recursion."""
+    deepest, stack = 0, [(spec, 0)]
+    while stack and deepest <= MAX_DEPTH:
         value, d = stack.pop()
         if isinstance(value, dict):
-            items: Any = value.values()
+            d += "type" in value
+            deepest = max(deepest, d)
+            stack.extend((v, d) for v in value.values())
         elif isinstance(value, (list, tuple)):
-            items = value
-        else:
-            continue
-        deepest = max(deepest, d)
-        if deepest > 2 * MAX_DEPTH + 2:  # each block level is a spec dict plus its config dict
-            break
-        stack.extend((v, d + 1) for v in items)
+            stack.extend((v, d) for v in value)
     return deepest
 
 
 def _check_depth(value: Any, who: str) -> None:
-    if _depth(value) > 2 * MAX_DEPTH + 2:
+    if _depth(value) > MAX_DEPTH:
         raise ConfigError(f"{who}: blocks nested deeper than {MAX_DEPTH} levels")
 
 
