@@ -300,7 +300,7 @@ def _summary_rows(
     children = layer.named_children() if hasattr(layer, "named_children") else []
     name = f"{type(layer).__name__}({layer.extra_repr()})" if children else repr(layer)
     dims = "(N, " + ", ".join(str(d) for d in out[1:]) + ")"
-    rows.append(("  " * depth + label, "  " * depth + name, dims, f"{layer.num_params():,}"))
+    rows.append(("  " * depth + label, name, dims, f"{layer.num_params():,}"))
     for child_name, child in children:
         if hasattr(child, "layers"):  # a Sequential chain: its layers feed one another
             sub = shape
