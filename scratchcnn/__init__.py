@@ -27,6 +27,7 @@ from .init import manual_seed
 from .io import Checkpoint, load, load_checkpoint, save
 from .layers import (
     AvgPool2D,
+    BatchNorm1D,
     BatchNorm2D,
     Conv2D,
     Dense,
@@ -36,8 +37,10 @@ from .layers import (
     Layer,
     LeakyReLU,
     MaxPool2D,
+    Parallel,
     ReLU,
     Rescale,
+    Residual,
     Sigmoid,
     Softmax,
     Tanh,
@@ -50,6 +53,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AvgPool2D",
     "BCEWithLogitsLoss",
+    "BatchNorm1D",
     "BatchNorm2D",
     "Checkpoint",
     "CheckpointError",
@@ -69,8 +73,10 @@ __all__ = [
     "Loss",
     "MSELoss",
     "MaxPool2D",
+    "Parallel",
     "ReLU",
     "Rescale",
+    "Residual",
     "ScratchCNNError",
     "Sequential",
     "ShapeError",

@@ -23,7 +23,7 @@ from .data.images import load_image
 from .data.sources import canonical_dataset_name
 from .errors import ConfigError, DataError, ScratchCNNError
 from .io import atomic_write_bytes, load_checkpoint
-from .models import MODELS, build_model
+from .models import MODELS, RECIPES, build_model
 from .runs import prepare_run_folder
 from .threads import resolve_threads, set_blas_threads
 from .train import (
@@ -55,6 +55,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "dtype": "float32",
     "limit": None,
+    "augment": False,
 }
 
 
@@ -130,6 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "float64"], help="default float32")
     p.add_argument(
         "--limit", type=_positive_int, help="train on the first N images only (default: all)"
+    )
+    p.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        help="random crop (2-pixel zero padding) + horizontal flip of the training images "
+        "(default off; on for resnet8, whose recipe also changes the defaults above: "
+        + ", ".join(f"{k} {v}" for k, v in RECIPES["resnet8"].items())
+        + ")",
     )
     p.add_argument(
         "--out",
@@ -304,6 +313,7 @@ def _resolve_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a folder; choose another --out")
     run = {**TRAIN_DEFAULTS, "data_dir": None}
+    run.update(RECIPES.get(explicit.get("model", TRAIN_DEFAULTS["model"]), {}))
     if args.resume and (out / RUN_CONFIG).exists():
         saved = _read_run_config(out / RUN_CONFIG)
         changed = [k for k, v in explicit.items() if k != "epochs" and saved.get(k) != v]
@@ -357,6 +367,7 @@ def _read_run_config(path: Path) -> dict[str, Any]:
         "seed": lambda v: count(v, 0),
         "dtype": lambda v: v in ("float32", "float64"),
         "limit": lambda v: v is None or count(v, 1),
+        "augment": lambda v: isinstance(v, bool),
         "data_dir": lambda v: v is None or isinstance(v, str),
     }
     for key, value in saved.items():
@@ -423,6 +434,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=False if quiet else None,
         on_epoch_end=report,
         extra={"run": run, "classes": list(train.classes)},
+        augment=run["augment"],
     )
     if history.resumed_from_epoch >= run["epochs"] and not quiet:
         _say(f"the run in {out} already finished {run['epochs']} epochs; raise --epochs to go on")
