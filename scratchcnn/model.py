@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, DTypeError, ShapeError
-from .layers.base import Layer, layer_from_config, resolve_dtype
+from .layers.base import Layer, layer_from_config, layer_spec, resolve_dtype
 from .layers.blocks import leaf_parameters, leaves
 
 
@@ -78,6 +78,8 @@ class Sequential:
             raise DTypeError(f"predict: input must be numeric, got dtype {x.dtype}")
         if self.input_shape and x.ndim == len(self.input_shape):
             x = x[None]
+        if x.ndim == 0 or len(x) == 0:
+            raise ShapeError(f"predict: no images to predict (input shape {x.shape})")
         was_training = self.training
         self.eval()
         try:
@@ -185,7 +187,7 @@ class Sequential:
     def config(self) -> dict[str, Any]:
         """The architecture as plain JSON data; ``Sequential.from_config`` rebuilds it."""
         return {
-            "layers": [{"type": type(la).__name__, "config": la.config()} for la in self.layers],
+            "layers": [layer_spec(la) for la in self.layers],
             "input_shape": list(self.input_shape) if self.input_shape else None,
         }
 

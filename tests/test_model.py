@@ -200,3 +200,11 @@ def test_load_state_dict_refuses_non_integers_for_integer_buffers(value, match):
     model.load_state_dict(sd)
     assert model.layers[1].buffers["num_batches_tracked"] == 7
     assert model.layers[1].buffers["num_batches_tracked"].dtype == np.int64
+
+
+def test_predict_on_no_images_is_one_clear_error():
+    import scratchcnn as sc
+
+    model = sc.Sequential([sc.Flatten(), sc.Dense(4, 2)], input_shape=(1, 2, 2))
+    with pytest.raises(sc.ShapeError, match="no images"):
+        model.predict(np.zeros((0, 1, 2, 2), dtype=np.float32))

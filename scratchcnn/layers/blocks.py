@@ -23,7 +23,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DTypeError, ShapeError
-from .base import LAYER_TYPES, Layer, check_array, check_grad, layer_from_config, resolve_dtype
+from .base import (
+    LAYER_TYPES,
+    Layer,
+    check_array,
+    check_grad,
+    layer_from_config,
+    layer_spec,
+    resolve_dtype,
+)
 
 #: Deepest nesting of blocks a config may ask for (a crafted checkpoint must not be able to
 #: exhaust Python's recursion limit).
@@ -76,8 +84,8 @@ def as_child(obj: Any, who: str) -> Any:
 def child_config(child: Any) -> Any:
     """The spec of a child: ``{"type", "config"}`` for a layer, a list of specs for a chain."""
     if hasattr(child, "layers"):
-        return [{"type": type(la).__name__, "config": la.config()} for la in child.layers]
-    return {"type": type(child).__name__, "config": child.config()}
+        return [layer_spec(la) for la in child.layers]
+    return layer_spec(child)
 
 
 def leaves(children: Iterable[tuple[str, Any]], prefix: str) -> Iterator[tuple[str, Layer]]:

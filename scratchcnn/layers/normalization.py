@@ -87,12 +87,6 @@ class _BatchNorm(Layer):
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(input_shape)
 
-    @classmethod
-    def state_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-        c = positive_int(config.get("num_features"), "num_features")
-        shapes = {"weight": (c,), "bias": (c,)} if config.get("affine", True) else {}
-        return {**shapes, "running_mean": (c,), "running_var": (c,), "num_batches_tracked": ()}
-
     def _axes(self) -> tuple[int, ...]:
         return (0, *range(2, self._ndim))
 

@@ -606,6 +606,13 @@ def test_state_shapes_match_every_built_in_layer():
         sc.Conv2D(2, 5, 1, bias=False),
         sc.Conv2D(4, 8, 3, groups=2, dilation=2, padding=((1, 0), (2, 1))),
         sc.GlobalAvgPool2D(),
+        sc.Residual([sc.Conv2D(2, 2, 3, padding=1), sc.BatchNorm2D(2)]),
+        sc.Residual(
+            [sc.Conv2D(2, 4, 3, stride=2, padding=1)],
+            shortcut=sc.Sequential([sc.Conv2D(2, 4, 1, stride=2), sc.BatchNorm2D(4)]),
+        ),
+        sc.Parallel([[sc.Conv2D(2, 3, 1)], sc.Sequential([sc.Conv2D(2, 1, 3, padding=1)])]),
+        sc.BatchNorm1D(5),
         sc.Dense(7, 3),
         sc.Dense(2, 1, bias=False),
         sc.BatchNorm2D(6),
