@@ -37,9 +37,11 @@ from .layers.base import Layer
 __all__ = [
     "LayerStats",
     "Trace",
+    "activation_shapes",
     "class_probabilities",
     "format_layer_table",
     "gradcam",
+    "gradcam_from_trace",
     "gradcam_layer",
     "layer_statistics",
     "leaf_layers",
@@ -206,7 +208,8 @@ def gradcam_layer(model: Any, layer: Any = None, shapes: dict[str, tuple] | None
     return found[0]
 
 
-def _cam(trace_: Trace, prefix: str) -> np.ndarray:
+def gradcam_from_trace(trace_: Trace, prefix: str) -> np.ndarray:
+    """Grad-CAM maps (N, H', W') of leaf layer ``prefix`` from a recorded pass."""
     a = trace_.activations.get(prefix)
     g = trace_.gradients.get(prefix)
     if a is None or g is None:
@@ -219,14 +222,18 @@ def _cam(trace_: Trace, prefix: str) -> np.ndarray:
     return np.maximum(np.einsum("nc,nchw->nhw", alpha, a), 0)
 
 
+def activation_shapes(t: Trace) -> dict[str, tuple[int, ...]]:
+    """Leaf prefix -> shape of its recorded output."""
+    return {p: a.shape for p, a in t.activations.items()}
+
+
 def gradcam(model: Any, x: np.ndarray, layer: Any = None, target: Any = None) -> np.ndarray:
     """Grad-CAM map(s) of the target class (default: the predicted one) on ``layer``
     (default: the last Conv2D), shape (H', W') for one image or (N, H', W') for a batch, at
     that layer's resolution; see the module docstring for the formula."""
     _, single = _as_batch(model, x)
     t = trace(model, x, target)
-    shapes = {p: a.shape for p, a in t.activations.items()}
-    cam = _cam(t, gradcam_layer(model, layer, shapes))
+    cam = gradcam_from_trace(t, gradcam_layer(model, layer, activation_shapes(t)))
     return cam[0] if single else cam
 
 

@@ -150,9 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("explain", help="the cross-vs-rectangle forward/backward walkthrough")
-    p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--out", type=Path, default=Path("."), help="folder for explain.png")
+    p = sub.add_parser(
+        "explain",
+        help="the cross-vs-rectangle walkthrough, or why a checkpoint classifies an image so",
+    )
+    p.add_argument("checkpoint", type=Path, nargs="?", metavar="CHECKPOINT")
+    p.add_argument("image", type=Path, nargs="?", metavar="IMAGE")
+    p.add_argument("--seed", type=_seed, default=0, help="the walkthrough's image (default 0)")
+    p.add_argument("--out", type=Path, help="folder (default: . or runs/explain-<checkpoint name>)")
+    p.add_argument("--target", type=_seed, help="class to explain (default: the predicted one)")
+    p.add_argument("--layer", help="Grad-CAM layer, e.g. 3 or 3.body.0 (default: last Conv2D)")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("filters", help="Sobel edge filters over a photograph")
@@ -449,10 +456,44 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from .viz import format_walkthrough, plot_walkthrough, run_walkthrough
 
+    if args.checkpoint is not None:
+        return _explain_checkpoint(args)
     w = run_walkthrough(args.seed)
     _say(format_walkthrough(w))
-    args.out.mkdir(parents=True, exist_ok=True)
-    _say(f"figure: {plot_walkthrough(w, args.out / 'explain.png')}")
+    out = args.out or Path(".")
+    out.mkdir(parents=True, exist_ok=True)
+    _say(f"figure: {plot_walkthrough(w, out / 'explain.png')}")
+    return 0
+
+
+def _explain_checkpoint(args: argparse.Namespace) -> int:
+    """``explain CHECKPOINT IMAGE``: saliency, Grad-CAM and layer statistics of one image."""
+    from .attribution import format_layer_table
+    from .viz import explain_model
+
+    if args.image is None:
+        raise ConfigError("explain CHECKPOINT needs an IMAGE too: scratchcnn explain CKPT IMAGE")
+    ckpt = load_checkpoint(args.checkpoint)
+    model = ckpt.model
+    if model.input_shape is None:
+        raise ConfigError(f"{args.checkpoint}: the model does not record its input shape")
+    image = _load_image(args.image, model.input_shape, None).astype(model.dtype)
+    classes = ckpt.extra.get("classes")
+    classes = [str(c) for c in classes] if isinstance(classes, list) else None
+    # A run folder's checkpoint is always model.npz: name the folder after the run instead.
+    ckpt_path = args.checkpoint.resolve()
+    name = ckpt_path.parent.name if ckpt_path.stem == "model" else ckpt_path.stem
+    out = args.out or Path("runs") / f"explain-{name}"
+    result = explain_model(model, image, out, classes, target=args.target, layer=args.layer)
+    _say(f"{args.image}: " + ", ".join(f"{name} {p:.1%}" for name, p in result.top))
+    _say(f"explaining class {result.target}; gradients are of its score (logit)")
+    _say(format_layer_table(result.stats))
+    if result.gradcam_layer is None:
+        _say(f"no Grad-CAM: {result.gradcam_note}")
+    else:
+        _say(f"Grad-CAM on layer {result.gradcam_layer}")
+    for path in result.files:
+        _say(f"figure: {path}")
     return 0
 
 
