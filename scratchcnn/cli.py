@@ -50,6 +50,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "dtype": "float32",
     "limit": None,
+    "tensorboard": False,
 }
 
 
@@ -118,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     p.add_argument("--plot", action="store_true", help="write the run's pictures at the end")
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        default=None,
+        help="also write TensorBoard event files into the run folder (tensorboardX)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     p.set_defaults(func=cmd_train)
 
@@ -199,11 +206,14 @@ def _resolve_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     run = {**TRAIN_DEFAULTS, "data_dir": None}
     if args.resume and (out / RUN_CONFIG).exists():
         saved = _read_run_config(out / RUN_CONFIG)
-        changed = [k for k, v in explicit.items() if k != "epochs" and saved.get(k) != v]
+        # --epochs and --tensorboard do not change the training itself.
+        free = ("epochs", "tensorboard")
+        changed = [k for k, v in explicit.items() if k not in free and saved.get(k) != v]
         if changed:
             raise ConfigError(
                 f"--resume continues the run saved in {out}; it cannot change "
-                f"{', '.join('--' + k.replace('_', '-') for k in changed)} (only --epochs)"
+                f"{', '.join('--' + k.replace('_', '-') for k in changed)} (only --epochs "
+                "and --tensorboard)"
             )
         run.update(saved)
     elif (out / CHECKPOINT_NAME).exists() and not args.resume and not args.overwrite:
@@ -251,6 +261,7 @@ def _read_run_config(path: Path) -> dict[str, Any]:
         "dtype": lambda v: v in ("float32", "float64"),
         "limit": lambda v: v is None or count(v, 1),
         "data_dir": lambda v: v is None or isinstance(v, str),
+        "tensorboard": lambda v: isinstance(v, bool),
     }
     for key, value in saved.items():
         if key not in valid:
@@ -277,8 +288,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     text = json.dumps(run, indent=2) + "\n"
     atomic_write_bytes(out / RUN_CONFIG, lambda fh: fh.write(text.encode()))
     quiet = args.quiet
-    if args.resume and (out / CHECKPOINT_NAME).exists() and not quiet:
-        done = load_checkpoint(out / CHECKPOINT_NAME).epoch
+    done = 0
+    if args.resume and (out / CHECKPOINT_NAME).exists() and (run["tensorboard"] or not quiet):
+        done = load_checkpoint(out / CHECKPOINT_NAME).epoch or 0
+    if done and not quiet:
         _say(f"resuming the run in {out} after epoch {done}")
     elif args.resume and not quiet:
         _say(f"no checkpoint in {out} yet; starting the run from the beginning")
@@ -289,7 +302,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{run['optimizer']} lr {run['lr']:g}; writing to {out}"
         )
 
+    board = _tensorboard(model, out, done) if run["tensorboard"] else None
+
     def report(m: EpochMetrics) -> None:
+        if board is not None:
+            board(m)
         if not quiet:
             _say(
                 f"epoch {m.epoch:>3}/{run['epochs']}  train loss {m.train_loss:.4f} "
@@ -312,6 +329,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         on_epoch_end=report,
         extra={"run": run, "classes": list(train.classes)},
     )
+    if board is not None:  # events are flushed every epoch; this closes the file
+        board.close()
     if history.resumed_from_epoch >= run["epochs"] and not quiet:
         _say(f"the run in {out} already finished {run['epochs']} epochs; raise --epochs to go on")
     last = history.last if history.epochs else None
@@ -328,6 +347,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         for path in plot_run(out, data_dir=run["data_dir"]):
             _say(f"picture:    {path}")
     return 0
+
+
+def _tensorboard(model: Any, out: Path, done: int) -> Any:
+    """The TensorBoard writer for ``train --tensorboard`` (tensorboardX imported only now)."""
+    from .tensorboard import TensorBoardLogger
+
+    return TensorBoardLogger(model, out, resume_epoch=done)
 
 
 def _check_fits(model: Any, data: Any, run: dict[str, Any]) -> None:
