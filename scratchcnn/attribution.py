@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, DTypeError, ShapeError
+from .errors import ConfigError, ShapeError
 from .layers import Conv2D, ReLU
-from .layers.base import Layer
+from .layers.base import Layer, check_array
 
 __all__ = [
     "LayerStats",
@@ -77,15 +77,9 @@ class Trace:
 
 
 def _as_batch(model: Any, x: Any) -> tuple[np.ndarray, bool]:
-    """x as an (N, ...) array of the model's dtype, and whether a batch axis was added."""
-    if not isinstance(x, np.ndarray):
-        raise DTypeError(f"x must be a numpy.ndarray, got {type(x).__name__}")
-    if x.dtype.kind in "ui":
-        x = x.astype(model.dtype) / 255
-    elif x.dtype.kind == "f":
-        x = x.astype(model.dtype, copy=False)
-    else:
-        raise DTypeError(f"x must be numeric, got dtype {x.dtype}")
+    """x (float, images in [0, 1] like the model was trained on) as an (N, ...) array of the
+    model's dtype, and whether a batch axis was added."""
+    x = check_array(x, "explaining a model", "x").astype(model.dtype, copy=False)
     shape = getattr(model, "input_shape", None)
     single = shape is not None and x.ndim == len(shape)
     if single:

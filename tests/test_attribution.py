@@ -163,6 +163,8 @@ def test_bad_targets_and_inputs_are_one_line_errors(rng):
         sc.saliency(model, x, target=1.5)
     with pytest.raises(sc.DTypeError, match=r"numpy\.ndarray"):
         sc.saliency(model, x.tolist())
+    with pytest.raises(sc.DTypeError, match="scale integer images first"):
+        sc.saliency(model, (x * 255).astype(np.uint8))
 
 
 def test_layer_statistics_and_table(rng):
