@@ -20,7 +20,7 @@ from . import __version__
 from .data import DATASETS, load_dataset
 from .errors import ConfigError, DataError, ScratchCNNError
 from .io import atomic_write_bytes, load_checkpoint
-from .models import MODELS, build_model
+from .models import MODELS, RECIPES, build_model
 from .train import (
     CHECKPOINT_NAME,
     EpochMetrics,
@@ -51,6 +51,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "dtype": "float32",
     "limit": None,
     "tensorboard": False,
+    "augment": False,
 }
 
 
@@ -115,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, help="seed for weights and shuffling (default 0)")
     p.add_argument("--dtype", choices=["float32", "float64"], help="default float32")
     p.add_argument("--limit", type=_positive_int, help="train on the first N images only")
+    p.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        help="random crop (2-pixel zero padding) + horizontal flip of the training images "
+        "(default off; on for resnet8, whose recipe also changes the defaults above: "
+        + ", ".join(f"{k} {v}" for k, v in RECIPES["resnet8"].items())
+        + ")",
+    )
     p.add_argument("--out", type=Path, help="output folder (default runs/MODEL-DATASET)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
@@ -204,6 +213,7 @@ def _resolve_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a folder; choose another --out")
     run = {**TRAIN_DEFAULTS, "data_dir": None}
+    run.update(RECIPES.get(explicit.get("model", TRAIN_DEFAULTS["model"]), {}))
     if args.resume and (out / RUN_CONFIG).exists():
         saved = _read_run_config(out / RUN_CONFIG)
         # --epochs and --tensorboard do not change the training itself.
@@ -260,6 +270,7 @@ def _read_run_config(path: Path) -> dict[str, Any]:
         "seed": lambda v: count(v, 0),
         "dtype": lambda v: v in ("float32", "float64"),
         "limit": lambda v: v is None or count(v, 1),
+        "augment": lambda v: isinstance(v, bool),
         "data_dir": lambda v: v is None or isinstance(v, str),
         "tensorboard": lambda v: isinstance(v, bool),
     }
@@ -328,6 +339,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=False if quiet else None,
         on_epoch_end=report,
         extra={"run": run, "classes": list(train.classes)},
+        augment=run["augment"],
     )
     if board is not None:  # events are flushed every epoch; this closes the file
         board.close()
