@@ -14,11 +14,10 @@ changes nothing.
 * ``trace(model, x)``: every leaf layer's output and the gradient of the score with respect
   to it; ``layer_statistics`` summarises them (mean, std, fraction of dead ReLUs).
 
-Leaf layers are found with ``Sequential.named_layers()`` (which walks into blocks) when the
-model has it, else ``model.layers``. Their outputs are recorded by wrapping each leaf's
-``forward`` and ``backward`` for the duration of the pass (instance attributes, removed
-afterwards), so blocks need nothing special. numpy only: the pictures are in
-``scratchcnn.viz.attribution``.
+Leaf layers are found with ``Sequential.named_layers()``, which walks into blocks. Their
+outputs are recorded by wrapping each leaf's ``forward`` and ``backward`` for the duration of
+the pass (instance attributes, removed afterwards), so blocks need nothing special. numpy
+only: the pictures are in ``scratchcnn.viz.attribution``.
 """
 
 from __future__ import annotations
@@ -53,10 +52,7 @@ __all__ = [
 
 def leaf_layers(model: Any) -> list[tuple[str, Layer]]:
     """``(prefix, layer)`` for every leaf layer, depth-first in forward order ("0", "3.body.0")."""
-    named = getattr(model, "named_layers", None)
-    if callable(named):
-        return list(named())
-    return [(str(i), layer) for i, layer in enumerate(model.layers)]
+    return list(model.named_layers())
 
 
 @dataclass(eq=False)
@@ -177,11 +173,15 @@ def saliency(model: Any, x: np.ndarray, target: Any = None) -> np.ndarray:
 
 def gradcam_layer(model: Any, layer: Any = None, shapes: dict[str, tuple] | None = None) -> str:
     """The prefix of the leaf layer Grad-CAM looks at: ``layer`` given as a prefix ("3"),
-    an index into the leaf layers, or the layer itself; by default the last Conv2D (or, with
-    none, the last leaf whose output ``shapes`` says is 4-D). ConfigError if there is none."""
+    an index into the leaf layers, or the layer itself; by default the last Conv2D outside a
+    residual shortcut (or, with none, the last leaf whose output ``shapes`` says is 4-D).
+    ConfigError if there is none."""
     layers = leaf_layers(model)
     if layer is None:
+        # A residual block's projection shortcut (a 1x1 conv) comes after its body in forward
+        # order but is not where the features are: prefer the main path.
         convs = [p for p, la in layers if isinstance(la, Conv2D)]
+        convs = [p for p in convs if "shortcut" not in p.split(".")] or convs
         four_d = [p for p, _ in layers if shapes is not None and len(shapes.get(p, ())) == 4]
         if convs or four_d:
             return (convs or four_d)[-1]

@@ -200,3 +200,48 @@ def test_upsample_matches_torch_bilinear(rng):
         torch.from_numpy(maps)[None], size=(28, 19), mode="bilinear", align_corners=False
     )[0].numpy()
     np.testing.assert_allclose(ours, ref, atol=1e-12)
+
+
+def _residual_model(rng: np.random.Generator) -> sc.Sequential:
+    model = sc.Sequential(
+        [
+            sc.Conv2D(1, 2, 3, padding=1, dtype=np.float64),
+            sc.Residual(
+                [sc.Conv2D(2, 2, 3, padding=1, dtype=np.float64), sc.Tanh()],
+                shortcut=[sc.Conv2D(2, 2, 1, dtype=np.float64)],
+            ),
+            sc.Tanh(),
+            sc.GlobalAvgPool2D(),
+            sc.Flatten(),
+            sc.Dense(2, 3, dtype=np.float64),
+        ],
+        input_shape=(1, 5, 5),
+    )
+    for _, layer, name in model.named_parameters():
+        layer.params[name][...] = rng.normal(0, 0.8, layer.params[name].shape)
+    return model
+
+
+def test_saliency_and_gradcam_walk_into_blocks(rng):
+    model = _residual_model(rng)
+    x = distinct((2, 1, 5, 5), rng)
+    target = np.array([2, 0])
+    sal = sc.saliency(model, x, target=target)
+    eps = 1e-6
+    numeric = np.empty_like(x)
+    for idx in np.ndindex(x.shape):
+        hi, lo = x.copy(), x.copy()
+        hi[idx] += eps
+        lo[idx] -= eps
+        numeric[idx] = (_scores(model, hi, target) - _scores(model, lo, target)) / (2 * eps)
+    np.testing.assert_allclose(sal, np.abs(numeric), rtol=1e-5, atol=1e-8)
+    # The default is the body's conv, not the later 1x1 projection shortcut.
+    assert gradcam_layer(model) == "1.body.0"
+    t = trace(model, x, target)
+    assert set(t.activations) == {p for p, _ in leaf_layers(model)}
+    a, g = t.activations["1.body.0"], t.gradients["1.body.0"]
+    expected = np.maximum(np.einsum("nc,nchw->nhw", g.mean(axis=(2, 3)), a), 0)
+    np.testing.assert_allclose(sc.gradcam(model, x, target=target), expected)
+    assert sc.gradcam(model, x, layer="1.shortcut.0", target=target).shape == (2, 5, 5)
+    for _, layer in leaf_layers(model):
+        assert "forward" not in vars(layer) and "backward" not in vars(layer)

@@ -108,3 +108,17 @@ def test_explain_model_in_python(trained, tmp_path):
     assert sum(p for _, p in result.top) <= 1 + 1e-9
     assert [p.name for p in result.files] == list(EXPLAIN_FIGSIZES)
     assert label in range(10)
+
+
+def test_explain_a_model_with_residual_blocks(trained, tmp_path, capsys):
+    from scratchcnn.models import resnet8
+
+    _, image, _ = trained
+    ckpt = tmp_path / "resnet8.npz"
+    sc.save(resnet8(seed=0), ckpt)
+    assert main(["explain", str(ckpt), str(image), "--out", str(tmp_path / "o")]) == 0
+    text = capsys.readouterr().out
+    assert "Grad-CAM on layer 7.body.3" in text
+    rows = {line.split()[0] for line in text.splitlines() if line[:1].isdigit()}
+    assert {"3.body.0", "5.shortcut.0", "7.body.4", "11"} <= rows
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == sorted(EXPLAIN_FIGSIZES)
