@@ -17,10 +17,14 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from ._json import json_line
 from .data import DATASETS, load_dataset
+from .data.images import load_image
+from .data.sources import canonical_dataset_name
 from .errors import ConfigError, DataError, ScratchCNNError
 from .io import atomic_write_bytes, load_checkpoint
 from .models import MODELS, RECIPES, build_model
+from .threads import resolve_threads, set_blas_threads
 from .train import (
     CHECKPOINT_NAME,
     EpochMetrics,
@@ -101,10 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     d = TRAIN_DEFAULTS
-    p = sub.add_parser("train", help="train a model and write checkpoint + metrics")
+    p = sub.add_parser(
+        "train",
+        help="train a model and write checkpoint + metrics",
+        description="Train a model on a data set; writes model.npz (every epoch), "
+        "metrics.jsonl and run.json into --out. With no options: LeNet-5 on the embedded "
+        "5,000-digit MNIST subset.",
+    )
     p.add_argument("--model", choices=sorted(MODELS), help=f"network (default {d['model']})")
-    p.add_argument("--dataset", choices=DATASETS, help=f"data set (default {d['dataset']})")
-    p.add_argument("--data-dir", type=Path, help="folder with IDX files you already have")
+    _dataset_option(p, f"data set (default {d['dataset']})")
+    p.add_argument(
+        "--data-dir", type=Path, help="folder with the IDX files you already have (default: none)"
+    )
     p.add_argument("--epochs", type=_positive_int, help=f"default {d['epochs']}")
     p.add_argument("--batch-size", type=_positive_int, help=f"default {d['batch_size']}")
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="default sgd")
@@ -112,10 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--momentum", type=_float, help=f"SGD momentum (default {d['momentum']})")
     p.add_argument("--weight-decay", type=_float, help="default 0")
     p.add_argument("--schedule", choices=["none", "step", "cosine"], help="default cosine")
-    p.add_argument("--clip", type=_float, help="clip the global gradient norm to this value")
+    p.add_argument(
+        "--clip", type=_float, help="clip the global gradient norm to this value (default: off)"
+    )
     p.add_argument("--seed", type=_seed, help="seed for weights and shuffling (default 0)")
     p.add_argument("--dtype", choices=["float32", "float64"], help="default float32")
-    p.add_argument("--limit", type=_positive_int, help="train on the first N images only")
+    p.add_argument(
+        "--limit", type=_positive_int, help="train on the first N images only (default: all)"
+    )
     p.add_argument(
         "--augment",
         action=argparse.BooleanOptionalAction,
@@ -124,7 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
         + ", ".join(f"{k} {v}" for k, v in RECIPES["resnet8"].items())
         + ")",
     )
-    p.add_argument("--out", type=Path, help="output folder (default runs/MODEL-DATASET)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="output folder (default runs/MODEL-DATASET; if that holds a run already, "
+        "runs/MODEL-DATASET-2, -3, ...)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     p.add_argument("--plot", action="store_true", help="write the run's pictures at the end")
@@ -135,59 +156,139 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write TensorBoard event files into the run folder (tensorboardX)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    _threads_option(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="accuracy and loss of a checkpoint on a data set")
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("--dataset", choices=DATASETS, help="default: the one it was trained on")
-    p.add_argument("--data-dir", type=Path)
-    p.add_argument("--split", choices=["train", "test"], default="test")
+    p = sub.add_parser(
+        "evaluate",
+        help="accuracy and loss of a checkpoint on a data set",
+        description="Accuracy, loss and confusion matrix of a checkpoint on a data set's "
+        "test (or train) split.",
+    )
+    p.add_argument("checkpoint", type=Path, help="a model.npz written by train or sc.save")
+    _dataset_option(p, "data set (default: the one it was trained on)")
+    p.add_argument(
+        "--data-dir", type=Path, help="folder with IDX files (default: the run's, if any)"
+    )
+    p.add_argument("--split", choices=["train", "test"], default="test", help="default test")
     p.add_argument("--json", action="store_true", help='print {"accuracy", "loss", "n"}')
+    _threads_option(p)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="classify image files (PNG/JPEG, any size)")
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
+    p = sub.add_parser(
+        "predict",
+        help="classify image files (PNG/JPEG, any size)",
+        description="Classify image files: each is converted to the model's channels "
+        "(alpha composited onto the background), resized to its input and, by default, "
+        "inverted when its border is light (MNIST digits are light on dark).",
+    )
+    p.add_argument("checkpoint", type=Path, help="a model.npz written by train or sc.save")
+    p.add_argument(
+        "images", type=Path, nargs="+", metavar="IMAGE", help="PNG, JPEG, GIF, ... files"
+    )
     inv = p.add_mutually_exclusive_group()
     inv.add_argument(
         "--invert",
         dest="invert",
         action="store_const",
         const=True,
-        help="always invert (dark digit on light paper)",
+        help="always invert (dark digit on light paper); default: auto-invert, i.e. invert "
+        "an image whose border is mostly light",
     )
     inv.add_argument(
-        "--no-invert", dest="invert", action="store_const", const=False, help="never invert"
+        "--no-invert",
+        dest="invert",
+        action="store_const",
+        const=False,
+        help="never invert (light digit on dark, like MNIST)",
     )
     p.add_argument("--json", action="store_true", help="one JSON object per image")
     p.set_defaults(func=cmd_predict, invert=None)
 
-    p = sub.add_parser("info", help="a checkpoint's model summary and training record")
-    p.add_argument("checkpoint", type=Path)
+    p = sub.add_parser(
+        "info",
+        help="a checkpoint's model summary and training record",
+        description="Print a checkpoint's layers, training settings, optimiser and last "
+        "test metrics.",
+    )
+    p.add_argument("checkpoint", type=Path, help="a model.npz written by train or sc.save")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser(
         "explain",
         help="the cross-vs-rectangle walkthrough, or why a checkpoint classifies an image so",
+        description="Without CHECKPOINT: walk one cross-or-rectangle image through shapes_net, "
+        "print every forward value and gradient, and save them as explain.png. With CHECKPOINT "
+        "IMAGE: print the top-3 classes and per-layer statistics of that image through the "
+        "model and save saliency.png, gradcam.png and layers.png.",
     )
-    p.add_argument("checkpoint", type=Path, nargs="?", metavar="CHECKPOINT")
-    p.add_argument("image", type=Path, nargs="?", metavar="IMAGE")
-    p.add_argument("--seed", type=_seed, default=0, help="the walkthrough's image (default 0)")
-    p.add_argument("--out", type=Path, help="folder (default: . or runs/explain-<checkpoint name>)")
+    p.add_argument(
+        "checkpoint", type=Path, nargs="?", metavar="CHECKPOINT", help="a model.npz to explain"
+    )
+    p.add_argument("image", type=Path, nargs="?", metavar="IMAGE", help="the image to explain")
+    p.add_argument(
+        "--seed", type=_seed, default=0, help="which image and weights to draw (default 0)"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="folder (default runs/explain, or runs/explain-<run> with a CHECKPOINT)",
+    )
     p.add_argument("--target", type=_seed, help="class to explain (default: the predicted one)")
     p.add_argument("--layer", help="Grad-CAM layer, e.g. 3 or 3.body.0 (default: last Conv2D)")
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("filters", help="Sobel edge filters over a photograph")
+    p = sub.add_parser(
+        "filters",
+        help="Sobel edge filters over a photograph",
+        description="Run the vertical and horizontal Sobel filters through Conv2D with "
+        '"same" and "valid" padding over a photograph; saves sobel.png.',
+    )
     p.add_argument("image", type=Path, nargs="?", help="default: a photo shipped with matplotlib")
-    p.add_argument("--out", type=Path, default=Path("."), help="folder for sobel.png")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/filters"),
+        help="folder for sobel.png (default runs/filters)",
+    )
     p.set_defaults(func=cmd_filters)
 
-    p = sub.add_parser("plot", help="curves, confusion matrix, filters ... of a training run")
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--data-dir", type=Path)
+    p = sub.add_parser(
+        "plot",
+        help="curves, confusion matrix, filters ... of a training run",
+        description="Draw a run folder's loss and accuracy curves, confusion matrix, "
+        "first-layer filters, feature maps and misclassified images into that folder.",
+    )
+    p.add_argument("run_dir", type=Path, help="a folder written by train --out")
+    p.add_argument(
+        "--data-dir", type=Path, help="folder with IDX files (default: the run's, if any)"
+    )
     p.set_defaults(func=cmd_plot)
     return parser
+
+
+def _dataset_option(p: argparse.ArgumentParser, text: str) -> None:
+    """--dataset NAME: the names of DATASETS and the aliases load_dataset accepts
+    ("fashion", "mnist5k", ...)."""
+
+    def parse(name: str) -> str:
+        try:
+            return canonical_dataset_name(name)
+        except DataError:
+            return name  # argparse's choices check names the valid ones
+
+    p.add_argument(
+        "--dataset", type=parse, choices=DATASETS, metavar="{" + ",".join(DATASETS) + "}", help=text
+    )
+
+
+def _threads_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="BLAS threads (default: $SCRATCHCNN_NUM_THREADS, else chosen per workload: "
+        "1 for small models and batches)",
+    )
 
 
 def _say(*parts: Any) -> None:
@@ -325,6 +426,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"acc {m.test_accuracy:6.2%}  {m.seconds:5.1f}s"
             )
 
+    set_blas_threads(resolve_threads(args.threads, model, run["batch_size"]))
     history = fit(
         model,
         train,
@@ -368,12 +470,12 @@ def _tensorboard(model: Any, out: Path, done: int) -> Any:
     return TensorBoardLogger(model, out, resume_epoch=done)
 
 
-def _check_fits(model: Any, data: Any, run: dict[str, Any]) -> None:
+def _check_fits(model: Any, data: Any, run: dict[str, Any], hint: str = "--model") -> None:
     """train.check_data_fits, with the command line's hint."""
     try:
         check_data_fits(model, data, default_loss(model), "data set")
     except ConfigError as exc:
-        raise ConfigError(f"{exc} (model {run['model']}); pick a matching --model") from exc
+        raise ConfigError(f"{exc} (model {run['model']}); pick a matching {hint}") from exc
 
 
 # --- evaluate / predict / info -----------------------------------------------------------
@@ -390,10 +492,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     seed = run.get("seed", 0)
     seed = seed if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 else 0
     data = load_dataset(name, args.split, data_dir=data_dir, seed=seed)
-    _check_fits(ckpt.model, data, {"model": args.checkpoint.name, "dataset": name})
+    _check_fits(ckpt.model, data, {"model": args.checkpoint.name}, "--dataset or checkpoint")
+    set_blas_threads(resolve_threads(args.threads, ckpt.model, 512))
     result = evaluate(ckpt.model, data, progress=None if not args.json else False)
     if args.json:
-        _say(json.dumps({"accuracy": result.accuracy, "loss": result.loss, "n": result.n}))
+        _say(json_line({"accuracy": result.accuracy, "loss": result.loss, "n": result.n}))
         return 0
     correct = int(np.trace(result.confusion))
     _say(
@@ -409,39 +512,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_image(path: Path, shape: tuple[int, int, int], invert: bool | None) -> np.ndarray:
-    """An image file as (C, H, W) float in [0, 1], resized to the model's input."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not path.is_file():
-        raise DataError(f"{path}: no such image file")
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if shape[0] == 1 else "RGB")
-            img = img.resize((shape[2], shape[1]), Image.Resampling.LANCZOS)
-            arr = np.asarray(img, dtype=np.float32) / 255
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"{path}: cannot read it as an image ({exc})") from exc
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    if invert is None:
-        # MNIST digits are light on a dark background; a photo of ink on paper is the
-        # opposite, which the border (mostly background) shows.
-        border = np.concatenate([arr[:, 0], arr[:, -1], arr[:, :, 0], arr[:, :, -1]], axis=None)
-        invert = float(border.mean()) > 0.5
-    return 1.0 - arr if invert else arr
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     model = ckpt.model
     if model.input_shape is None:
         raise ConfigError(f"{args.checkpoint}: the model does not record its input shape")
-    n_out = model.output_shapes()[-1][-1]
+    out_shape = model.output_shapes()[-1]
+    if len(out_shape) != 2:
+        shape = "(N, " + ", ".join(str(d) for d in out_shape[1:]) + ")"
+        raise ConfigError(
+            f"{args.checkpoint}: the model's output is {shape}, not (N, classes); predict "
+            "needs a classifier"
+        )
+    n_out = out_shape[-1]
     classes = ckpt.extra.get("classes")
     if not (isinstance(classes, list) and len(classes) == max(n_out, 2)):
         classes = [str(i) for i in range(max(n_out, 2))]
     classes = [str(c) for c in classes]
-    batch = np.stack([_load_image(p, model.input_shape, args.invert) for p in args.images])
+    batch = np.stack([load_image(p, model.input_shape, args.invert) for p in args.images])
     logits = model.predict(batch.astype(model.dtype))
     if logits.shape[1] == 1:
         p1 = 1 / (1 + np.exp(-logits[:, 0].astype(np.float64)))
@@ -453,7 +541,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         top = np.argsort(pr)[::-1][:3]
         if args.json:
             _say(
-                json.dumps(
+                json_line(
                     {
                         "image": str(path),
                         "prediction": classes[top[0]],
@@ -479,8 +567,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         _say(f"epoch: {ckpt.epoch}")
     if ckpt.optimizer_state:
         st = ckpt.optimizer_state
-        hyper = ", ".join(f"{k}={v}" for k, v in st["hyper"].items())
-        _say(f"optimizer: {st['type']}({hyper}), {st['steps']} steps")
+        _say(f"optimizer: {_optimizer_text(st, ckpt.scheduler_state)}, {st['steps']} steps")
     history = ckpt.extra.get("history")
     h = history[-1] if isinstance(history, list) and history else None
     if isinstance(h, dict):
@@ -488,6 +575,20 @@ def cmd_info(args: argparse.Namespace) -> int:
         if isinstance(acc, (int, float)) and isinstance(loss, (int, float)):
             _say(f"last test accuracy: {acc:.2%} (loss {loss:.4f})")
     return 0
+
+
+def _optimizer_text(state: dict[str, Any], sched: dict[str, Any] | None) -> str:
+    """``SGD(lr=0.05, momentum=0.9, current lr 0.0)``: the learning rate as set, and the one
+    the schedule has reached (the optimiser's state holds only the latter)."""
+    hyper = dict(state["hyper"])
+    current = hyper.get("lr")
+    base = sched.get("base_lr") if isinstance(sched, dict) else None
+    if isinstance(base, (int, float)) and not isinstance(base, bool):
+        hyper["lr"] = base
+    parts = [f"{k}={v}" for k, v in hyper.items()]
+    if current is not None:
+        parts.append(f"current lr {current}")
+    return f"{state['type']}({', '.join(parts)})"
 
 
 # --- pictures -------------------------------------------------------------------------------
@@ -498,7 +599,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return _explain_checkpoint(args)
     w = run_walkthrough(args.seed)
     _say(format_walkthrough(w))
-    out = args.out or Path(".")
+    out = args.out or Path("runs/explain")
     out.mkdir(parents=True, exist_ok=True)
     _say(f"figure: {plot_walkthrough(w, out / 'explain.png')}")
     return 0
@@ -515,7 +616,7 @@ def _explain_checkpoint(args: argparse.Namespace) -> int:
     model = ckpt.model
     if model.input_shape is None:
         raise ConfigError(f"{args.checkpoint}: the model does not record its input shape")
-    image = _load_image(args.image, model.input_shape, None).astype(model.dtype)
+    image = load_image(args.image, model.input_shape).astype(model.dtype)
     classes = ckpt.extra.get("classes")
     classes = [str(c) for c in classes] if isinstance(classes, list) else None
     # A run folder's checkpoint is always model.npz: name the folder after the run instead.
@@ -538,8 +639,7 @@ def _explain_checkpoint(args: argparse.Namespace) -> int:
 def cmd_filters(args: argparse.Namespace) -> int:
     from .viz import sobel_demo
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    for path in sobel_demo(args.image, args.out):
+    for path in sobel_demo(args.image, args.out):  # creates --out only once it has a picture
         _say(f"figure: {path}")
     return 0
 

@@ -36,6 +36,16 @@ class Loss:
             raise StateError(f"{type(self).__name__}.backward called before forward")
         return self._cache
 
+    def _check_output(self, output: np.ndarray, name: str) -> np.ndarray:
+        """check_array, and refuse an empty batch: its mean is undefined (0 / 0)."""
+        who = type(self).__name__
+        output = check_array(output, who, name)
+        if output.size == 0:
+            raise ShapeError(
+                f"{who}: empty batch ({name} of shape {output.shape}); nothing to average"
+            )
+        return output
+
     def _reduce(self, per_item: np.ndarray, count: int) -> float:
         total = float(per_item.sum(dtype=np.float64))
         return total / count if self.reduction == "mean" else total
@@ -74,7 +84,7 @@ class CrossEntropyLoss(Loss):
 
     def forward(self, logits: np.ndarray, labels: Any) -> float:
         who = "CrossEntropyLoss"
-        logits = check_array(logits, who, "logits")
+        logits = self._check_output(logits, "logits")
         if logits.ndim != 2:
             raise ShapeError(f"{who} expects logits of shape (N, classes), got {logits.shape}")
         n, k = logits.shape
@@ -110,15 +120,19 @@ class BCEWithLogitsLoss(Loss):
 
     def forward(self, logits: np.ndarray, targets: Any) -> float:
         who = "BCEWithLogitsLoss"
-        logits = check_array(logits, who, "logits")
+        logits = self._check_output(logits, "logits")
         targets = np.asarray(targets)
         if targets.dtype.kind not in "iubf":
             raise DTypeError(f"{who}: targets must be numbers, got dtype {targets.dtype}")
-        if targets.size != logits.size or (targets.shape != logits.shape and logits.ndim > 2):
+        # Like torch: the same shape, no silent reshape ((N,) targets against (N, 1) logits
+        # would otherwise pair them up by position only by luck).
+        if targets.shape != logits.shape:
             raise ShapeError(
                 f"{who}: targets shape {targets.shape} does not match logits shape {logits.shape}"
             )
-        targets = targets.reshape(logits.shape).astype(logits.dtype, copy=False)
+        targets = targets.astype(logits.dtype, copy=False)
+        if not np.isfinite(targets).all():
+            raise ShapeError(f"{who}: targets hold NaN or infinite values")
         if np.any((targets < 0) | (targets > 1)):
             raise ShapeError(f"{who}: targets must lie in [0, 1]")
         per_item = np.maximum(logits, 0) - logits * targets + np.log1p(np.exp(-np.abs(logits)))
@@ -141,7 +155,7 @@ class MSELoss(Loss):
 
     def forward(self, output: np.ndarray, target: Any) -> float:
         who = "MSELoss"
-        output = check_array(output, who, "output")
+        output = self._check_output(output, "output")
         target = np.asarray(target)
         if target.shape != output.shape:
             raise ShapeError(f"{who}: target shape {target.shape} != output shape {output.shape}")

@@ -19,7 +19,6 @@ logit > 0); others use ``CrossEntropyLoss`` with the argmax as prediction.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from ._json import json_line
 from .data import DataLoader, Dataset
 from .errors import CheckpointError, ConfigError, ScratchCNNError, TrainingDiverged
 from .gradnorms import GradNormMeter
@@ -118,6 +118,7 @@ def evaluate(
 ) -> EvalResult:
     """Loss, accuracy and confusion matrix of ``model`` on ``dataset`` in eval mode."""
     loss_fn = loss_fn or default_loss(model)
+    check_data_fits(model, dataset, loss_fn, "data")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, dtype=model.dtype)
     was_training = model.training
     model.eval()
@@ -181,7 +182,7 @@ def _disable(progress: bool | None) -> bool | None:
 
 
 def _write_metrics(path: Path, epochs: list[EpochMetrics]) -> None:
-    text = "".join(json.dumps(asdict(m)) + "\n" for m in epochs)
+    text = "".join(json_line(asdict(m)) + "\n" for m in epochs)
     atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
 
 
@@ -426,15 +427,17 @@ def check_data_fits(
         ) from exc
     if not isinstance(loss_fn, (CrossEntropyLoss, BCEWithLogitsLoss)):
         return
-    top = int(data.labels.max())
+    # One output per class, no more and no fewer: a spare output would be predicted for a
+    # class the confusion matrix has no row for.
+    top, k = int(data.labels.max()), data.num_classes
     if isinstance(loss_fn, BCEWithLogitsLoss):
-        if top > 1:
+        if top > 1 or k != 2:
             raise ConfigError(
                 f"the model is a binary classifier (one output) but {what} {data.name!r} has "
-                f"label {top} ({data.num_classes} classes)"
+                f"{k} classes (largest label {top})"
             )
-    elif len(out) != 2 or top >= out[-1]:
+    elif len(out) != 2 or out[-1] != k or top >= k:
         raise ConfigError(
             f"the model has {out[-1] if len(out) == 2 else out} outputs but {what} "
-            f"{data.name!r} has label {top} ({data.num_classes} classes)"
+            f"{data.name!r} has {k} classes (largest label {top})"
         )

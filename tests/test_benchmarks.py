@@ -32,9 +32,11 @@ def test_bench_lenet_reports_ratios_and_memory(tmp_path):
     assert [m["framework"] for m in data["memory"]] == ["scratchcnn", "pytorch"]
 
 
-def test_fashion_mnist_benchmark_runs_on_a_slice(tmp_path):
+def test_fashion_mnist_benchmark_runs_on_a_slice(tmp_path, fashion_mnist_dir):
     out = run(
-        "fashion_mnist.py", "--epochs", "1", "--limit", "512", "--json", str(tmp_path / "f.json")
+        "fashion_mnist.py",
+        *("--epochs", "1", "--limit", "512", "--json", str(tmp_path / "f.json")),
+        *("--data-dir", str(fashion_mnist_dir)),
     )
     assert "scratchcnn epoch 1" in out and "pytorch    epoch 1" in out
     data = json.loads((tmp_path / "f.json").read_text())
@@ -44,3 +46,18 @@ def test_fashion_mnist_benchmark_runs_on_a_slice(tmp_path):
 def test_profile_layers_prints_every_layer():
     out = run("profile_layers.py", "--steps", "2", "--batch", "8")
     assert "MaxPool2D" in out and "images/s" in out
+
+
+def test_thread_benchmark_reports_all_four_settings(tmp_path):
+    out = run(
+        "bench_threads.py", "--rounds", "1", "--steps", "2", "--json", str(tmp_path / "t.json")
+    )
+    assert "busy" in out
+    rows = json.loads((tmp_path / "t.json").read_text())["rows"]
+    assert {(r["threads"], r["busy"]) for r in rows} == {
+        (1, False),
+        (2, False),
+        (1, True),
+        (2, True),
+    }
+    assert all(r["img_s_median"] > 0 for r in rows)

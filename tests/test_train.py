@@ -174,7 +174,10 @@ def test_check_data_fits_refuses_what_the_model_cannot_take():
         check_data_fits(lenet5(), shapes, default_loss(lenet5()))
     digits = load_dataset("mnist-5k", "test")
     small = sc.Sequential([sc.Flatten(), sc.Dense(784, 3)], input_shape=(1, 28, 28))
-    with pytest.raises(sc.ConfigError, match=r"has 3 outputs but data 'mnist-5k' has label 9"):
+    with pytest.raises(
+        sc.ConfigError,
+        match=r"has 3 outputs but data 'mnist-5k' has 10 classes \(largest label 9\)",
+    ):
         check_data_fits(small, digits, default_loss(small))
     with pytest.raises(sc.ConfigError, match=r"must be a scratchcnn\.data\.Dataset"):
         check_data_fits(lenet5(), (digits.images, digits.labels))

@@ -12,11 +12,13 @@ Every problem (missing file, corrupt gzip stream, bad header, wrong size) raises
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import stat
 import struct
 import zlib
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 
@@ -24,6 +26,7 @@ from scratchcnn.errors import DataError
 
 __all__ = [
     "IDX_TYPES",
+    "MAX_IDX_BYTES",
     "MNIST_IMAGES_MAGIC",
     "MNIST_LABELS_MAGIC",
     "read_idx",
@@ -51,22 +54,91 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _EXPECTED_MAGIC = {"images": MNIST_IMAGES_MAGIC, "labels": MNIST_LABELS_MAGIC}
 
 
-def _read_bytes(path: Path) -> bytes:
-    """Return the file's content, gunzipped when it starts with the gzip magic."""
+#: Largest IDX payload read (bytes, after decompression): 1 GiB, 20 times full MNIST's
+#: training images. The header's shape is checked against it before anything is allocated.
+MAX_IDX_BYTES = 2**30
+_CHUNK = 1 << 20
+
+
+class _Reader:
+    """The bytes of an IDX file, gunzipped on the fly when it starts with the gzip magic;
+    never more than asked for is decompressed (a gzip bomb costs one chunk)."""
+
+    def __init__(self, path: Path, fh: BinaryIO, size: int) -> None:
+        self.path, self.fh, self.size = path, fh, size
+        self.gz = fh.read(2) == _GZIP_MAGIC
+        fh.seek(0)
+        self._z = zlib.decompressobj(wbits=31) if self.gz else None
+        self._tail = b""
+
+    def _more(self, limit: int) -> bytes:
+        """Up to ``limit`` (> 0) further bytes; b"" at the end of the data."""
+        if self._z is None:
+            return self.fh.read(limit)
+        z = self._z
+        try:
+            while True:
+                if not self._tail:
+                    if z.eof:
+                        return b""
+                    self._tail = self.fh.read(_CHUNK)
+                    if not self._tail:
+                        raise DataError(
+                            f"{self.path}: corrupt gzip stream (Compressed file ended before "
+                            "the end-of-stream marker was reached)"
+                        )
+                out = z.decompress(self._tail, limit)
+                self._tail = z.unconsumed_tail
+                if z.eof and z.unused_data.strip(b"\0"):
+                    raise DataError(f"{self.path}: extra data after the end of the gzip stream")
+                if out:
+                    return out
+        except zlib.error as exc:
+            raise DataError(f"{self.path}: corrupt gzip stream ({exc})") from None
+
+    def read(self, n: int) -> bytes:
+        """Exactly ``n`` bytes, or fewer at the end of the data."""
+        parts, got = [], 0
+        while got < n:
+            part = self._more(n - got)
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+        return b"".join(parts)
+
+    def read_into(self, buf: memoryview) -> int:
+        """Fill ``buf``; returns how many bytes there were (less than its size: the data
+        ended early)."""
+        if self._z is None:
+            return self.fh.readinto(buf) or 0
+        got = 0
+        while got < len(buf):
+            part = self._more(min(len(buf) - got, _CHUNK))
+            if not part:
+                break
+            buf[got : got + len(part)] = part
+            got += len(part)
+        return got
+
+
+def _open_regular(path: Path) -> tuple[BinaryIO, int]:
+    """Open ``path`` for reading if it is a regular file (a FIFO would block, a device such
+    as /dev/zero never ends); returns (file, size)."""
     try:
-        raw = path.read_bytes()
+        st = os.stat(path)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, expected an IDX file") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
-    if raw[:2] != _GZIP_MAGIC:
-        return raw
+    if stat.S_ISDIR(st.st_mode):
+        raise DataError(f"{path}: is a directory, expected an IDX file")
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(f"{path}: not a regular file (a device, FIFO or socket), expected IDX")
     try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: corrupt gzip stream ({exc})") from None
+        return open(path, "rb"), st.st_size  # closed by read_idx
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
 
 
 def read_idx(
@@ -76,22 +148,34 @@ def read_idx(
 
     The header is parsed generically: any of the six IDX element types and any
     number of dimensions >= 1. The payload must hold exactly the product of the
-    dimensions times the element size, no more and no less.
+    dimensions times the element size, no more and no less, and at most
+    :data:`MAX_IDX_BYTES`; that is checked from the header before anything is allocated,
+    and a gzipped file is decompressed only as far as the header says it should go.
 
     ``expect="images"`` / ``"labels"`` additionally requires the MNIST magic
     numbers 2051 (unsigned bytes, 3-D) / 2049 (unsigned bytes, 1-D), so that an
     image file passed as labels (or the reverse) is caught with a clear message.
     """
     path = Path(path)
-    data = _read_bytes(path)
-    if len(data) < 4:
-        raise DataError(f"{path}: too short for an IDX header: {len(data)} bytes (need at least 4)")
-    magic = struct.unpack(">I", data[:4])[0]
+    fh, size = _open_regular(path)
+    with fh:
+        try:
+            return _read_idx(_Reader(path, fh, size), expect)
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+
+
+def _read_idx(src: _Reader, expect: Literal["images", "labels"] | None) -> np.ndarray:
+    path = src.path
+    head = src.read(4)
+    if len(head) < 4:
+        raise DataError(f"{path}: too short for an IDX header: {len(head)} bytes (need at least 4)")
+    magic = struct.unpack(">I", head)[0]
     if expect is not None:
         want = _EXPECTED_MAGIC[expect]
         if magic != want:
             raise DataError(f"{path}: bad magic number {magic} (expected {want} for {expect})")
-    zero0, zero1, code, ndim = data[0], data[1], data[2], data[3]
+    zero0, zero1, code, ndim = head
     if zero0 != 0 or zero1 != 0:
         raise DataError(
             f"{path}: bad magic number {magic} (an IDX file starts with two zero bytes, "
@@ -105,16 +189,43 @@ def read_idx(
     if ndim == 0:
         raise DataError(f"{path}: bad magic number {magic} (declares 0 dimensions, need >= 1)")
     header_len = 4 + 4 * ndim
-    if len(data) < header_len:
+    rest = src.read(4 * ndim)
+    if len(rest) < 4 * ndim:
         raise DataError(
             f"{path}: truncated header: {ndim} dimensions need {header_len} header bytes, "
-            f"file has {len(data)}"
+            f"file has {4 + len(rest)}"
         )
-    dims = struct.unpack(f">{ndim}I", data[4:header_len])
+    dims = struct.unpack(f">{ndim}I", rest)
     dtype = IDX_TYPES[code][0]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    found = len(data) - header_len
+    # Python integers: a product of up to 255 dimensions of 2**32 - 1 cannot overflow here.
+    expected = math.prod(dims) * dtype.itemsize
     shape_txt = "x".join(str(d) for d in dims)
+    if expected > MAX_IDX_BYTES:
+        raise DataError(
+            f"{path}: the header declares shape {shape_txt} ({expected:,} bytes of data), more "
+            f"than the {MAX_IDX_BYTES:,}-byte limit for an IDX file"
+        )
+    if not src.gz:  # the file's size tells truncation or extra bytes before any allocation
+        found = src.size - header_len
+        _check_size(path, expected, found, shape_txt)
+    payload = np.empty(expected, dtype=np.uint8)
+    found = src.read_into(memoryview(payload))
+    if found == expected:
+        # Count extra bytes up to one chunk: beyond that a gzip bomb is not worth unpacking.
+        extra = len(src.read(_CHUNK))
+        if extra == _CHUNK:
+            raise DataError(
+                f"{path}: extra bytes: expected {expected} bytes of data for shape {shape_txt}, "
+                f"found at least {expected + extra}"
+            )
+        found += extra
+    _check_size(path, expected, found, shape_txt)
+    arr = payload.view(dtype)
+    # astype copies: the result is native-endian and writeable.
+    return arr.astype(dtype.newbyteorder("="), copy=not dtype.isnative).reshape(dims)
+
+
+def _check_size(path: Path, expected: int, found: int, shape_txt: str) -> None:
     if found < expected:
         raise DataError(
             f"{path}: truncated: expected {expected} bytes of data for shape {shape_txt}, "
@@ -125,9 +236,6 @@ def read_idx(
             f"{path}: {found - expected} extra bytes: expected {expected} bytes of data for "
             f"shape {shape_txt}, found {found}"
         )
-    arr = np.frombuffer(data, dtype=dtype, count=expected // dtype.itemsize, offset=header_len)
-    # astype always copies: the result is native-endian and writeable.
-    return arr.astype(dtype.newbyteorder("="), copy=True).reshape(dims)
 
 
 def write_idx(path: str | os.PathLike[str], array: np.ndarray) -> None:

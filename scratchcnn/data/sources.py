@@ -38,7 +38,9 @@ __all__ = [
     "SHAPES_SIZES",
     "SHAPES_TEST_SEED_OFFSET",
     "SPLITS",
+    "canonical_dataset_name",
     "default_cache_dir",
+    "fashion_mnist_dir",
     "load_dataset",
 ]
 
@@ -149,9 +151,10 @@ _urlopen = urllib.request.urlopen
 
 
 def default_cache_dir() -> Path:
-    """Cache root: ``$SCRATCHCNN_CACHE``, else ``$XDG_CACHE_HOME/scratchcnn``,
-    else ``~/.cache/scratchcnn``. Each data set gets a subfolder of it."""
-    env = os.environ.get("SCRATCHCNN_CACHE")
+    """Cache root: ``$SCRATCHCNN_CACHE_DIR`` (or its older name ``$SCRATCHCNN_CACHE``),
+    else ``$XDG_CACHE_HOME/scratchcnn``, else ``~/.cache/scratchcnn``. Each data set gets a
+    subfolder of it."""
+    env = os.environ.get("SCRATCHCNN_CACHE_DIR") or os.environ.get("SCRATCHCNN_CACHE")
     if env:
         return Path(env).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
@@ -160,7 +163,14 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "scratchcnn"
 
 
-def _canonical_name(name: str) -> str:
+def fashion_mnist_dir() -> Path:
+    """Where the Debian ``dataset-fashion-mnist`` files are looked for:
+    ``$SCRATCHCNN_FASHION_MNIST_DIR`` if set, else :data:`DEBIAN_FASHION_MNIST_DIR`."""
+    env = os.environ.get("SCRATCHCNN_FASHION_MNIST_DIR")
+    return Path(env).expanduser() if env else Path(DEBIAN_FASHION_MNIST_DIR)
+
+
+def canonical_dataset_name(name: str) -> str:
     if not isinstance(name, str):
         raise DataError(
             f"dataset name must be a string, got {type(name).__name__} "
@@ -187,7 +197,7 @@ def load_dataset(
     (train = ``make_shapes(2000, seed)``, test = ``make_shapes(500, seed +
     SHAPES_TEST_SEED_OFFSET)``). Image data sets are uint8 (N, 1, 28, 28).
     """
-    key = _canonical_name(name)
+    key = canonical_dataset_name(name)
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r} for dataset {key!r} (valid: train, test)")
     if key == "mnist-5k":
@@ -273,7 +283,7 @@ def _locate_idx(
 
     looked: list[Path] = []
     if name == "fashion-mnist":
-        debian = Path(DEBIAN_FASHION_MNIST_DIR)
+        debian = fashion_mnist_dir()
         looked.append(debian)
         found, missing = _find_in(debian, stems)
         if not missing:
@@ -290,35 +300,44 @@ def _locate_idx(
         where = " and ".join(str(p) for p in looked)
         raise DataError(
             f"{cache}: missing {', '.join(gz_missing)} for {name} {split} and download is off "
-            f"(looked in {where}); to get them, {_how_to_get(name, gz_missing, cache)}"
+            f"(looked in {where}); {_how_to_get(name, cache)}"
         )
+    # The folders this call creates, removed again if nothing could be downloaded into them.
+    created = [p for p in (cache, *cache.parents) if not p.exists()]
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(
             f"{cache}: cannot create cache directory ({exc.strerror or exc}); set "
-            f"SCRATCHCNN_CACHE to a writeable folder or pass --data-dir"
+            f"SCRATCHCNN_CACHE_DIR to a writeable folder or pass --data-dir"
         ) from None
-    for filename in gz_missing:
-        _download(name, filename, cache, gz_missing)
+    try:
+        for filename in gz_missing:
+            _download(name, filename, cache)
+    except DataError:
+        for folder in created:
+            try:
+                folder.rmdir()  # only if empty
+            except OSError:
+                break
+        raise
     found, missing = _find_in(cache, stems)
     if missing:  # pragma: no cover - _download raises instead
         raise DataError(f"{cache}: still missing {', '.join(missing)} after download")
     return found[0], found[1]
 
 
-def _how_to_get(name: str, filenames: list[str], cache: Path) -> str:
-    mirrors = MIRRORS[name]
-    urls = " and ".join(mirrors[0] + f for f in filenames)
-    others = f" (other mirrors: {', '.join(mirrors[1:])})" if len(mirrors) > 1 else ""
+def _how_to_get(name: str, cache: Path) -> str:
+    """The short hint: all four files of the data set, one mirror, where to put them."""
+    files = [f"{stem}.gz" for pair in IDX_FILES.values() for stem in pair]
     return (
-        f"download {urls}{others} and put "
-        f"{' and '.join(filenames)} in {cache}, or pass --data-dir DIR "
-        "(data_dir=DIR in Python) naming a folder that holds them"
+        f"to get {name} by hand, download {', '.join(files)} from {MIRRORS[name][0]} into "
+        f"{cache}, or pass --data-dir DIR (data_dir=DIR in Python) naming a folder that "
+        "holds them"
     )
 
 
-def _download(name: str, filename: str, cache: Path, all_missing: list[str]) -> Path:
+def _download(name: str, filename: str, cache: Path) -> Path:
     """Fetch one file into ``cache`` from the first mirror that serves the right bytes.
 
     The bytes go to a temporary file in the cache folder; only when size and
@@ -364,15 +383,12 @@ def _download(name: str, filename: str, cache: Path, all_missing: list[str]) -> 
             tmp.unlink(missing_ok=True)
             offline = offline or not isinstance(exc, urllib.error.HTTPError)
             failures.append(f"{url}: {_describe(exc)}")
-    cause = (
-        "this machine seems to be offline (or the mirrors are unreachable)"
-        if offline
-        else "every mirror failed"
-    )
+    if offline:  # every mirror fails the same way; the first reason says it all
+        cause = f"this machine seems to be offline ({failures[0].split(': ', 1)[-1]})"
+    else:
+        cause = f"every mirror failed [{'; '.join(failures)}]"
     raise DataError(
-        f"{target}: could not download {name} file {filename}: {cause} "
-        f"[{'; '.join(failures)}]; to get the files by hand, "
-        f"{_how_to_get(name, all_missing, cache)}"
+        f"could not download {name} file {filename}: {cause}; {_how_to_get(name, cache)}"
     )
 
 

@@ -43,7 +43,8 @@ __all__ = [
     "predict_classes",
 ]
 
-#: File name -> figure size in inches; pixel size = size * ``_style.DPI`` (100).
+#: File name -> figure size in inches; pixel size = size * ``_style.DPI`` (100). filters.png
+#: and misclassified.png shrink to fit few panels (these are then their largest sizes).
 FIGSIZES: dict[str, tuple[float, float]] = {
     "curves.png": (13.0, 5.0),
     "confusion.png": (9.0, 8.0),
@@ -294,6 +295,26 @@ def _grid_shape(n: int, width: float, height: float, max_cols: int | None = None
     return best
 
 
+def _fitted_figure(
+    name: str,
+    count: int,
+    area: tuple[float, float],
+    margins: tuple[float, float],
+    max_cols: int | None = None,
+    max_side: float = 3.0,
+    min_width: float = 7.5,
+) -> tuple[Figure, int, int]:
+    """A figure for ``count`` square panels, sized to them (so a few panels do not float in
+    a blank page), at most FIGSIZES[name]; returns (figure, rows, cols). ``area`` is the
+    room for panels in the full-size figure, ``margins`` the inches for titles and bars."""
+    rows, cols = _grid_shape(count, *area, max_cols=max_cols)
+    side = min(area[0] / cols, area[1] / rows, max_side)
+    width, height = FIGSIZES[name]
+    width = min(width, max(min_width, round(cols * side + margins[0], 1)))
+    height = min(height, round(rows * side + margins[1], 1))
+    return _style.new_figure(width, height), rows, cols
+
+
 def _no_conv_figure(fig: Figure, what: str) -> None:
     fig.text(
         0.5,
@@ -308,9 +329,9 @@ def _no_conv_figure(fig: Figure, what: str) -> None:
 def plot_filters(data: RunData, path: str | Path) -> Path:
     """The first Conv2D's learned filters, one panel per output channel, on one symmetric
     colour scale (channel 0 if the layer has one input channel, else the sum over them)."""
-    fig = _style.new_figure(*FIGSIZES["filters.png"])
     index = _first_conv(data.model)
     if index is None:
+        fig = _style.new_figure(*FIGSIZES["filters.png"])
         _no_conv_figure(fig, "filters")
         return _style.save_figure(fig, path)
     conv = data.model.layers[index]
@@ -319,6 +340,8 @@ def plot_filters(data: RunData, path: str | Path) -> Path:
     shown = weight[:, 0] if c == 1 else weight.sum(axis=1)
     which = "one input channel" if c == 1 else f"summed over its {c} input channels"
     bias = conv.params.get("bias")
+    count = min(o, MAX_CHANNELS)
+    fig, rows, cols = _fitted_figure("filters.png", count, (10.5, 5.6), (1.6, 1.4))
     fig.suptitle(
         f"Learned filters of the first Conv2D (layer {index}: {o} filter{'s' if o > 1 else ''} "
         f"of {kh}x{kw}, "
@@ -326,8 +349,6 @@ def plot_filters(data: RunData, path: str | Path) -> Path:
         "scale",
         fontsize=13,
     )
-    count = min(o, MAX_CHANNELS)
-    rows, cols = _grid_shape(count, 10.5, 5.6)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     limit = _style.symmetric_limit(shown)
     annotate = kh * kw <= 25 and count <= 16
@@ -468,10 +489,10 @@ def plot_feature_maps(data: RunData, path: str | Path, index: int = 0) -> Path:
 
 def plot_misclassified(data: RunData, path: str | Path) -> Path:
     """Up to 25 misclassified test images, each titled "true -> predicted"."""
-    fig = _style.new_figure(*FIGSIZES["misclassified.png"])
     wrong = np.flatnonzero(data.predicted != data.test.labels)
     n = len(data.test)
     if wrong.size == 0:
+        fig = _style.new_figure(*FIGSIZES["misclassified.png"])
         fig.text(
             0.5,
             0.5,
@@ -484,6 +505,9 @@ def plot_misclassified(data: RunData, path: str | Path) -> Path:
         return _style.save_figure(fig, path)
     shown = wrong[:MAX_MISCLASSIFIED]
     classes = data.test.classes
+    fig, rows, cols = _fitted_figure(
+        "misclassified.png", shown.size, (12.0, 11.5), (0.4, 1.5), max_cols=5
+    )
     fig.suptitle(
         f"Misclassified test images: {wrong.size:,} of {n:,} "
         f"({100 * wrong.size / n:.1f}%), "
@@ -491,7 +515,6 @@ def plot_misclassified(data: RunData, path: str | Path) -> Path:
         f"{data.description}; each titled: true -> predicted",
         fontsize=14,
     )
-    rows, cols = _grid_shape(shown.size, 12.0, 11.5, max_cols=5)
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     for ax, i in zip(axes, shown, strict=False):
         _style.show_image(

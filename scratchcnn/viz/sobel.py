@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.images import load_grayscale_image
 from ..errors import ConfigError, DataError
 from ..layers import Conv2D
 from . import _style
@@ -49,21 +50,8 @@ def default_image_path() -> Path:
 def load_grayscale(path: str | Path, max_side: int = MAX_SIDE) -> np.ndarray:
     """Read a PNG/JPEG (or any format Pillow reads) as a float32 (H, W) grayscale image in
     [0, 1], downscaled so its longest side is at most ``max_side``. DataError if it is missing
-    or not an image."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such image file")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            gray = img.convert("L")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read it as an image ({exc})") from exc
-    if max(gray.size) > max_side:
-        gray.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    return np.asarray(gray, dtype=np.float32) / np.float32(255)
+    or not an image (see ``scratchcnn.data.images`` for the checks and bounds)."""
+    return load_grayscale_image(path, max_side)
 
 
 def sobel_edges(gray: np.ndarray, padding: str = "same") -> tuple[np.ndarray, np.ndarray]:

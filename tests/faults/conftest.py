@@ -34,6 +34,7 @@ def child_env(threads: int = 1, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     for var in THREAD_VARS:
         env[var] = str(threads)
+    env["SCRATCHCNN_NUM_THREADS"] = str(threads)  # or the CLI would choose per workload
     env.update(extra)
     return env
 

@@ -226,14 +226,21 @@ def test_labels_the_model_has_no_output_for(tmp_path):
     with pytest.raises(sc.ConfigError) as err:
         fit_into(tmp_path / "out", five, digits)
     assert str(err.value) == (
-        "the model has 5 outputs but training data 'mnist-5k' has label 9 (10 classes)"
+        "the model has 5 outputs but training data 'mnist-5k' has 10 classes (largest label 9)"
     )
+    # More outputs than classes: a spare output would be predicted for a class the
+    # confusion matrix has no row for; refused before the first step too.
+    twelve = sc.Sequential([sc.Flatten(), sc.Dense(784, 12)], input_shape=(1, 28, 28))
+    with pytest.raises(sc.ConfigError, match="has 12 outputs but training data 'mnist-5k' has 10"):
+        fit_into(tmp_path / "out", twelve, digits)
+    with pytest.raises(sc.ConfigError, match="has 12 outputs but data 'mnist-5k' has 10"):
+        sc.train.evaluate(twelve, digits)
     binary = sc.Sequential([sc.Flatten(), sc.Dense(784, 1)], input_shape=(1, 28, 28))
     with pytest.raises(sc.ConfigError) as err:
         fit_into(tmp_path / "out", binary, digits)
     assert str(err.value) == (
         "the model is a binary classifier (one output) but training data 'mnist-5k' has "
-        "label 9 (10 classes)"
+        "10 classes (largest label 9)"
     )
     assert not (tmp_path / "out").exists()
 

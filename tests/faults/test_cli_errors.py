@@ -104,7 +104,7 @@ def bad_settings(out: Path, text: str | bytes) -> Path:
         (
             lambda t: (t / "img").mkdir(),
             ["filters", "{t}/img"],
-            "scratchcnn: error: {t}/img: no such image file",
+            "scratchcnn: error: {t}/img: is a folder, not an image file",
         ),
     ],
 )

@@ -1,0 +1,208 @@
+"""Reading an image file from outside (``scratchcnn predict``, ``filters``) into an array.
+
+Every file is untrusted: it is checked to be a regular file of bounded size, its pixel
+count is read from the header and bounded BEFORE anything is decoded, and any decoding
+failure (truncated, corrupt, not an image) is one :class:`DataError` line. What is decoded:
+
+* 8-bit images of any mode (L, RGB, P with or without a palette transparency, CMYK, YCbCr,
+  LAB, HSV, 1-bit) are converted by Pillow; 16-bit and 32-bit integer images (``I;16*``,
+  ``I``) are scaled by their bit depth (/ 65535), not clipped to 8 bits; float images
+  (``F``) are taken as intensities in [0, 1], [0, 255] or [0, 65535], whichever their
+  maximum fits;
+* alpha (RGBA, LA, PA, palette transparency) is composited onto a background: white when
+  the image is to be inverted (``invert=True``: dark ink on light paper), black when it is
+  not, and with ``invert=None`` the one that contrasts with the visible ink (so transparent
+  areas read as paper, never as ink);
+* animated images (GIF, APNG, WebP): the first frame.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from scratchcnn.errors import DataError
+
+__all__ = [
+    "MAX_IMAGE_BYTES",
+    "MAX_IMAGE_PIXELS",
+    "load_grayscale_image",
+    "load_image",
+    "open_image_file",
+]
+
+#: Largest image file read (bytes): far above any photograph, far below memory trouble.
+MAX_IMAGE_BYTES = 64 * 2**20
+#: Largest image decoded (width x height): 40 megapixels, a large phone photo. Decoding
+#: such an image takes at most ~160 MB (4 bytes a pixel for 16-bit or float images).
+MAX_IMAGE_PIXELS = 40_000_000
+
+Fit = Callable[[int, int], tuple[int, int]]
+
+_HIGH_DEPTH = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_ALPHA_MODES = {"LA": "LA", "La": "LA", "PA": "RGBA", "RGBA": "RGBA", "RGBa": "RGBA"}
+_GRAY_MODES = ("1", "L")
+# ITU-R 601-2 luma, the weights Pillow's RGB -> L conversion uses.
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def open_image_file(path: str | os.PathLike[str]) -> Path:
+    """Check that ``path`` is a regular, non-empty file of at most MAX_IMAGE_BYTES.
+
+    Refuses folders, FIFOs (which would block), devices (``/dev/zero`` never ends) and
+    sockets without opening them."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such image file") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise DataError(f"{path}: is a folder, not an image file")
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(f"{path}: not a regular file (a device, FIFO or socket); expected an image")
+    if st.st_size == 0:
+        raise DataError(f"{path}: empty file (0 bytes), not an image")
+    if st.st_size > MAX_IMAGE_BYTES:
+        raise DataError(
+            f"{path}: {st.st_size:,} bytes is larger than the {MAX_IMAGE_BYTES:,}-byte limit "
+            "for an image file"
+        )
+    return path
+
+
+def _decode(path: Path, fit: Fit, invert: bool | None) -> tuple[np.ndarray, bool]:
+    """Decode ``path`` resized to ``fit(width, height)`` = (W, H). Returns ((H, W) or
+    (H, W, 3) float32 in [0, 1], composited onto the background, is_rgb)."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        # Pillow warns above its own pixel limit and raises at twice it, from the header; we
+        # bound the count ourselves right below (before decoding), with our own message
+        # naming the size. Its limit is lifted for the header read only.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            img = Image.open(path)
+        except Image.DecompressionBombError:
+            raise DataError(_too_many_pixels(path, None)) from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = pillow_limit
+    with img:
+        w, h = img.size
+        if w * h > MAX_IMAGE_PIXELS:
+            raise DataError(_too_many_pixels(path, (w, h)))
+        if w < 1 or h < 1:
+            raise DataError(f"{path}: image of {w}x{h} pixels has nothing to read")
+        size = fit(w, h)
+        img.seek(0)  # animated images: the first frame
+        img.draft(None, size)  # JPEG: decode at a reduced scale when that is still >= size
+        mode = img.mode
+        if mode in _HIGH_DEPTH:
+            img = img if mode.startswith("I;16") else img.convert("F")
+            scale = 65535.0
+        elif mode == "F":
+            img.load()
+            top = float(np.nanmax(np.asarray(img))) if w * h else 0.0
+            scale = 1.0 if top <= 1 else 255.0 if top <= 255 else 65535.0
+        else:
+            if mode == "P" or (mode in ("L", "RGB") and "transparency" in img.info):
+                img = img.convert("RGBA")
+            target = _ALPHA_MODES.get(img.mode) or ("L" if img.mode in _GRAY_MODES else "RGB")
+            img = img.convert(target)
+            scale = 255.0
+        # Resizing LA/RGBA premultiplies alpha (Pillow), so transparent pixels do not bleed.
+        img = img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        arr = np.asarray(img, dtype=np.float32) / np.float32(scale)
+        alpha_mode = img.mode in ("LA", "RGBA")
+    if not np.isfinite(arr).all():
+        raise DataError(f"{path}: the image holds NaN or infinite pixel values")
+    arr = np.clip(arr, 0.0, 1.0)
+    if alpha_mode:
+        arr, alpha = arr[..., :-1], arr[..., -1:]
+        arr = _composite(arr, alpha, invert)
+        if arr.shape[-1] == 1:
+            arr = arr[..., 0]
+    return arr, arr.ndim == 3
+
+
+def _composite(color: np.ndarray, alpha: np.ndarray, invert: bool | None) -> np.ndarray:
+    """color * alpha + background * (1 - alpha); the background is described in the module
+    docstring."""
+    if invert is None:
+        weight = float(alpha.sum())
+        ink = float((color * alpha).sum()) / weight if weight > 0 else 0.0
+        light_background = ink <= 0.5
+    else:
+        light_background = invert
+    background = np.float32(1.0 if light_background else 0.0)
+    return color * alpha + background * (1 - alpha)
+
+
+def _too_many_pixels(path: Path, size: tuple[int, int] | None) -> str:
+    what = f"{size[0]:,}x{size[1]:,} pixels" if size else "too many pixels"
+    return (
+        f"{path}: image of {what} is larger than the {MAX_IMAGE_PIXELS:,}-pixel limit "
+        "(a decompression bomb, or a photo to shrink first)"
+    )
+
+
+def load_image(
+    path: str | os.PathLike[str], shape: tuple[int, int, int], invert: bool | None = None
+) -> np.ndarray:
+    """An image file as a (C, H, W) float32 array in [0, 1], resized to ``shape``.
+
+    ``shape`` is the model's input (C, H, W) with C = 1 (grey, ITU-R 601-2 luma) or 3 (RGB).
+    ``invert``: True inverts (dark ink on light paper becomes MNIST's light on dark), False
+    never does, None decides by the border: a light border (mean > 0.5) is inverted.
+    Raises :class:`DataError` (one line) for anything that is not a readable image of at
+    most :data:`MAX_IMAGE_PIXELS` pixels in a regular file of at most
+    :data:`MAX_IMAGE_BYTES` bytes.
+    """
+    c, h, w = (int(v) for v in shape)
+    if c not in (1, 3) or h < 1 or w < 1:
+        raise DataError(f"cannot feed images to a model whose input is {tuple(shape)}")
+    arr, is_rgb = _read(path, lambda _w, _h: (w, h), invert)
+    if c == 1 and is_rgb:
+        arr = arr @ _LUMA
+    elif c == 3 and not is_rgb:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    if invert is None:
+        # MNIST digits are light on a dark background; a photo of ink on paper is the
+        # opposite, which the border (mostly background) shows.
+        border = np.concatenate([arr[:, 0], arr[:, -1], arr[:, :, 0], arr[:, :, -1]], axis=None)
+        invert = float(border.mean()) > 0.5
+    out = 1.0 - arr if invert else arr
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def load_grayscale_image(path: str | os.PathLike[str], max_side: int) -> np.ndarray:
+    """An image file as a float32 (H, W) grayscale array in [0, 1] (alpha composited onto
+    white), downscaled keeping its aspect ratio so its longest side is at most ``max_side``.
+    The same checks and bounds as :func:`load_image`."""
+
+    def fit(w: int, h: int) -> tuple[int, int]:
+        f = min(1.0, max_side / max(w, h))
+        return max(1, round(w * f)), max(1, round(h * f))
+
+    arr, is_rgb = _read(path, fit, invert=True)
+    return np.ascontiguousarray(arr @ _LUMA if is_rgb else arr, dtype=np.float32)
+
+
+def _read(path: str | os.PathLike[str], fit: Fit, invert: bool | None) -> tuple[np.ndarray, bool]:
+    """open_image_file + _decode, every decoding failure turned into one DataError line."""
+    path = open_image_file(path)
+    try:
+        return _decode(path, fit, invert)
+    except DataError:
+        raise
+    except Exception as exc:  # any failure to decode a foreign file is the file's fault
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise DataError(f"{path}: cannot read it as an image ({reason:.160})") from None
