@@ -223,9 +223,19 @@ def build_parser() -> argparse.ArgumentParser:
         "model and save saliency.png, gradcam.png and layers.png.",
     )
     p.add_argument(
-        "checkpoint", type=Path, nargs="?", metavar="CHECKPOINT", help="a model.npz to explain"
+        "checkpoint",
+        type=Path,
+        nargs="?",
+        metavar="CHECKPOINT",
+        help="a model.npz to explain (default: none, the walkthrough)",
     )
-    p.add_argument("image", type=Path, nargs="?", metavar="IMAGE", help="the image to explain")
+    p.add_argument(
+        "image",
+        type=Path,
+        nargs="?",
+        metavar="IMAGE",
+        help="the image to explain, needed with CHECKPOINT (default: none)",
+    )
     p.add_argument(
         "--seed", type=_seed, default=0, help="which image and weights to draw (default 0)"
     )
