@@ -43,19 +43,24 @@ def _scores(model: sc.Sequential, x: np.ndarray, target: np.ndarray) -> float:
     return float(logits[np.arange(len(x)), target].sum())
 
 
-def test_saliency_is_the_absolute_finite_difference_gradient(rng):
-    model = _small_cnn(rng)
-    x = distinct((2, 2, 6, 6), rng)
-    target = np.array([1, 4])
-    sal = sc.saliency(model, x, target=target)
-    assert sal.shape == x.shape
-    eps = 1e-6
+def _numeric_input_grad(model, x, target, eps=1e-6) -> np.ndarray:
+    """d score / d x by central differences, one input entry at a time."""
     numeric = np.empty_like(x)
     for idx in np.ndindex(x.shape):
         hi, lo = x.copy(), x.copy()
         hi[idx] += eps
         lo[idx] -= eps
         numeric[idx] = (_scores(model, hi, target) - _scores(model, lo, target)) / (2 * eps)
+    return numeric
+
+
+def test_saliency_is_the_absolute_finite_difference_gradient(rng):
+    model = _small_cnn(rng)
+    x = distinct((2, 2, 6, 6), rng)
+    target = np.array([1, 4])
+    sal = sc.saliency(model, x, target=target)
+    assert sal.shape == x.shape
+    numeric = _numeric_input_grad(model, x, target)
     np.testing.assert_allclose(sal, np.abs(numeric), rtol=1e-5, atol=1e-8)
     assert np.abs(numeric).max() > 1e-3  # the test looks at real gradients
 
@@ -227,13 +232,7 @@ def test_saliency_and_gradcam_walk_into_blocks(rng):
     x = distinct((2, 1, 5, 5), rng)
     target = np.array([2, 0])
     sal = sc.saliency(model, x, target=target)
-    eps = 1e-6
-    numeric = np.empty_like(x)
-    for idx in np.ndindex(x.shape):
-        hi, lo = x.copy(), x.copy()
-        hi[idx] += eps
-        lo[idx] -= eps
-        numeric[idx] = (_scores(model, hi, target) - _scores(model, lo, target)) / (2 * eps)
+    numeric = _numeric_input_grad(model, x, target)
     np.testing.assert_allclose(sal, np.abs(numeric), rtol=1e-5, atol=1e-8)
     # The default is the body's conv, not the later 1x1 projection shortcut.
     assert gradcam_layer(model) == "1.body.0"
