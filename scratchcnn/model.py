@@ -10,6 +10,7 @@ import numpy as np
 
 from .errors import ConfigError, DTypeError, ShapeError
 from .layers.base import Layer, layer_from_config, resolve_dtype
+from .layers.blocks import leaf_parameters, leaves
 
 
 class Sequential:
@@ -98,17 +99,11 @@ class Sequential:
     def named_layers(self, prefix: str = "") -> Iterator[tuple[str, Layer]]:
         """(prefix, layer) for every leaf layer, depth-first in forward order; blocks
         (Residual, Parallel) are walked into: "0", "1", "3.body.0", "3.shortcut.1", ..."""
-        for i, layer in enumerate(self.layers):
-            if hasattr(layer, "named_layers"):
-                yield from layer.named_layers(f"{prefix}{i}.")
-            else:
-                yield f"{prefix}{i}", layer
+        return leaves(((str(i), la) for i, la in enumerate(self.layers)), prefix)
 
     def named_parameters(self) -> Iterator[tuple[str, Layer, str]]:
         """(key, leaf layer, name) for each trainable tensor; key as in ``state_dict``."""
-        for prefix, layer in self.named_layers():
-            for name in layer.params:
-                yield f"{prefix}.{name}", layer, name
+        return leaf_parameters(self.named_layers())
 
     def parameters(self) -> list[np.ndarray]:
         return [layer.params[name] for _, layer, name in self.named_parameters()]
@@ -255,6 +250,21 @@ class Sequential:
         )
         return f"Sequential({inner}\n)"
 
+    # --- safetensors weights (scratchcnn/weights.py) -----------------------------------
+    def save_weights(self, path: Any) -> None:
+        """Write ``state_dict()`` to ``path`` (str or os.PathLike) as a safetensors file, which
+        loads into the same network in torch; see :mod:`scratchcnn.weights`."""
+        from .weights import save_weights
+
+        save_weights(self, path)
+
+    def load_weights(self, path: Any, strict: bool = True) -> None:
+        """Load a safetensors file (ours or ``safetensors.torch.save_file``'s) in place; with
+        ``strict`` the file's keys and the model's must match."""
+        from .weights import load_weights
+
+        load_weights(self, path, strict=strict)
+
 
 def _accepts_input_grad(layer: Any) -> bool:
     """True if ``layer.backward`` takes ``input_grad`` (built-ins that can skip dL/dx)."""
@@ -300,7 +310,7 @@ def _summary_rows(
     children = layer.named_children() if hasattr(layer, "named_children") else []
     name = f"{type(layer).__name__}({layer.extra_repr()})" if children else repr(layer)
     dims = "(N, " + ", ".join(str(d) for d in out[1:]) + ")"
-    rows.append(("  " * depth + label, "  " * depth + name, dims, f"{layer.num_params():,}"))
+    rows.append(("  " * depth + label, name, dims, f"{layer.num_params():,}"))
     for child_name, child in children:
         if hasattr(child, "layers"):  # a Sequential chain: its layers feed one another
             sub = shape

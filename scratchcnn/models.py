@@ -174,7 +174,7 @@ MODELS: dict[str, Callable[..., Sequential]] = {
 #: defaults (which are lenet5's). resnet8's is the benchmark's (benchmarks/resnet_fashion_mnist.py).
 RECIPES: dict[str, dict[str, Any]] = {
     "resnet8": {
-        "epochs": 14,
+        "epochs": 4,
         "batch_size": 128,
         "lr": 0.1,
         "momentum": 0.9,

@@ -5,9 +5,8 @@ from .base import LAYER_TYPES, Layer, layer_from_config
 from .blocks import Parallel, Residual
 from .conv import Conv2D
 from .dense import Dense, Flatten
-from .global_pool_stopgap import GlobalAvgPool2D
 from .normalization import BatchNorm1D, BatchNorm2D, Dropout
-from .pooling import AvgPool2D, MaxPool2D
+from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from .preprocessing import Rescale
 
 __all__ = [
