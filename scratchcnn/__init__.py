@@ -11,6 +11,7 @@ opt.step()
 """
 
 from . import init, optim
+from .attribution import gradcam, saliency
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -86,11 +87,13 @@ __all__ = [
     "Tanh",
     "TrainingDiverged",
     "__version__",
+    "gradcam",
     "gradcheck",
     "init",
     "load",
     "load_checkpoint",
     "manual_seed",
     "optim",
+    "saliency",
     "save",
 ]

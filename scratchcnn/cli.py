@@ -55,6 +55,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "dtype": "float32",
     "limit": None,
+    "tensorboard": False,
     "augment": False,
 }
 
@@ -153,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="start over in --out: the old run is first renamed to OUT.old-N, never deleted",
     )
     p.add_argument("--plot", action="store_true", help="write the run's pictures at the end")
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        default=None,
+        help="also write TensorBoard event files into the run folder (tensorboardX)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     _threads_option(p)
     p.set_defaults(func=cmd_train)
@@ -213,9 +220,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "explain",
-        help="the cross-vs-rectangle forward/backward walkthrough",
-        description="Walk one cross-or-rectangle image through shapes_net, print every "
-        "forward value and gradient, and save them as explain.png.",
+        help="the cross-vs-rectangle walkthrough, or why a checkpoint classifies an image so",
+        description="Without CHECKPOINT: walk one cross-or-rectangle image through shapes_net, "
+        "print every forward value and gradient, and save them as explain.png. With CHECKPOINT "
+        "IMAGE: print the top-3 classes and per-layer statistics of that image through the "
+        "model and save saliency.png, gradcam.png and layers.png.",
+    )
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        nargs="?",
+        metavar="CHECKPOINT",
+        help="a model.npz to explain (default: none, the walkthrough)",
+    )
+    p.add_argument(
+        "image",
+        type=Path,
+        nargs="?",
+        metavar="IMAGE",
+        help="the image to explain, needed with CHECKPOINT (default: none)",
     )
     p.add_argument(
         "--seed", type=_seed, default=0, help="which image and weights to draw (default 0)"
@@ -223,9 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         type=Path,
-        default=Path("runs/explain"),
-        help="folder for explain.png (default runs/explain)",
+        help="folder (default runs/explain, or runs/explain-<run> with a CHECKPOINT)",
     )
+    p.add_argument("--target", type=_seed, help="class to explain (default: the predicted one)")
+    p.add_argument("--layer", help="Grad-CAM layer, e.g. 3 or 3.body.0 (default: last Conv2D)")
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser(
@@ -316,11 +340,14 @@ def _resolve_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     run.update(RECIPES.get(explicit.get("model", TRAIN_DEFAULTS["model"]), {}))
     if args.resume and (out / RUN_CONFIG).exists():
         saved = _read_run_config(out / RUN_CONFIG)
-        changed = [k for k, v in explicit.items() if k != "epochs" and saved.get(k) != v]
+        # --epochs and --tensorboard do not change the training itself.
+        free = ("epochs", "tensorboard")
+        changed = [k for k, v in explicit.items() if k not in free and saved.get(k) != v]
         if changed:
             raise ConfigError(
                 f"--resume continues the run saved in {out}; it cannot change "
-                f"{', '.join('--' + k.replace('_', '-') for k in changed)} (only --epochs)"
+                f"{', '.join('--' + k.replace('_', '-') for k in changed)} (only --epochs "
+                "and --tensorboard)"
             )
         run.update(saved)
     elif (out / CHECKPOINT_NAME).exists() and not args.resume and not args.overwrite:
@@ -369,6 +396,7 @@ def _read_run_config(path: Path) -> dict[str, Any]:
         "limit": lambda v: v is None or count(v, 1),
         "augment": lambda v: isinstance(v, bool),
         "data_dir": lambda v: v is None or isinstance(v, str),
+        "tensorboard": lambda v: isinstance(v, bool),
     }
     for key, value in saved.items():
         if key not in valid:
@@ -400,7 +428,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     quiet = args.quiet
     if aside is not None and not quiet:
         _say(f"moved the previous run in {out} to {aside}")
-    if done is not None and not quiet:
+    done = done or 0  # the epoch the checkpoint in --out finished (resume), else 0
+    if done and not quiet:
         _say(f"resuming the run in {out} after epoch {done}")
     elif args.resume and not quiet:
         _say(f"no checkpoint in {out} yet; starting the run from the beginning")
@@ -411,7 +440,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"{run['optimizer']} lr {run['lr']:g}; writing to {out}"
         )
 
+    board = _tensorboard(model, out, done) if run["tensorboard"] else None
+
     def report(m: EpochMetrics) -> None:
+        if board is not None:
+            board(m)
         if not quiet:
             _say(
                 f"epoch {m.epoch:>3}/{run['epochs']}  train loss {m.train_loss:.4f} "
@@ -436,6 +469,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         extra={"run": run, "classes": list(train.classes)},
         augment=run["augment"],
     )
+    if board is not None:  # events are flushed every epoch; this closes the file
+        board.close()
     if history.resumed_from_epoch >= run["epochs"] and not quiet:
         _say(f"the run in {out} already finished {run['epochs']} epochs; raise --epochs to go on")
     last = history.last if history.epochs else None
@@ -452,6 +487,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         for path in plot_run(out, data_dir=run["data_dir"]):
             _say(f"picture:    {path}")
     return 0
+
+
+def _tensorboard(model: Any, out: Path, done: int) -> Any:
+    """The TensorBoard writer for ``train --tensorboard`` (tensorboardX imported only now)."""
+    from .tensorboard import TensorBoardLogger
+
+    return TensorBoardLogger(model, out, resume_epoch=done)
 
 
 def _check_fits(model: Any, data: Any, run: dict[str, Any], hint: str = "--model") -> None:
@@ -579,9 +621,44 @@ def _optimizer_text(state: dict[str, Any], sched: dict[str, Any] | None) -> str:
 def cmd_explain(args: argparse.Namespace) -> int:
     from .viz import format_walkthrough, plot_walkthrough, run_walkthrough
 
+    if args.checkpoint is not None:
+        return _explain_checkpoint(args)
     w = run_walkthrough(args.seed)
     _say(format_walkthrough(w))
-    _say(f"figure: {plot_walkthrough(w, args.out / 'explain.png')}")
+    out = args.out or Path("runs/explain")
+    out.mkdir(parents=True, exist_ok=True)
+    _say(f"figure: {plot_walkthrough(w, out / 'explain.png')}")
+    return 0
+
+
+def _explain_checkpoint(args: argparse.Namespace) -> int:
+    """``explain CHECKPOINT IMAGE``: saliency, Grad-CAM and layer statistics of one image."""
+    from .attribution import format_layer_table
+    from .viz import explain_model
+
+    if args.image is None:
+        raise ConfigError("explain CHECKPOINT needs an IMAGE too: scratchcnn explain CKPT IMAGE")
+    ckpt = load_checkpoint(args.checkpoint)
+    model = ckpt.model
+    if model.input_shape is None:
+        raise ConfigError(f"{args.checkpoint}: the model does not record its input shape")
+    image = load_image(args.image, model.input_shape).astype(model.dtype)
+    classes = ckpt.extra.get("classes")
+    classes = [str(c) for c in classes] if isinstance(classes, list) else None
+    # A run folder's checkpoint is always model.npz: name the folder after the run instead.
+    ckpt_path = args.checkpoint.resolve()
+    name = ckpt_path.parent.name if ckpt_path.stem == "model" else ckpt_path.stem
+    out = args.out or Path("runs") / f"explain-{name}"
+    result = explain_model(model, image, out, classes, target=args.target, layer=args.layer)
+    _say(f"{args.image}: " + ", ".join(f"{name} {p:.1%}" for name, p in result.top))
+    _say(f"explaining class {result.target}; gradients are of its score (logit)")
+    _say(format_layer_table(result.stats))
+    if result.gradcam_layer is None:
+        _say(f"no Grad-CAM: {result.gradcam_note}")
+    else:
+        _say(f"Grad-CAM on layer {result.gradcam_layer}")
+    for path in result.files:
+        _say(f"figure: {path}")
     return 0
 
 

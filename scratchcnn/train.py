@@ -6,7 +6,8 @@ at the end of every epoch and atomically,
 * ``out_dir/model.npz``: weights, architecture, optimiser, scheduler, data-loader and
   Dropout RNG states and the history (see ``scratchcnn.io``);
 * ``out_dir/metrics.jsonl``: one JSON object per epoch with ``epoch``, ``train_loss``,
-  ``train_accuracy``, ``test_loss``, ``test_accuracy``, ``seconds`` and ``lr``.
+  ``train_accuracy``, ``test_loss``, ``test_accuracy``, ``seconds``, ``lr`` and
+  ``grad_norms`` (per parameter, the mean over the epoch's steps of its gradient's L2 norm).
 
 ``resume=True`` continues from ``out_dir/model.npz``. Everything that shapes the future
 of a run is in the checkpoint, so with the same seed and the same number of BLAS threads a
@@ -32,6 +33,7 @@ from tqdm.auto import tqdm
 from ._json import json_line
 from .data import DataLoader, Dataset
 from .errors import CheckpointError, ConfigError, ScratchCNNError, TrainingDiverged
+from .gradnorms import GradNormMeter
 from .io import atomic_write_bytes, load_checkpoint, remove_stale_temp_files, save
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss
 from .model import Sequential
@@ -52,6 +54,9 @@ class EpochMetrics:
     test_accuracy: float | None
     seconds: float
     lr: float
+    #: state_dict key -> the L2 norm of that parameter's gradient, averaged over the epoch's
+    #: steps (None in records written before it existed).
+    grad_norms: dict[str, float] | None = None
 
 
 @dataclass
@@ -253,8 +258,9 @@ def fit(
         t0 = time.perf_counter()
         # Overflow in a diverging run is reported once, as TrainingDiverged, not as warnings.
         with np.errstate(over="ignore", invalid="ignore"):
+            norms = GradNormMeter(model)
             train_loss, train_acc, steps = _train_epoch(
-                model, loader, loss_fn, optimizer, f"epoch {epoch}/{epochs}", progress
+                model, loader, loss_fn, optimizer, f"epoch {epoch}/{epochs}", progress, norms.update
             )
             if not math.isfinite(train_loss):
                 raise diverged(f"loss became {train_loss} at epoch {epoch}, step {steps}", epoch)
@@ -280,6 +286,7 @@ def fit(
             test_accuracy=test.accuracy if test else None,
             seconds=time.perf_counter() - t0,
             lr=lr_used,
+            grad_norms=norms.means(),
         )
         history.append(metrics)
         if ckpt_path is not None:
@@ -305,10 +312,12 @@ def _train_epoch(
     optimizer: Optimizer,
     desc: str,
     progress: bool | None,
+    after_backward: Callable[[], None] | None = None,
 ) -> tuple[float, float, int]:
     """One pass over the loader: forward, loss, backward, step. Returns the mean training
     loss, the accuracy and the number of steps; it stops at the first non-finite loss and
-    returns that loss and the step it happened at."""
+    returns that loss and the step it happened at. ``after_backward`` runs between each
+    backward and its optimiser step (the gradient-norm meter)."""
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=_disable(progress))
@@ -319,6 +328,8 @@ def _train_epoch(
             if not math.isfinite(loss):
                 return loss, correct / max(seen, 1), step
             model.backward(loss_fn.backward(), input_grad=False)
+            if after_backward is not None:
+                after_backward()
             optimizer.step()
             loss_sum += loss * len(y)
             correct += int(np.sum(_predict(logits) == y))

@@ -1,5 +1,5 @@
-"""Pictures and explanations: the cross-vs-rectangle walkthrough, the Sobel edge-filter demo
-and the plots of a training run folder.
+"""Pictures and explanations: the cross-vs-rectangle walkthrough, the Sobel edge-filter demo,
+the plots of a training run folder and saliency / Grad-CAM / layer statistics of any model.
 
 Only this package imports matplotlib, and only through ``matplotlib.figure.Figure`` on its
 own Agg canvas: no window, no pyplot, no change to the caller's matplotlib state. Nothing
@@ -13,11 +13,13 @@ exactly figsize x ``DPI`` pixels (see ``WALKTHROUGH_FIGSIZE``, ``SOBEL_FIGSIZE``
     plot_walkthrough(w, "walkthrough.png")
     sobel_demo(out_dir="out")          # out/sobel.png
     plot_run("runs/lenet5")            # curves, confusion, filters, feature maps, errors
+    explain_model(model, image, "out") # saliency.png, gradcam.png, layers.png
 """
 
 from __future__ import annotations
 
 from ._style import DPI
+from .attribution import EXPLAIN_FIGSIZES, ModelExplanation, explain_model
 from .explain import (
     WALKTHROUGH_FIGSIZE,
     Walkthrough,
@@ -30,12 +32,15 @@ from .sobel import SOBEL_FIGSIZE, SOBEL_HORIZONTAL, SOBEL_VERTICAL, sobel_demo, 
 
 __all__ = [
     "DPI",
+    "EXPLAIN_FIGSIZES",
     "FIGSIZES",
     "SOBEL_FIGSIZE",
     "SOBEL_HORIZONTAL",
     "SOBEL_VERTICAL",
     "WALKTHROUGH_FIGSIZE",
+    "ModelExplanation",
     "Walkthrough",
+    "explain_model",
     "format_walkthrough",
     "load_metrics",
     "load_run",

@@ -1,9 +1,10 @@
 """Pictures of a training run folder (what ``scratchcnn train --out RUN_DIR`` writes).
 
 ``plot_run(RUN_DIR)`` reads ``metrics.jsonl``, ``run.json`` and ``model.npz``, evaluates the
-model on the run's test split (in batches, with ``model.predict``) and writes five PNGs into
-RUN_DIR: ``curves.png``, ``confusion.png``, ``filters.png``, ``feature_maps.png`` and
-``misclassified.png``. Models with one output are binary: the prediction is ``logit > 0``.
+model on the run's test split (in batches, with ``model.predict``) and writes six PNGs into
+RUN_DIR: ``curves.png``, ``confusion.png``, ``filters.png``, ``feature_maps.png``,
+``misclassified.png`` and ``grad_norms.png`` (each parameter's gradient norm per epoch).
+Models with one output are binary: the prediction is ``logit > 0``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure, SubFigure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
@@ -35,6 +37,7 @@ __all__ = [
     "plot_curves",
     "plot_feature_maps",
     "plot_filters",
+    "plot_grad_norms",
     "plot_misclassified",
     "plot_run",
     "predict_classes",
@@ -48,6 +51,7 @@ FIGSIZES: dict[str, tuple[float, float]] = {
     "filters.png": (12.0, 7.0),
     "feature_maps.png": (16.0, 7.0),
     "misclassified.png": (12.0, 13.0),
+    "grad_norms.png": (12.0, 6.0),
 }
 
 #: Layers drawn as "activation" after the first Conv2D in feature_maps.png.
@@ -118,6 +122,14 @@ def load_metrics(path: str | Path) -> list[dict[str, Any]]:
                 isinstance(value, bool) or not isinstance(value, int | float)
             ):
                 raise DataError(f"{path}: line {number}: {key!r} must be a number or null")
+        norms = record.get("grad_norms")
+        if norms is not None and not (
+            isinstance(norms, dict)
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in norms.values())
+        ):
+            raise DataError(
+                f"{path}: line {number}: 'grad_norms' must be an object of numbers or null"
+            )
         records.append(record)
     if not records:
         raise DataError(f"{path}: no epochs recorded yet (the file is empty)")
@@ -516,9 +528,48 @@ def plot_misclassified(data: RunData, path: str | Path) -> Path:
     return _style.save_figure(fig, path)
 
 
+def plot_grad_norms(data: RunData, path: str | Path) -> Path:
+    """Each parameter's gradient L2 norm (mean over the epoch's steps) per epoch, log scale,
+    coloured from the first layer (dark) to the last (light)."""
+    fig = _style.new_figure(*FIGSIZES["grad_norms.png"])
+    records = [(m["epoch"], m.get("grad_norms")) for m in data.metrics]
+    records = [(e, n) for e, n in records if n]
+    if not records:
+        fig.text(
+            0.5,
+            0.5,
+            "No gradient norms in metrics.jsonl\n(the run was trained before they were recorded)",
+            ha="center",
+            va="center",
+            fontsize=16,
+        )
+        return _style.save_figure(fig, path)
+    keys = list(dict.fromkeys(k for _, n in records for k in n))
+    ax = fig.add_subplot()
+    colours = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(keys)))
+    epochs = [e for e, _ in records]
+    for key, colour in zip(keys, colours, strict=True):
+        values = [n.get(key, np.nan) for _, n in records]
+        values = [v if v > 0 else np.nan for v in values]  # a zero norm has no place on a log axis
+        ax.plot(epochs, values, marker="o", color=colour, label=key, linewidth=1.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean over steps of ||dL/dparam||")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3, which="both")
+    ax.set_title(
+        f"Gradient norm per parameter over training: {data.description}\n"
+        "falling towards zero = vanishing, growing without bound = exploding",
+        fontsize=13,
+    )
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, ncols=1 + len(keys) // 24)
+    return _style.save_figure(fig, path)
+
+
 def plot_run(run_dir: str | Path, data_dir: str | Path | None = None) -> list[Path]:
     """Write curves.png, confusion.png, filters.png, feature_maps.png and misclassified.png
-    into ``run_dir`` (see the module docstring); returns their paths in that order."""
+    and grad_norms.png into ``run_dir`` (see the module docstring); returns their paths in
+    that order."""
     data = load_run(run_dir, data_dir)
     out = data.run_dir
     return [
@@ -527,4 +578,5 @@ def plot_run(run_dir: str | Path, data_dir: str | Path | None = None) -> list[Pa
         plot_filters(data, out / "filters.png"),
         plot_feature_maps(data, out / "feature_maps.png"),
         plot_misclassified(data, out / "misclassified.png"),
+        plot_grad_norms(data, out / "grad_norms.png"),
     ]

@@ -24,7 +24,14 @@ from scratchcnn.viz.plots import (
     plot_misclassified,
 )
 
-NAMES = ["curves.png", "confusion.png", "filters.png", "feature_maps.png", "misclassified.png"]
+NAMES = [
+    "curves.png",
+    "confusion.png",
+    "filters.png",
+    "feature_maps.png",
+    "misclassified.png",
+    "grad_norms.png",
+]
 
 
 def make_run(
@@ -98,7 +105,7 @@ def check_png(path: Path, name: str) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
-def test_plot_run_lenet_writes_the_five_pngs(lenet_dir):
+def test_plot_run_lenet_writes_the_six_pngs(lenet_dir):
     paths = plot_run(lenet_dir)
     assert paths == [lenet_dir / name for name in NAMES]
     for path, name in zip(paths, NAMES, strict=True):
