@@ -20,8 +20,9 @@ from .errors import CheckpointError, ConfigError, FileWriteError
 from .io import load_checkpoint
 from .train import CHECKPOINT_NAME
 
-#: Settings a resumed run may change (``--epochs``: train longer).
-RESUMABLE_CHANGES = frozenset({"epochs"})
+#: Settings a resumed run may change (``--epochs``: train longer; ``--tensorboard``: start or
+#: stop writing event files, which shape nothing in the training).
+RESUMABLE_CHANGES = frozenset({"epochs", "tensorboard"})
 
 
 def _reason(exc: OSError) -> str:
