@@ -1,6 +1,6 @@
 """Layers: one small class each, with hand-written backward passes."""
 
-from .activations import LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from .activations import LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
 from .base import LAYER_TYPES, Layer, layer_from_config
 from .conv import Conv2D
 from .dense import Dense, Flatten
@@ -18,6 +18,7 @@ __all__ = [
     "Flatten",
     "Layer",
     "LeakyReLU",
+    "LogSoftmax",
     "MaxPool2D",
     "ReLU",
     "Rescale",
