@@ -19,6 +19,7 @@ import numpy as np
 from . import __version__
 from .data import DATASETS, load_dataset
 from .errors import ConfigError, DataError, ScratchCNNError
+from .finetune import init_model
 from .io import atomic_write_bytes, load_checkpoint
 from .models import MODELS, build_model
 from .train import (
@@ -50,6 +51,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "dtype": "float32",
     "limit": None,
+    "init": None,
 }
 
 
@@ -114,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, help="seed for weights and shuffling (default 0)")
     p.add_argument("--dtype", choices=["float32", "float64"], help="default float32")
     p.add_argument("--limit", type=_positive_int, help="train on the first N images only")
+    p.add_argument("--init", metavar="CHECKPOINT", help="start from this checkpoint's weights")
     p.add_argument("--out", type=Path, help="output folder (default runs/MODEL-DATASET)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
@@ -160,6 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("."), help="folder for sobel.png")
     p.set_defaults(func=cmd_filters)
 
+    p = sub.add_parser("export", help="write a checkpoint's model as an ONNX file")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("out", type=Path, metavar="OUT.onnx")
+    p.add_argument("--opset", type=_positive_int, help="ONNX opset (default 17)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="read an ONNX file into a scratchcnn checkpoint")
+    p.add_argument("source", type=Path, metavar="IN.onnx")
+    p.add_argument("out", type=Path, metavar="OUT.npz")
+    p.add_argument("--classes", help="class names, comma-separated (default: from the file)")
+    p.set_defaults(func=cmd_import)
+
     p = sub.add_parser("plot", help="curves, confusion matrix, filters ... of a training run")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--data-dir", type=Path)
@@ -179,7 +194,8 @@ def _resolve_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
         explicit["data_dir"] = str(args.data_dir)
     out = args.out
     if out is None:
-        name = f"{explicit.get('model', TRAIN_DEFAULTS['model'])}-"
+        stem = Path(explicit["init"]).stem if "init" in explicit else TRAIN_DEFAULTS["model"]
+        name = f"{explicit.get('model', stem)}-"
         name += explicit.get("dataset", TRAIN_DEFAULTS["dataset"])
         out = Path("runs") / name
         if not args.resume and (out / CHECKPOINT_NAME).exists() and not args.overwrite:
@@ -205,6 +221,8 @@ def _resolve_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
             "--overwrite to replace it, or choose another --out"
         )
     run.update(explicit)
+    if run["init"] and "model" not in explicit:
+        run["model"] = None  # the checkpoint's network
     if run["optimizer"] != "sgd" and "momentum" in explicit:
         raise ConfigError(
             f"--momentum applies to --optimizer sgd only; {run['optimizer']} keeps its own "
@@ -230,7 +248,7 @@ def _read_run_config(path: Path) -> dict[str, Any]:
         return isinstance(v, int) and not isinstance(v, bool) and v >= low
 
     valid = {
-        "model": lambda v: v in MODELS,
+        "model": lambda v: v is None or v in MODELS,
         "dataset": lambda v: v in DATASETS,
         "epochs": lambda v: count(v, 1),
         "batch_size": lambda v: count(v, 1),
@@ -244,6 +262,7 @@ def _read_run_config(path: Path) -> dict[str, Any]:
         "dtype": lambda v: v in ("float32", "float64"),
         "limit": lambda v: v is None or count(v, 1),
         "data_dir": lambda v: v is None or isinstance(v, str),
+        "init": lambda v: v is None or isinstance(v, str),
     }
     for key, value in saved.items():
         if key not in valid:
@@ -260,8 +279,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     test = load_dataset(run["dataset"], "test", data_dir=run["data_dir"], seed=run["seed"])
     if run["limit"]:
         train = train[: run["limit"]]
-    model = build_model(run["model"], dtype=dtype, seed=run["seed"])
-    _check_fits(model, train, run)
+    if run["init"]:
+        model = init_model(run["init"], run["model"], dtype, train)
+    else:
+        model = build_model(run["model"], dtype=dtype, seed=run["seed"])
+        _check_fits(model, train, run)
     opt = make_optimizer(
         run["optimizer"], model, run["lr"], run["momentum"], run["weight_decay"], run["clip"]
     )
@@ -277,7 +299,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         _say(f"no checkpoint in {out} yet; starting the run from the beginning")
     if not quiet:
         _say(
-            f"training {run['model']} on {run['dataset']} ({len(train):,} train / "
+            f"training {run['model'] or run['init']} on {run['dataset']} ({len(train):,} train / "
             f"{len(test):,} test images) for {run['epochs']} epochs, batch {run['batch_size']}, "
             f"{run['optimizer']} lr {run['lr']:g}; writing to {out}"
         )
@@ -442,6 +464,24 @@ def cmd_info(args: argparse.Namespace) -> int:
         acc, loss = h.get("test_accuracy"), h.get("test_loss")
         if isinstance(acc, (int, float)) and isinstance(loss, (int, float)):
             _say(f"last test accuracy: {acc:.2%} (loss {loss:.4f})")
+    return 0
+
+
+# --- ONNX ------------------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    from .onnx.commands import export_checkpoint
+
+    opset = {"opset": args.opset} if args.opset is not None else {}
+    _say(export_checkpoint(args.checkpoint, args.out, **opset))
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .onnx.commands import import_checkpoint
+
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    for line in import_checkpoint(args.source, args.out, classes):
+        _say(line)
     return 0
 
 

@@ -36,8 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import OnnxError, ScratchCNNError
-from ..layers.base import LAYER_TYPES, Layer
+from ..errors import OnnxError
 from ..model import Sequential
 from ._deps import require_onnx
 from .export import CLASSES_KEY, MIN_OPSET
@@ -373,19 +372,22 @@ def load(path: str | os.PathLike) -> Sequential:
     (N, -1), BatchNormalization, Dropout, Identity, Relu, LeakyRelu, Sigmoid, Tanh,
     Softmax, LogSoftmax, and Mul/Add/Sub/Div by a scalar; see ``docs/onnx.md``. Anything
     else raises one :class:`~scratchcnn.OnnxError` line naming the node, its op and the
-    attribute. The class names written by :func:`scratchcnn.onnx.export` are in
-    ``model.onnx_metadata``.
+    attribute.
     """
+    return load_with_graph(path)[0]
+
+
+def load_with_graph(path: str | os.PathLike) -> tuple[Sequential, Graph]:
+    """:func:`load`, also returning the validated :class:`Graph` (opset, metadata)."""
     path = Path(path)
     onnx = require_onnx()
     data = _read(path)
     try:
-        model, _ = model_from_proto(onnx, _parse(onnx, data))
+        return model_from_proto(onnx, _parse(onnx, data))
     except OnnxError as exc:
         raise OnnxError(f"{path}: {exc}") from None
     except RecursionError:
         raise OnnxError(f"{path}: the graph is nested too deeply") from None
-    return model
 
 
 def model_from_proto(onnx: Any, proto: Any) -> tuple[Sequential, Graph]:
@@ -420,14 +422,3 @@ def classes_from(graph_or_meta: Graph | dict[str, str]) -> list[str] | None:
     if isinstance(classes, list) and all(isinstance(c, str) for c in classes):
         return classes
     return None
-
-
-def has_layer(name: str) -> bool:
-    return name in LAYER_TYPES
-
-
-def as_node_error(node: Node, exc: ScratchCNNError) -> OnnxError:
-    return node.error(str(exc))
-
-
-__all__ = ["BATCH", "MAX_FILE_BYTES", "MAX_NODES", "Graph", "Layer", "Node", "load"]

@@ -415,6 +415,8 @@ def _pads(node: Node, a: dict[str, Any], hw: Shape, kernel: Shape, stride: Shape
 
 def _padding_arg(pad: Any) -> Any:
     (t, b), (l, r) = pad
+    if t == b == l == r:
+        return t
     return (t, l) if (t, l) == (b, r) else pad
 
 
