@@ -131,7 +131,7 @@ class Walker:
 
     def _fold_node(self, node: Node) -> list[np.ndarray]:
         op = node.op
-        ins = [self.values[i] if i else None for i in node.inputs]
+        ins = [self.values.get(i) if i else None for i in node.inputs]
         try:
             if op == "Constant":
                 return [_constant_node(self.onnx, node)]

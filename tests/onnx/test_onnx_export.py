@@ -11,7 +11,6 @@ import pytest
 import scratchcnn as sc
 from scratchcnn.onnx import DEFAULT_OPSET, MIN_OPSET, export
 from scratchcnn.onnx.export import CLASSES_KEY
-
 from tests.onnx.helpers import rel_err, run_ort
 
 
