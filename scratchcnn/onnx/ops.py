@@ -722,7 +722,8 @@ def _softmax(w: Walker, node: Node, shape: Shape) -> list[Layer]:
 
 
 def _flatten(w: Walker, node: Node, shape: Shape) -> list[Layer]:
-    axis = _axis(node, w.attrs(node, {"axis": (_INT_ATTR, 1)})["axis"], len(shape) + 1, "axis")
+    axis = w.attrs(node, {"axis": (_INT_ATTR, 1)})["axis"]
+    axis = axis + len(shape) if axis < 0 else axis  # ONNX allows -rank .. rank here
     if axis != 1:
         raise node.unsupported(f"attribute axis={axis}: only axis 1 keeps the batch axis")
     return [] if len(shape) == 2 else [Flatten()]
