@@ -239,6 +239,21 @@ class Sequential:
         inner = "".join(f"\n  ({i}): {la!r}" for i, la in enumerate(self.layers))
         return f"Sequential({inner}\n)"
 
+    # --- safetensors weights (scratchcnn/weights.py) -----------------------------------
+    def save_weights(self, path: Any) -> None:
+        """Write ``state_dict()`` to ``path`` (str or os.PathLike) as a safetensors file, which
+        loads into the same network in torch; see :mod:`scratchcnn.weights`."""
+        from .weights import save_weights
+
+        save_weights(self, path)
+
+    def load_weights(self, path: Any, strict: bool = True) -> None:
+        """Load a safetensors file (ours or ``safetensors.torch.save_file``'s) in place; with
+        ``strict`` the file's keys and the model's must match."""
+        from .weights import load_weights
+
+        load_weights(self, path, strict=strict)
+
 
 def _accepts_input_grad(layer: Any) -> bool:
     """True if ``layer.backward`` takes ``input_grad`` (built-ins that can skip dL/dx)."""

@@ -23,6 +23,7 @@ channels or batch items.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -53,26 +54,84 @@ def as_pair(value: int | tuple[int, int], name: str, minimum: int) -> Pair:
     return pair
 
 
-def output_size(size: int, kernel: int, stride: int, pad: Pair) -> int:
-    """Number of window positions along one axis: (size + pad - kernel) // stride + 1."""
-    return (size + pad[0] + pad[1] - kernel) // stride + 1
+def as_padding(value: Any, name: str = "padding") -> Padding:
+    """int, (ph, pw) or ((top, bottom), (left, right)) -> ((top, bottom), (left, right))."""
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, (tuple, list)) for v in value)
+    ):
+        try:
+            return (as_pair(value[0], name, 0), as_pair(value[1], name, 0))
+        except ConfigError:
+            raise ConfigError(
+                f"{name} must be an int, a pair (ph, pw) or ((top, bottom), (left, right)) of "
+                f"non-negative ints, got {value!r}"
+            ) from None
+    ph, pw = as_pair(value, name, 0)
+    return ((ph, ph), (pw, pw))
+
+
+def output_size(
+    size: int, kernel: int, stride: int, pad: Pair, dilation: int = 1, ceil_mode: bool = False
+) -> int:
+    """Number of window positions along one axis: (size + pad - span) // stride + 1, where
+    span = dilation * (kernel - 1) + 1. ``ceil_mode`` rounds up instead (PyTorch's pooling
+    rule), but the last window must still start inside the input or the leading padding."""
+    room = size + pad[0] + pad[1] - dilation * (kernel - 1) - 1
+    if not ceil_mode:
+        return room // stride + 1
+    out = -(-room // stride) + 1
+    if (out - 1) * stride >= size + pad[0]:
+        out -= 1
+    return out
 
 
 def window_output_shape(
-    hw: tuple[int, int], kernel: Pair, stride: Pair, padding: Padding, who: str
+    hw: tuple[int, int],
+    kernel: Pair,
+    stride: Pair,
+    padding: Padding,
+    who: str,
+    dilation: Pair = (1, 1),
+    ceil_mode: bool = False,
 ) -> tuple[int, int]:
     """(OH, OW) for an input of spatial size ``hw``; a clear error if the kernel does not fit."""
     h, w = hw
     hp, wp = h + sum(padding[0]), w + sum(padding[1])
-    if kernel[0] > hp or kernel[1] > wp:
+    span = [d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True)]
+    if span[0] > hp or span[1] > wp:
+        what = f"kernel {kernel[0]}x{kernel[1]}"
+        if tuple(dilation) != (1, 1):
+            what = f"dilated {what} (dilation {tuple(dilation)}, span {span[0]}x{span[1]})"
         raise ShapeError(
-            f"{who}: kernel {kernel[0]}x{kernel[1]} is larger than the padded input "
+            f"{who}: {what} is larger than the padded input "
             f"{hp}x{wp} (input {h}x{w}, padding {padding[0]}, {padding[1]})"
         )
     return (
-        output_size(h, kernel[0], stride[0], padding[0]),
-        output_size(w, kernel[1], stride[1], padding[1]),
+        output_size(h, kernel[0], stride[0], padding[0], dilation[0], ceil_mode),
+        output_size(w, kernel[1], stride[1], padding[1], dilation[1], ceil_mode),
     )
+
+
+def window_counts(
+    size: int, kernel: int, stride: int, pad: Pair, out: int, include_pad: bool
+) -> np.ndarray:
+    """Cells of each of the ``out`` windows along one axis that a mean divides by: the window
+    clipped to the padded input (``include_pad``) or to the input itself, as PyTorch counts
+    them (a ceil-mode window hanging past the padded edge is clipped, not counted in full)."""
+    start = np.arange(out, dtype=np.int64) * stride - pad[0]
+    end = np.minimum(start + kernel, size + pad[1])
+    if not include_pad:
+        start, end = np.maximum(start, 0), np.minimum(end, size)
+    return end - start
+
+
+def first_inside(size_out: int, stride: int, pad_before: int, dilation: int) -> np.ndarray:
+    """For each window along one axis, the index of its first kernel tap inside the input
+    (taps before it read the leading padding)."""
+    start = np.arange(size_out, dtype=np.int64) * stride - pad_before
+    return -(np.minimum(start, 0) // dilation)
 
 
 def _index(ndim: int, items: dict[int, slice | int]) -> tuple:
@@ -115,30 +174,36 @@ def pad2d(
 
 
 def sliding_windows(
-    xp: np.ndarray, kernel: int, stride: int, axis: int, writeable: bool = False
+    xp: np.ndarray,
+    kernel: int,
+    stride: int,
+    axis: int,
+    writeable: bool = False,
+    dilation: int = 1,
 ) -> np.ndarray:
     """View of ``xp`` (already padded) with ``axis`` (length L) replaced by two axes
-    (kernel, out): view[..., v, j, ...] = xp[..., j*stride + v, ...], where
-    out = (L - kernel) // stride + 1. No data is copied."""
+    (kernel, out): view[..., v, j, ...] = xp[..., j*stride + v*dilation, ...], where
+    out = (L - dilation*(kernel - 1) - 1) // stride + 1. No data is copied."""
     size, step = xp.shape[axis], xp.strides[axis]
-    out = (size - kernel) // stride + 1
+    out = (size - dilation * (kernel - 1) - 1) // stride + 1
     return as_strided(
         xp,
         shape=(*xp.shape[:axis], kernel, out, *xp.shape[axis + 1 :]),
-        strides=(*xp.strides[:axis], step, step * stride, *xp.strides[axis + 1 :]),
+        strides=(*xp.strides[:axis], step * dilation, step * stride, *xp.strides[axis + 1 :]),
         writeable=writeable,
     )
 
 
-def fold(cols: np.ndarray, size: int, stride: int, axis: int) -> np.ndarray:
+def fold(cols: np.ndarray, size: int, stride: int, axis: int, dilation: int = 1) -> np.ndarray:
     """Adjoint of :func:`sliding_windows`: ``cols`` has (kernel, out) at ``axis``, ``axis+1``;
     returns the array with those two axes replaced by one of length ``size`` where
-    result[..., j*stride + v, ...] = sum of cols[..., v, j, ...] over every (v, j) that reads it.
+    result[..., j*stride + v*dilation, ...] = sum of cols[..., v, j, ...] over every (v, j)
+    that reads it.
     """
     kernel, out = cols.shape[axis], cols.shape[axis + 1]
     shape = (*cols.shape[:axis], size, *cols.shape[axis + 2 :])
     nd = len(shape)
-    if kernel <= stride:
+    if kernel <= stride and dilation == 1:
         # Windows do not overlap: every position receives at most one value, so a single
         # strided assignment replaces the accumulation (positions no window reads stay 0).
         tiled = kernel == stride and kernel * out == size
@@ -148,7 +213,8 @@ def fold(cols: np.ndarray, size: int, stride: int, axis: int) -> np.ndarray:
     result = np.zeros(shape, dtype=cols.dtype)
     for v in range(kernel):
         # One vectorised add per kernel offset.
-        result[_index(nd, {axis: slice(v, v + stride * out, stride)})] += cols[
+        v0 = v * dilation
+        result[_index(nd, {axis: slice(v0, v0 + stride * out, stride)})] += cols[
             _index(cols.ndim, {axis: v})
         ]
     return result
@@ -173,12 +239,14 @@ def window_views(
     stride: Pair,
     out_hw: tuple[int, int],
     axes: tuple[int, int] = (2, 3),
+    dilation: Pair = (1, 1),
 ) -> Iterator[tuple[int, np.ndarray]]:
     """For each kernel offset (u, v), in row-major order k = u*KW + v, yield ``(k, view)``
-    where view[..., i, j, ...] = xp[..., i*SH + u, j*SW + v, ...] (spatial shape OH x OW)."""
-    (kh, kw), (sh, sw), (oh, ow) = kernel, stride, out_hw
+    where view[..., i, j, ...] = xp[..., i*SH + u*DH, j*SW + v*DW, ...] (spatial OH x OW)."""
+    (kh, kw), (sh, sw), (oh, ow), (dh, dw) = kernel, stride, out_hw, dilation
     ah, aw = axes
     for u in range(kh):
         for v in range(kw):
-            rows, cols = slice(u, u + sh * oh, sh), slice(v, v + sw * ow, sw)
+            r0, c0 = u * dh, v * dw
+            rows, cols = slice(r0, r0 + sh * oh, sh), slice(c0, c0 + sw * ow, sw)
             yield u * kw + v, xp[_index(xp.ndim, {ah: rows, aw: cols})]

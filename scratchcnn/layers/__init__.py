@@ -5,7 +5,7 @@ from .base import LAYER_TYPES, Layer, layer_from_config
 from .conv import Conv2D
 from .dense import Dense, Flatten
 from .normalization import BatchNorm2D, Dropout
-from .pooling import AvgPool2D, MaxPool2D
+from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from .preprocessing import Rescale
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "Dense",
     "Dropout",
     "Flatten",
+    "GlobalAvgPool2D",
     "Layer",
     "LeakyReLU",
     "LogSoftmax",

@@ -10,6 +10,7 @@ from ..errors import ConfigError, ShapeError
 from ..init import Initializer, get_rng, initialize
 from ..windows import (
     Padding,
+    as_padding,
     as_pair,
     fold,
     pad2d,
@@ -20,11 +21,17 @@ from ..windows import (
 from .base import Layer, check_grad, check_input, positive_int, resolve_dtype
 
 
-def resolve_padding(padding: Any, kernel: tuple[int, int], stride: tuple[int, int]) -> Padding:
-    """int, (ph, pw), "valid" or "same" -> ((top, bottom), (left, right)).
+def resolve_padding(
+    padding: Any,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int] = (1, 1),
+) -> Padding:
+    """int, (ph, pw), ((top, bottom), (left, right)), "valid" or "same" -> the last form.
 
-    "same" keeps H and W at stride 1; with an even kernel the extra row/column goes at the
-    bottom/right, as in PyTorch. It is refused for stride > 1, where no padding keeps the size.
+    "same" keeps H and W at stride 1; with an even (dilated) kernel span the extra row/column
+    goes at the bottom/right, as in PyTorch. It is refused for stride > 1, where no padding
+    keeps the size.
     """
     if isinstance(padding, str):
         mode = padding.lower()
@@ -36,11 +43,17 @@ def resolve_padding(padding: Any, kernel: tuple[int, int], stride: tuple[int, in
                     f"padding='same' needs stride 1, got stride {stride}; "
                     "give an explicit padding instead"
                 )
-            th, tw = kernel[0] - 1, kernel[1] - 1
+            th, tw = dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1)
             return ((th // 2, th - th // 2), (tw // 2, tw - tw // 2))
         raise ConfigError(f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
-    ph, pw = as_pair(padding, "padding", minimum=0)
-    return ((ph, ph), (pw, pw))
+    return as_padding(padding)
+
+
+def padding_config(padding: Any) -> Any:
+    """The ``padding`` argument as JSON data: an int, a string, [ph, pw] or [[t, b], [l, r]]."""
+    if isinstance(padding, (int, str)):
+        return padding
+    return [list(p) if isinstance(p, (tuple, list)) else p for p in padding]
 
 
 class Conv2D(Layer):
@@ -50,6 +63,12 @@ class Conv2D(Layer):
 
     x: (N, C, H, W) -> y: (N, O, OH, OW), OH = (H + PT + PB - KH) // SH + 1.
     weight: (O, C, KH, KW), bias: (O,) — the shapes of torch.nn.Conv2d.
+
+    ``dilation`` (DH, DW) spaces the taps: xpad[n,c, i*SH + u*DH, j*SW + v*DW], and
+    OH = (H + PT + PB - DH*(KH-1) - 1) // SH + 1. ``groups`` G splits the channels into G
+    independent convolutions (weight (O, C/G, KH, KW); output channel o reads the input
+    channels of its group g = o // (O/G)); G = C is the depthwise convolution. ``padding``
+    may be asymmetric: ((top, bottom), (left, right)).
 
     Backward, with cols = im2col(x), the (C*KH*KW, OH*OW*N) matrix of all windows:
     dL/db = sum_{n,i,j} dy;  dL/dW = dy @ cols^T (the "valid" correlation of x with dy);
@@ -72,21 +91,30 @@ class Conv2D(Layer):
         weight_init: str | Initializer = "default",
         bias_init: str | Initializer = "default",
         rng: np.random.Generator | int | None = None,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
     ) -> None:
         super().__init__()
         self.in_channels = positive_int(in_channels, "in_channels")
         self.out_channels = positive_int(out_channels, "out_channels")
         self.kernel_size = as_pair(kernel_size, "kernel_size", 1)
         self.stride = as_pair(stride, "stride", 1)
+        self.dilation = as_pair(dilation, "dilation", 1)
+        self.groups = positive_int(groups, "groups")
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ConfigError(
+                f"Conv2D: groups={self.groups} must divide both in_channels "
+                f"({self.in_channels}) and out_channels ({self.out_channels})"
+            )
         self.padding = padding
-        self.pad = resolve_padding(padding, self.kernel_size, self.stride)
+        self.pad = resolve_padding(padding, self.kernel_size, self.stride, self.dilation)
         self.use_bias = bool(bias)
         self.dtype = resolve_dtype(dtype)
         kh, kw = self.kernel_size
-        fan_in = self.in_channels * kh * kw
+        fan_in = self.in_channels // self.groups * kh * kw
         fan_out = self.out_channels * kh * kw
         gen = get_rng(rng)
-        shape = (self.out_channels, self.in_channels, kh, kw)
+        shape = (self.out_channels, self.in_channels // self.groups, kh, kw)
         self.params["weight"] = initialize(weight_init, shape, fan_in, fan_out, gen, self.dtype)
         if self.use_bias:
             self.params["bias"] = initialize(
@@ -101,9 +129,12 @@ class Conv2D(Layer):
             "out_channels": self.out_channels,
             "kernel_size": list(self.kernel_size),
             "stride": list(self.stride),
-            "padding": self.padding if isinstance(self.padding, (int, str)) else list(self.padding),
+            "padding": padding_config(self.padding),
             "bias": self.use_bias,
             "dtype": self.dtype.name,
+            # Recorded only when set, so configs of plain convolutions read as before.
+            **({"dilation": list(self.dilation)} if self.dilation != (1, 1) else {}),
+            **({"groups": self.groups} if self.groups != 1 else {}),
         }
 
     def extra_repr(self) -> str:
@@ -111,6 +142,10 @@ class Conv2D(Layer):
         text += f", stride={self.stride}"
         if self.padding not in (0, (0, 0), "valid"):
             text += f", padding={self.padding!r}"
+        if self.dilation != (1, 1):
+            text += f", dilation={self.dilation}"
+        if self.groups != 1:
+            text += f", groups={self.groups}"
         return text + self._repr_suffix()
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -119,9 +154,14 @@ class Conv2D(Layer):
                 f"{self!r} expects input (N, {self.in_channels}, H, W), got {tuple(input_shape)}"
             )
         oh, ow = window_output_shape(
-            input_shape[2:], self.kernel_size, self.stride, self.pad, repr(self)
+            input_shape[2:], self.kernel_size, self.stride, self.pad, repr(self), self.dilation
         )
         return (input_shape[0], self.out_channels, oh, ow)
+
+    @property
+    def _plain(self) -> bool:
+        """No dilation and no groups: the row-block path below (asymmetric padding is fine)."""
+        return self.dilation == (1, 1) and self.groups == 1
 
     # --- computation ----------------------------------------------------------------------
     # Layout inside: (H, C, W, N). The batch is the innermost, contiguous axis, so every copy
@@ -142,6 +182,8 @@ class Conv2D(Layer):
     def forward(self, x: np.ndarray) -> np.ndarray:
         who = f"Conv2D({self.in_channels}, {self.out_channels})"
         x = check_input(x, who, 4, "(N, C, H, W)", self.dtype, self.in_channels)
+        if not self._plain:
+            return self._forward_grouped(x, who)
         n, c = x.shape[:2]
         (kh, kw), (sh, sw), o = self.kernel_size, self.stride, self.out_channels
         oh, ow = window_output_shape(x.shape[2:], self.kernel_size, self.stride, self.pad, who)
@@ -160,6 +202,8 @@ class Conv2D(Layer):
         return y.reshape(oh, o, ow, n).transpose(3, 1, 0, 2)
 
     def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        if not self._plain:
+            return self._backward_grouped(dy, input_grad)
         blocks, x_shape, (oh, ow) = self._require_cache()
         n, c, h, w = x_shape
         (kh, kw), (sh, sw), o = self.kernel_size, self.stride, self.out_channels
@@ -184,6 +228,79 @@ class Conv2D(Layer):
             np.matmul(wr[:, u].T, dyr, out=part)
             dr[u : u + sh * oh : sh] += part
         dxh = fold(dr.reshape(-1, c, kw, ow, n), w + pl + pr, sw, axis=2)  # (Hp, C, Wp, N)
+        return dxh[pt : pt + h, :, pl : pl + w].transpose(3, 1, 0, 2)
+
+    # --- dilation and groups ----------------------------------------------------------------
+    # The same layout and window buffer R, with two changes. Dilation: R gathers the KW taps
+    # DW columns apart, and kernel row u reads rows i*SH + u*DH, which are no longer adjacent,
+    # so instead of one row-block GEMM there is one batched GEMM per kernel row u (a loop over
+    # KH, not over pixels). Groups: R's channels split as (G, C/G), and each GEMM is batched
+    # over (OH, G) with the weight of kernel row u as (G, O/G, C/G*KW): no loop over groups.
+    #     Y[i, g] = sum_u  Wk[u, g] @ R[i*SH + u*DH, g]
+
+    def _wk(self) -> np.ndarray:
+        """The weight as (KH, G, O/G, C/G*KW), matching R's (group, channel, tap) order."""
+        g, (kh, kw) = self.groups, self.kernel_size
+        w = self.params["weight"].reshape(g, self.out_channels // g, -1, kh, kw)
+        return np.ascontiguousarray(w.transpose(3, 0, 1, 2, 4)).reshape(kh, g, w.shape[1], -1)
+
+    def _kernel_rows(self, oh: int) -> list[slice]:
+        """For each kernel row u, the rows of R that it reads: i*SH + u*DH for i < OH."""
+        sh, dh = self.stride[0], self.dilation[0]
+        return [slice(u * dh, u * dh + sh * (oh - 1) + 1, sh) for u in range(self.kernel_size[0])]
+
+    def _forward_grouped(self, x: np.ndarray, who: str) -> np.ndarray:
+        n, c = x.shape[:2]
+        kw, g, o = self.kernel_size[1], self.groups, self.out_channels
+        sw, dw = self.stride[1], self.dilation[1]
+        oh, ow = window_output_shape(
+            x.shape[2:], self.kernel_size, self.stride, self.pad, who, self.dilation
+        )
+        xh = pad2d(x.transpose(2, 1, 3, 0), self.pad, axes=(0, 2), copy=True)  # (Hp, C, Wp, N)
+        rows = xh.shape[0]
+        r = self._buffer((rows, c, kw, ow, n), x.dtype)
+        np.copyto(r, sliding_windows(xh, kw, sw, axis=2, dilation=dw))
+        r4 = r.reshape(rows, g, c // g * kw, ow * n)
+        wk = self._wk()
+        y = np.empty((oh, g, o // g, ow * n), dtype=x.dtype)
+        part = np.empty_like(y)
+        for u, sel in enumerate(self._kernel_rows(oh)):
+            np.matmul(wk[u], r4[sel], out=y if u == 0 else part)
+            if u:
+                y += part
+        y = y.reshape(oh, o, ow * n)
+        if self.use_bias:
+            y += self.params["bias"][:, None]
+        self._cache = (r4, x.shape, (oh, ow))
+        return y.reshape(oh, o, ow, n).transpose(3, 1, 0, 2)
+
+    def _backward_grouped(self, dy: np.ndarray, input_grad: bool) -> np.ndarray | None:
+        r4, x_shape, (oh, ow) = self._require_cache()
+        n, c, h, w = x_shape
+        (kh, kw), g, o = self.kernel_size, self.groups, self.out_channels
+        dy = check_grad(dy, (n, o, oh, ow), self.dtype, "Conv2D")
+        dyr = np.ascontiguousarray(dy.transpose(2, 1, 3, 0)).reshape(oh, g, o // g, ow * n)
+        sels = self._kernel_rows(oh)
+        # dWk[u, g] = sum_i dy[i, g] @ R[i*SH + u*DH, g]^T
+        gwk = np.stack([np.matmul(dyr, r4[sel].transpose(0, 1, 3, 2)).sum(axis=0) for sel in sels])
+        gw = gwk.reshape(kh, g, o // g, c // g, kw).transpose(1, 2, 3, 0, 4)
+        self.grads["weight"] = np.ascontiguousarray(gw).reshape(self.params["weight"].shape)
+        if self.use_bias:
+            self.grads["bias"] = dyr.sum(axis=(0, 3)).reshape(o)
+        if not input_grad:
+            return None
+        (pt, _), (pl, pr) = self.pad
+        wkt = self._wk().transpose(0, 1, 3, 2)  # (KH, G, C/G*KW, O/G)
+        dr = np.zeros(r4.shape, dtype=dyr.dtype)
+        for u, sel in enumerate(sels):
+            dr[sel] += np.matmul(wkt[u], dyr)
+        dxh = fold(
+            dr.reshape(-1, c, kw, ow, n),
+            w + pl + pr,
+            self.stride[1],
+            axis=2,
+            dilation=self.dilation[1],
+        )
         return dxh[pt : pt + h, :, pl : pl + w].transpose(3, 1, 0, 2)
 
     def _buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:

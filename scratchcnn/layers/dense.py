@@ -80,19 +80,42 @@ class Dense(Layer):
 
 
 class Flatten(Layer):
-    """(N, d1, d2, ...) -> (N, d1*d2*...); backward reshapes dy back."""
+    """(N, d1, ..., dk) -> (N, d1*...*dk): axes ``start_dim`` to the last merge into one, as
+    torch.nn.Flatten(start_dim) does (start_dim >= 1: the batch axis stays). Backward
+    reshapes dy back."""
+
+    def __init__(self, start_dim: int = 1) -> None:
+        super().__init__()
+        self.start_dim = positive_int(start_dim, "start_dim")
+
+    def config(self) -> dict[str, Any]:
+        # Recorded only when set, so plain Flatten configs read as before.
+        return {"start_dim": self.start_dim} if self.start_dim != 1 else {}
+
+    def extra_repr(self) -> str:
+        return f"start_dim={self.start_dim}" if self.start_dim != 1 else ""
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        return (input_shape[0], int(np.prod(input_shape[1:], dtype=np.int64)))
+        s = self.start_dim
+        if len(input_shape) <= s:
+            raise ShapeError(
+                f"Flatten(start_dim={s}) expects at least {s + 1}-D input, got {tuple(input_shape)}"
+            )
+        return (*input_shape[:s], int(np.prod(input_shape[s:], dtype=np.int64)))
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = check_array(x, "Flatten")
-        if x.ndim < 2:
-            raise ShapeError(f"Flatten expects at least 2-D (N, ...) input, got shape {x.shape}")
+        if x.ndim <= self.start_dim:
+            raise ShapeError(
+                f"Flatten expects at least {self.start_dim + 1}-D (N, ...) input, got shape "
+                f"{x.shape}"
+            )
+        if x.shape[0] == 0:
+            raise ShapeError(f"Flatten: the batch is empty (input shape {x.shape})")
         # Keep x (a reference, no copy) for its memory layout: backward hands dx back in that
         # layout, so the layers before (pooling over a Conv2D's output) stream through memory.
         self._cache = x
-        return x.reshape(x.shape[0], -1)
+        return x.reshape(self.output_shape(x.shape))
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         like = self._require_cache()

@@ -1,4 +1,4 @@
-"""MaxPool2D and AvgPool2D, on the same window helper as Conv2D."""
+"""MaxPool2D, AvgPool2D and GlobalAvgPool2D, on the same window helper as Conv2D."""
 
 from __future__ import annotations
 
@@ -6,63 +6,113 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
-from ..windows import as_pair, pad2d, window_output_shape, window_views
+from ..errors import ConfigError, ShapeError
+from ..windows import (
+    Padding,
+    as_padding,
+    as_pair,
+    first_inside,
+    pad2d,
+    window_counts,
+    window_output_shape,
+    window_views,
+)
 from .base import Layer, check_grad, check_input
 
 
 class _Pool2D(Layer):
-    """Shared constructor, config and shape logic of the pooling layers."""
+    """Shared constructor, config and shape logic of the pooling layers.
+
+    ``padding`` is an int, (ph, pw) or ((top, bottom), (left, right)); each side at most half
+    the (dilated) kernel span. ``ceil_mode`` rounds the output size up, as PyTorch does: a
+    last, partial window is added when it starts inside the input or the leading padding.
+    ``dilation`` is MaxPool2D's (AvgPool2D has none, as in PyTorch).
+    """
 
     def __init__(
         self,
         kernel_size: int | tuple[int, int],
         stride: int | tuple[int, int] | None = None,
-        padding: int | tuple[int, int] = 0,
+        padding: int | tuple[int, int] | Padding = 0,
+        ceil_mode: bool = False,
+        dilation: int | tuple[int, int] = 1,
     ) -> None:
         super().__init__()
         self.kernel_size = as_pair(kernel_size, "kernel_size", 1)
         self.stride = self.kernel_size if stride is None else as_pair(stride, "stride", 1)
-        ph, pw = as_pair(padding, "padding", 0)
-        if 2 * ph > self.kernel_size[0] or 2 * pw > self.kernel_size[1]:
+        self.dilation = as_pair(dilation, "dilation", 1)
+        self.ceil_mode = bool(ceil_mode)
+        self.pad = as_padding(padding)
+        span = [d * (k - 1) + 1 for k, d in zip(self.kernel_size, self.dilation, strict=True)]
+        if any(2 * p > s for side, s in zip(self.pad, span, strict=True) for p in side):
             # A window made only of padding would have no input to pool (PyTorch's rule too).
             raise ConfigError(
-                f"{type(self).__name__}: padding {(ph, pw)} must be at most half the kernel "
+                f"{type(self).__name__}: padding {padding!r} must be at most half the kernel "
                 f"size {self.kernel_size}"
+                + (f" (span {tuple(span)} with dilation)" if self.dilation != (1, 1) else "")
             )
-        self.padding = (ph, pw)
-        self.pad = ((ph, ph), (pw, pw))
+        (pt, pb), (pl, pr) = self.pad
+        # Symmetric padding keeps its old (ph, pw) form; asymmetric is ((t, b), (l, r)).
+        self.padding = (pt, pl) if (pt, pl) == (pb, pr) else self.pad
 
     def config(self) -> dict[str, Any]:
-        return {
+        padding = self.padding if isinstance(self.padding[0], int) else self.pad
+        cfg: dict[str, Any] = {
             "kernel_size": list(self.kernel_size),
             "stride": list(self.stride),
-            "padding": list(self.padding),
+            "padding": [list(p) if isinstance(p, tuple) else p for p in padding],
         }
+        # New arguments are recorded only when set, so old configs and new ones read alike.
+        if self.ceil_mode:
+            cfg["ceil_mode"] = True
+        if self.dilation != (1, 1):
+            cfg["dilation"] = list(self.dilation)
+        return cfg
 
     def extra_repr(self) -> str:
         text = f"kernel_size={self.kernel_size}, stride={self.stride}"
-        return text + (f", padding={self.padding}" if self.padding != (0, 0) else "")
+        text += f", padding={self.padding}" if self.padding != (0, 0) else ""
+        text += f", dilation={self.dilation}" if self.dilation != (1, 1) else ""
+        return text + (", ceil_mode=True" if self.ceil_mode else "")
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        oh, ow = window_output_shape(
-            input_shape[2:], self.kernel_size, self.stride, self.pad, repr(self)
-        )
+        oh, ow = self._out_hw(input_shape[2:], repr(self))
         return (input_shape[0], input_shape[1], oh, ow)
+
+    def _out_hw(self, hw: tuple[int, ...], who: str) -> tuple[int, int]:
+        return window_output_shape(
+            hw, self.kernel_size, self.stride, self.pad, who, self.dilation, self.ceil_mode
+        )
+
+    def _padded(self, hw: tuple[int, ...], out_hw: tuple[int, int]) -> Padding:
+        """The padding, plus (in ceil mode) the rows/columns that the last window hangs over."""
+        (pt, pb), (pl, pr) = self.pad
+        extra = [
+            max(0, (o - 1) * s + d * (k - 1) + 1 - (n + sum(p)))
+            for o, s, d, k, n, p in zip(
+                out_hw, self.stride, self.dilation, self.kernel_size, hw, self.pad, strict=True
+            )
+        ]
+        return ((pt, pb + extra[0]), (pl, pr + extra[1]))
 
     def _input(self, x: np.ndarray, pad_value: float) -> tuple[np.ndarray, tuple[int, int]]:
         """Validated, padded input and the output size (OH, OW)."""
         who = type(self).__name__
         x = check_input(x, who, 4, "(N, C, H, W)")
-        oh, ow = window_output_shape(x.shape[2:], self.kernel_size, self.stride, self.pad, who)
-        return pad2d(x, self.pad, pad_value), (oh, ow)
+        oh, ow = self._out_hw(x.shape[2:], who)
+        pad = self._padded(x.shape[2:], (oh, ow)) if self.ceil_mode else self.pad
+        return pad2d(x, pad, pad_value), (oh, ow)
 
     def _views(self, xp: np.ndarray, out_hw: tuple[int, int]):
-        return window_views(xp, self.kernel_size, self.stride, out_hw)
+        return window_views(xp, self.kernel_size, self.stride, out_hw, dilation=self.dilation)
 
     @property
     def _overlapping(self) -> bool:
-        return self.kernel_size[0] > self.stride[0] or self.kernel_size[1] > self.stride[1]
+        return (
+            self.kernel_size[0] > self.stride[0]
+            or self.kernel_size[1] > self.stride[1]
+            or self.dilation != (1, 1)
+        )
 
     def _unpad(self, dxp: np.ndarray, x_shape: tuple[int, ...]) -> np.ndarray:
         (pt, _), (pl, _) = self.pad
@@ -72,9 +122,11 @@ class _Pool2D(Layer):
 class MaxPool2D(_Pool2D):
     """Max over each KHxKW window: y[n,c,i,j] = max_{u,v} xpad[n,c,i*SH+u, j*SW+v] (pad = -inf).
 
-    stride defaults to kernel_size; overlapping windows (stride < kernel) work.
-    Backward: each window's dy goes to the one position that held its maximum (the first in
-    row-major order on ties, as in PyTorch); overlapping windows accumulate.
+    stride defaults to kernel_size; overlapping windows (stride < kernel) work; ``dilation``
+    spaces the taps: xpad[n,c, i*SH + u*DH, j*SW + v*DW].
+    Backward: each window's dy goes to the one position that held its maximum, chosen as
+    PyTorch does: the first in row-major order on ties, the last NaN if the window holds NaN,
+    and the first tap inside the input if every value is -inf. Overlapping windows accumulate.
     """
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -91,20 +143,27 @@ class MaxPool2D(_Pool2D):
             best = np.maximum(best, view)  # propagates NaN like torch
         if not better:
             best = best.copy(order="K")
-        self._cache = (better if self.training else None, x.shape, x.dtype, xp, best.shape[2:])
+        self._cache = (better if self.training else None, x.shape, x.dtype, xp, best)
         return best
 
+    def _better(self, xp: np.ndarray, out_hw: tuple[int, int]) -> list[np.ndarray]:
+        """The forward's ``better`` masks by PyTorch's full rule, for windows holding NaN:
+        offset k replaces the running winner if it is larger or NaN (so the last NaN wins)."""
+        views = self._views(xp, out_hw)
+        _, best = next(views)
+        better = []
+        for _, view in views:
+            better.append((view > best) | np.isnan(view))
+            best = np.maximum(best, view)
+        return better
+
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        better, x_shape, dtype, xp, out_hw = self._require_cache()
-        if better is None:
-            # After an eval-mode forward (rare: gradients of a frozen model), recompute.
-            was_training = self.training
-            self.training = True
-            try:
-                self.forward(self._unpad(xp, x_shape))
-            finally:
-                self.training = was_training
-            better = self._cache[0]
+        better, x_shape, dtype, xp, y = self._require_cache()
+        out_hw = y.shape[2:]
+        # After an eval-mode forward (rare: gradients of a frozen model) recompute the masks;
+        # NaN windows (where a strict ">" is not PyTorch's rule) too.
+        if better is None or np.isnan(y.max()):  # max propagates NaN: one cheap reduction
+            better = self._better(xp, out_hw)
         kk = len(better) + 1
         n, c = x_shape[:2]
         dy = check_grad(dy, (n, c, *out_hw), dtype, "MaxPool2D")
@@ -116,8 +175,11 @@ class MaxPool2D(_Pool2D):
             wins[k] = b if taken is None else b & ~taken
             taken = b.copy(order="K") if taken is None else np.logical_or(taken, b, out=taken)
         wins[0] = ~taken if taken is not None else None
+        if kk > 1 and (self.pad[0][0] or self.pad[1][0]):  # only leading padding can win
+            self._all_minus_inf_to_first_inside(wins, out_hw)
         tiled = (
-            self.kernel_size == self.stride
+            self.dilation == (1, 1)
+            and self.kernel_size == self.stride
             and self.stride[0] * out_hw[0] == xp.shape[2]
             and self.stride[1] * out_hw[1] == xp.shape[3]
         )
@@ -133,13 +195,64 @@ class MaxPool2D(_Pool2D):
                 np.multiply(dy, wins[k], out=view)
         return self._unpad(dxp, x_shape)
 
+    def _all_minus_inf_to_first_inside(self, wins: list[Any], out_hw: tuple[int, int]) -> None:
+        """Offset 0 wins a window only when nothing later beat it; if offset 0 is padding,
+        every value inside is -inf, and PyTorch picks the window's first tap inside the input
+        (the first real row and column). Move those wins there, one offset at a time."""
+        (pt, _), (pl, _) = self.pad
+        u0 = first_inside(out_hw[0], self.stride[0], pt, self.dilation[0])
+        v0 = first_inside(out_hw[1], self.stride[1], pl, self.dilation[1])
+        first = u0[:, None] * self.kernel_size[1] + v0[None, :]  # (OH, OW)
+        if not first.any():
+            return
+        moved = wins[0] & (first > 0)
+        wins[0] = wins[0] & (first == 0)
+        for k in np.unique(first[first > 0]):
+            wins[k] = wins[k] | (moved & (first == k))
+
 
 class AvgPool2D(_Pool2D):
     """Mean over each KHxKW window: y[n,c,i,j] = (1/(KH*KW)) sum_{u,v} xpad[n,c,i*SH+u, j*SW+v].
 
-    Zero padding counts in the mean (PyTorch's count_include_pad=True).
-    Backward: each window's dy is spread evenly, dy/(KH*KW), over its cells.
+    With ``count_include_pad=True`` (the default, as in PyTorch) zero padding counts in the
+    mean; with False the mean is over the cells inside the input only. In ``ceil_mode`` a
+    window hanging past the padded edge is divided by its clipped size, as PyTorch does.
+    Backward: each window's dy is spread evenly, dy / (its divisor), over its cells.
     """
+
+    def __init__(
+        self,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] | None = None,
+        padding: int | tuple[int, int] | Padding = 0,
+        ceil_mode: bool = False,
+        count_include_pad: bool = True,
+    ) -> None:
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        self.count_include_pad = bool(count_include_pad)
+
+    def config(self) -> dict[str, Any]:
+        cfg = super().config()
+        if not self.count_include_pad:
+            cfg["count_include_pad"] = False
+        return cfg
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (
+            "" if self.count_include_pad else ", count_include_pad=False"
+        )
+
+    def _scale(self, hw: tuple[int, ...], out_hw: tuple[int, ...], dtype: np.dtype) -> Any:
+        """1 / divisor: one number when every window is whole, else an (OH, OW) map."""
+        if self.count_include_pad and not self.ceil_mode:
+            return dtype.type(1 / (self.kernel_size[0] * self.kernel_size[1]))
+        rows, cols = (
+            window_counts(n, k, s, p, o, self.count_include_pad)
+            for n, k, s, p, o in zip(
+                hw, self.kernel_size, self.stride, self.pad, out_hw, strict=True
+            )
+        )
+        return (1 / (rows[:, None] * cols[None, :])).astype(dtype)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         xp, out_hw = self._input(x, 0.0)
@@ -148,14 +261,14 @@ class AvgPool2D(_Pool2D):
         total = first.copy(order="K")
         for _, view in views:
             total += view
-        total *= x.dtype.type(1 / (self.kernel_size[0] * self.kernel_size[1]))
+        total *= self._scale(x.shape[2:], out_hw, x.dtype)
         self._cache = (total.shape, x.shape, x.dtype, xp)
         return total
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         y_shape, x_shape, dtype, xp = self._require_cache()
         dy = check_grad(dy, y_shape, dtype, "AvgPool2D")
-        share = dy * dtype.type(1 / (self.kernel_size[0] * self.kernel_size[1]))
+        share = dy * self._scale(x_shape[2:], y_shape[2:], dtype)
         dxp = np.zeros_like(xp)
         for _, view in self._views(dxp, y_shape[2:]):
             if self._overlapping:
@@ -163,3 +276,34 @@ class AvgPool2D(_Pool2D):
             else:
                 view[...] = share
         return self._unpad(dxp, x_shape)
+
+
+class GlobalAvgPool2D(Layer):
+    """Mean over all of H and W, keeping 4-D like torch's AdaptiveAvgPool2d(1):
+    y[n,c,0,0] = (1/(H*W)) sum_{i,j} x[n,c,i,j]; (N, C, H, W) -> (N, C, 1, 1).
+    Backward: dy / (H*W) at every position. Put a Flatten after it for a Dense head.
+    """
+
+    @classmethod
+    def state_shapes(cls, config: dict) -> dict[str, tuple[int, ...]]:
+        return {}
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        if len(input_shape) != 4:
+            raise ShapeError(f"GlobalAvgPool2D expects (N, C, H, W), got {tuple(input_shape)}")
+        return (input_shape[0], input_shape[1], 1, 1)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = check_input(x, "GlobalAvgPool2D", 4, "(N, C, H, W)")
+        if x.shape[2] * x.shape[3] == 0:
+            raise ShapeError(f"GlobalAvgPool2D: the input has no pixels (input shape {x.shape})")
+        self._cache = x  # a reference, for its shape and memory layout
+        return x.mean(axis=(2, 3), keepdims=True)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        like = self._require_cache()
+        n, c, h, w = like.shape
+        dy = check_grad(dy, (n, c, 1, 1), like.dtype, "GlobalAvgPool2D")
+        dx = np.empty_like(like)
+        dx[...] = dy * like.dtype.type(1 / (h * w))
+        return dx
