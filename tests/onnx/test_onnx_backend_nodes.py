@@ -53,7 +53,7 @@ OPS = {
 RANDOM = {"test_training_dropout", "test_training_dropout_default"}
 
 #: At least this many cases must match their expected outputs (measured: see the report).
-MIN_PASSED = 50
+MIN_PASSED = 60
 
 
 def _node_cases():
@@ -135,6 +135,10 @@ def test_backend_node_cases_pass_or_are_refused_cleanly(outcomes):
         "test_maxpool_2d_strides",
         "test_maxpool_2d_precomputed_same_upper",
         "test_averagepool_2d_strides",
+        "test_averagepool_2d_ceil",
+        "test_averagepool_2d_precomputed_same_upper",
+        "test_maxpool_2d_ceil_output_size_reduce_by_one",
+        "test_maxpool_2d_dilations",
         "test_globalaveragepool",
         "test_gemm_transposeB",
         "test_gemm_alpha",

@@ -49,6 +49,27 @@ MODELS = {
     "Dropout": lambda: [sc.Dropout(0.5), *_head(3, 8), sc.Dropout(0.2)],
     "Rescale": lambda: [sc.Rescale(1 / 255, -0.5), sc.Rescale(3.0), sc.Rescale(1.0, 0.25)],
     "only-Dropout": lambda: [sc.Dropout(0.5)],
+    # The layer arguments that interop needs.
+    "Conv2D-dilation-groups": lambda: [
+        sc.Conv2D(3, 6, 3, dilation=2, groups=3, padding=((1, 2), (0, 1))),
+        sc.Flatten(),
+        sc.Dense(6 * 7 * 5, 5),
+    ],
+    "Conv2D-depthwise": lambda: [sc.Conv2D(3, 3, 3, groups=3, stride=2), *_head(3, 3)],
+    "MaxPool2D-ceil-dilation": lambda: [
+        sc.MaxPool2D(2, stride=2, ceil_mode=True, dilation=2, padding=((1, 0), (0, 1))),
+        *_head(3, 4),
+    ],
+    "AvgPool2D-ceil-include-pad": lambda: [
+        sc.AvgPool2D(3, stride=2, padding=1, ceil_mode=True),
+        *_head(3, 5),
+    ],
+    "AvgPool2D-exclude-pad": lambda: [
+        sc.AvgPool2D(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+        *_head(3, 5),
+    ],
+    "GlobalAvgPool2D": lambda: [sc.GlobalAvgPool2D(), *_head(3, 1)],
+    "Flatten-start-dim": lambda: [sc.Flatten(start_dim=2), sc.Softmax(axis=2)],
 }
 
 

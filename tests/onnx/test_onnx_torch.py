@@ -57,6 +57,24 @@ class Mixed(nn.Module):
         return torch.log_softmax(self.fc(x), dim=1)
 
 
+class Interop(nn.Module):
+    """The layer arguments torch models use beyond LeNet: dilation, groups (depthwise),
+    ceil_mode, count_include_pad=False, flatten(start_dim=1) after AdaptiveAvgPool2d."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 6, 3, dilation=2, padding=2)
+        self.dw = nn.Conv2d(6, 6, 3, groups=6, padding=1)
+        self.mp = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+        self.ap = nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.ap(self.mp(torch.relu(self.dw(torch.relu(self.c1(x))))))
+        return self.fc(torch.flatten(self.gap(x), 1))
+
+
 def export_torch(module, shape, path, dynamo, opset=None, training=False, dtype=torch.float32):
     """torch.onnx.export with a dynamic batch axis named N; quiet."""
     x = torch.randn(2, *shape, dtype=dtype)
@@ -122,6 +140,17 @@ def test_torch_mixed_ops_load_and_match(dynamo, tmp_path, rng):
     model = load(export_torch(net, (3, 16, 16), tmp_path / "m.onnx", dynamo))
     assert isinstance(model.layers[-1], sc.LogSoftmax)
     _compare(model, net, (3, 16, 16), rng)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_torch_interop_layer_arguments_load_and_match(dynamo, tmp_path, rng):
+    torch.manual_seed(6)
+    net = Interop().eval()
+    model = load(export_torch(net, (3, 15, 15), tmp_path / "i.onnx", dynamo))
+    kinds = [type(la).__name__ for la in model]
+    assert "GlobalAvgPool2D" in kinds and kinds.count("Conv2D") == 2
+    assert model[2].groups == 6
+    _compare(model, net, (3, 15, 15), rng)
 
 
 def _trained_bn(net: nn.Module) -> nn.Module:
