@@ -29,6 +29,7 @@ from .init import manual_seed
 from .io import Checkpoint, load, load_checkpoint, save
 from .layers import (
     AvgPool2D,
+    BatchNorm1D,
     BatchNorm2D,
     Conv2D,
     Dense,
@@ -39,8 +40,10 @@ from .layers import (
     LeakyReLU,
     LogSoftmax,
     MaxPool2D,
+    Parallel,
     ReLU,
     Rescale,
+    Residual,
     Sigmoid,
     Softmax,
     Tanh,
@@ -53,6 +56,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AvgPool2D",
     "BCEWithLogitsLoss",
+    "BatchNorm1D",
     "BatchNorm2D",
     "Checkpoint",
     "CheckpointError",
@@ -75,8 +79,10 @@ __all__ = [
     "MaxPool2D",
     "MissingDependencyError",
     "OnnxError",
+    "Parallel",
     "ReLU",
     "Rescale",
+    "Residual",
     "ScratchCNNError",
     "Sequential",
     "ShapeError",

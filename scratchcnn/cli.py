@@ -21,7 +21,7 @@ from .data import DATASETS, load_dataset
 from .errors import ConfigError, DataError, ScratchCNNError
 from .finetune import init_model
 from .io import atomic_write_bytes, load_checkpoint
-from .models import MODELS, build_model
+from .models import MODELS, RECIPES, build_model
 from .train import (
     CHECKPOINT_NAME,
     EpochMetrics,
@@ -52,6 +52,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "dtype": "float32",
     "limit": None,
     "init": None,
+    "augment": False,
 }
 
 
@@ -117,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "float64"], help="default float32")
     p.add_argument("--limit", type=_positive_int, help="train on the first N images only")
     p.add_argument("--init", metavar="CHECKPOINT", help="start from this checkpoint's weights")
+    p.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        help="random crop (2-pixel zero padding) + horizontal flip of the training images "
+        "(default off; on for resnet8, whose recipe also changes the defaults above: "
+        + ", ".join(f"{k} {v}" for k, v in RECIPES["resnet8"].items())
+        + ")",
+    )
     p.add_argument("--out", type=Path, help="output folder (default runs/MODEL-DATASET)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
@@ -206,6 +215,7 @@ def _resolve_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a folder; choose another --out")
     run = {**TRAIN_DEFAULTS, "data_dir": None}
+    run.update(RECIPES.get(explicit.get("model", TRAIN_DEFAULTS["model"]), {}))
     if args.resume and (out / RUN_CONFIG).exists():
         saved = _read_run_config(out / RUN_CONFIG)
         changed = [k for k, v in explicit.items() if k != "epochs" and saved.get(k) != v]
@@ -261,6 +271,7 @@ def _read_run_config(path: Path) -> dict[str, Any]:
         "seed": lambda v: count(v, 0),
         "dtype": lambda v: v in ("float32", "float64"),
         "limit": lambda v: v is None or count(v, 1),
+        "augment": lambda v: isinstance(v, bool),
         "data_dir": lambda v: v is None or isinstance(v, str),
         "init": lambda v: v is None or isinstance(v, str),
     }
@@ -326,6 +337,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=False if quiet else None,
         on_epoch_end=report,
         extra={"run": run, "classes": list(train.classes)},
+        augment=run["augment"],
     )
     if history.resumed_from_epoch >= run["epochs"] and not quiet:
         _say(f"the run in {out} already finished {run['epochs']} epochs; raise --epochs to go on")

@@ -58,36 +58,32 @@ class GradcheckResult:
         return {c.name: c.max_rel_error for c in self.checks}
 
     def __str__(self) -> str:
-        lines = [f"{'tensor':<16} {'checked':>8} {'max abs err':>12} {'max rel err':>12}  ok"]
+        w = max([16, *(len(c.name) for c in self.checks)])
+        lines = [f"{'tensor':<{w}} {'checked':>8} {'max abs err':>12} {'max rel err':>12}  ok"]
         for c in self.checks:
             lines.append(
-                f"{c.name:<16} {c.checked:>8} {c.max_abs_error:>12.3e} {c.max_rel_error:>12.3e}"
+                f"{c.name:<{w}} {c.checked:>8} {c.max_abs_error:>12.3e} {c.max_rel_error:>12.3e}"
                 f"  {'yes' if c.ok else 'NO'}"
             )
         return "\n".join(lines)
 
 
+def _leaves(obj: Any) -> list[Any]:
+    """The leaf layers of a Sequential or a block (walking into nested blocks), or [obj]."""
+    if hasattr(obj, "named_layers"):
+        return [layer for _, layer in obj.named_layers()]
+    return [obj]
+
+
 def _rng_holders(obj: Any) -> list[Any]:
-    layers = getattr(obj, "layers", [obj])
-    return [la for la in layers if isinstance(getattr(la, "rng", None), np.random.Generator)]
+    return [la for la in _leaves(obj) if isinstance(getattr(la, "rng", None), np.random.Generator)]
 
 
-def _param_tensors(obj: Any) -> list[tuple[str, dict, str]]:
-    """(display name, params dict, key) for every parameter of a layer or a Sequential."""
-    if hasattr(obj, "layers"):
-        return [
-            (f"{i}.{name}", layer.params, name)
-            for i, layer in enumerate(obj.layers)
-            for name in layer.params
-        ]
-    return [(name, obj.params, name) for name in getattr(obj, "params", {})]
-
-
-def _grad_of(obj: Any, display: str) -> np.ndarray:
-    if hasattr(obj, "layers"):
-        i, name = display.split(".", 1)
-        return obj.layers[int(i)].grads[name]
-    return obj.grads[display]
+def _param_tensors(obj: Any) -> list[tuple[str, Any, str]]:
+    """(display name, leaf layer, name) for every parameter of a layer, block or Sequential."""
+    if hasattr(obj, "named_parameters"):
+        return list(obj.named_parameters())
+    return [(name, obj, name) for name in getattr(obj, "params", {})]
 
 
 def gradcheck(
@@ -155,8 +151,8 @@ def gradcheck(
     targets: list[tuple[str, np.ndarray, np.ndarray]] = []
     if check_input:
         targets.append(("input", x, np.array(dx, dtype=np.float64)))
-    for display, store, key in _param_tensors(work):
-        targets.append((display, store[key], np.array(_grad_of(work, display), dtype=np.float64)))
+    for display, layer, key in _param_tensors(work):
+        targets.append((display, layer.params[key], np.array(layer.grads[key], dtype=np.float64)))
 
     checks = []
     for name, tensor, analytic in targets:

@@ -168,10 +168,11 @@ def _jsonable(value: Any) -> Any:
 
 
 def layer_rng_states(model: Sequential) -> dict[str, Any]:
-    """Bit-generator states of layers that own one (Dropout), keyed by layer index."""
+    """Bit-generator states of layers that own one (Dropout), keyed by the layer's prefix in
+    ``named_layers()`` ("4", or "3.body.2" inside a block)."""
     return {
-        str(i): _jsonable(layer.rng.bit_generator.state)
-        for i, layer in enumerate(model.layers)
+        prefix: _jsonable(layer.rng.bit_generator.state)
+        for prefix, layer in model.named_layers()
         if isinstance(getattr(layer, "rng", None), np.random.Generator)
     }
 
@@ -509,9 +510,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         MemoryError,
     ) as exc:
         raise CheckpointError(f"{path}: cannot rebuild the model: {exc}") from exc
+    leaves = dict(model.named_layers())
     for idx, state in (meta.get("layer_rng") or {}).items():
         try:
-            layer = model.layers[int(idx)]
+            layer = leaves[idx]
             if not isinstance(getattr(layer, "rng", None), np.random.Generator):
                 raise ValueError("the layer has no random generator")
             layer.rng.bit_generator.state = state

@@ -95,11 +95,20 @@ class Sequential:
         return self.train(False)
 
     # --- parameters and state ---------------------------------------------------------
-    def named_parameters(self) -> Iterator[tuple[str, Layer, str]]:
-        """(key, layer, name) for each trainable tensor; key is ``"<index>.<name>"``."""
+    def named_layers(self, prefix: str = "") -> Iterator[tuple[str, Layer]]:
+        """(prefix, layer) for every leaf layer, depth-first in forward order; blocks
+        (Residual, Parallel) are walked into: "0", "1", "3.body.0", "3.shortcut.1", ..."""
         for i, layer in enumerate(self.layers):
+            if hasattr(layer, "named_layers"):
+                yield from layer.named_layers(f"{prefix}{i}.")
+            else:
+                yield f"{prefix}{i}", layer
+
+    def named_parameters(self) -> Iterator[tuple[str, Layer, str]]:
+        """(key, leaf layer, name) for each trainable tensor; key as in ``state_dict``."""
+        for prefix, layer in self.named_layers():
             for name in layer.params:
-                yield f"{i}.{name}", layer, name
+                yield f"{prefix}.{name}", layer, name
 
     def parameters(self) -> list[np.ndarray]:
         return [layer.params[name] for _, layer, name in self.named_parameters()]
@@ -117,7 +126,7 @@ class Sequential:
     @property
     def dtype(self) -> np.dtype:
         """The float type of the first layer that has one (float32 if none has)."""
-        for layer in self.layers:
+        for _, layer in self.named_layers():
             if hasattr(layer, "dtype"):
                 return np.dtype(layer.dtype)
         return np.dtype(np.float32)
@@ -130,22 +139,28 @@ class Sequential:
         return self
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of every parameter and buffer, keyed like torch.nn.Sequential."""
+        """Copies of every parameter and buffer, keyed as torch keys the same modules:
+        ``"0.weight"``, ``"3.body.1.running_mean"``."""
         return {
-            f"{i}.{name}": np.array(arr, copy=True)
-            for i, layer in enumerate(self.layers)
+            f"{prefix}.{name}": np.array(arr, copy=True)
+            for prefix, layer in self.named_layers()
             for name, arr in layer.named_tensors()
         }
 
     def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> None:
-        """Copy arrays into the model. With ``strict`` every key must match; the error lists
-        missing, unexpected and mis-shaped keys together. Values are cast to each tensor's
-        dtype only between float types (no float into int buffers)."""
+        """Copy arrays into the model, all or nothing: every value is checked (keys, shapes,
+        dtypes, finiteness after the cast) before any tensor is written. With ``strict`` every
+        key must match; the error lists missing, unexpected and mis-shaped keys together.
+        Float tensors take float, int or bool values (cast to the tensor's dtype; a value
+        that the cast makes non-finite, like 1e300 into float32, is refused); integer buffers
+        take only integers that fit their dtype."""
+        if not isinstance(state, dict):
+            raise DTypeError(f"load_state_dict: expected a dict, got {type(state).__name__}")
         targets: dict[str, tuple[dict[str, np.ndarray], str]] = {}
-        for i, layer in enumerate(self.layers):
+        for prefix, layer in self.named_layers():
             for store in (layer.params, layer.buffers):
                 for name in store:
-                    targets[f"{i}.{name}"] = (store, name)
+                    targets[f"{prefix}.{name}"] = (store, name)
         missing = [k for k in targets if k not in state]
         unexpected = [k for k in state if k not in targets]
         misshaped = []
@@ -163,15 +178,13 @@ class Sequential:
             problems.append("mis-shaped: " + "; ".join(misshaped))
         if problems:
             raise ShapeError("load_state_dict: " + " | ".join(problems))
-        for key, (store, name) in targets.items():
-            if key not in state:
-                continue
-            value = np.asarray(state[key])
-            if value.dtype.kind not in "fiub":
-                raise DTypeError(f"load_state_dict: {key} has non-numeric dtype {value.dtype}")
-            if store[name].dtype.kind == "f" and not np.all(np.isfinite(value)):
-                raise ShapeError(f"load_state_dict: {key} contains NaN or inf")
-            store[name][...] = value.astype(store[name].dtype, copy=False)
+        staged = [
+            (store, name, _cast_value(key, state[key], store[name].dtype))
+            for key, (store, name) in targets.items()
+            if key in state
+        ]
+        for store, name, value in staged:  # nothing is written until everything passed
+            store[name][...] = value
 
     # --- description ------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
@@ -196,7 +209,7 @@ class Sequential:
         if shape_in is None:
             raise ConfigError("give input_shape, e.g. summary((1, 28, 28))")
         shape = (1, *tuple(shape_in))
-        shapes = []
+        shapes: list[tuple[int, ...]] = []
         for i, layer in enumerate(self.layers):
             try:
                 shape = tuple(layer.output_shape(shape))
@@ -206,21 +219,22 @@ class Sequential:
         return shapes
 
     def summary(self, input_shape: tuple[int, ...] | None = None) -> str:
-        """A table: layer, output shape (batch shown as N), parameter count, and the totals."""
-        shapes = self.output_shapes(input_shape)
+        """A table: layer, output shape (batch shown as N), parameter count, and the totals.
+        Blocks show their own row, then their sub-layers indented under it."""
+        shape_in = input_shape or self.input_shape
+        self.output_shapes(input_shape)  # one clear error naming the layer, if any
         rows = [("#", "layer", "output shape", "params")]
-        for i, (layer, shape) in enumerate(zip(self.layers, shapes, strict=True)):
-            out = "(N, " + ", ".join(str(d) for d in shape[1:]) + ")"
-            rows.append((str(i), repr(layer), out, f"{layer.num_params():,}"))
+        shape = (1, *tuple(shape_in))
+        for i, layer in enumerate(self.layers):
+            shape = _summary_rows(layer, str(i), shape, 0, rows)
         widths = [max(len(r[c]) for r in rows) for c in range(4)]
         line = "-" * (sum(widths) + 6)
 
         def fmt(r: tuple[str, ...]) -> str:
             w = widths
-            return f"{r[0]:>{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:>{w[3]}}"
+            return f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:>{w[3]}}"
 
         text = [fmt(rows[0]), line, *(fmt(r) for r in rows[1:]), line]
-        shape_in = input_shape or self.input_shape
         text.append(f"input (N, {', '.join(str(d) for d in shape_in)}), dtype {self.dtype.name}")
         text.append(f"total parameters: {self.num_params():,}")
         return "\n".join(text)
@@ -236,7 +250,9 @@ class Sequential:
         return iter(self.layers)
 
     def __repr__(self) -> str:
-        inner = "".join(f"\n  ({i}): {la!r}" for i, la in enumerate(self.layers))
+        inner = "".join(
+            f"\n  ({i}): " + repr(la).replace("\n", "\n  ") for i, la in enumerate(self.layers)
+        )
         return f"Sequential({inner}\n)"
 
     # --- safetensors weights (scratchcnn/weights.py) -----------------------------------
@@ -263,3 +279,48 @@ def _accepts_input_grad(layer: Any) -> bool:
         return "input_grad" in inspect.signature(layer.backward).parameters
     except (TypeError, ValueError):
         return False
+
+
+def _cast_value(key: str, value: Any, dtype: np.dtype) -> np.ndarray:
+    """``value`` as ``dtype`` for load_state_dict, refusing what the cast would corrupt."""
+    value = np.asarray(value)
+    if value.dtype.kind not in "fiub":
+        raise DTypeError(f"load_state_dict: {key} has non-numeric dtype {value.dtype}")
+    if dtype.kind == "f":
+        with np.errstate(over="ignore", invalid="ignore"):
+            cast = value.astype(dtype)
+        if not np.all(np.isfinite(cast)):
+            what = "contains NaN or inf" + (
+                f" once cast to {dtype.name}" if np.all(np.isfinite(value)) else ""
+            )
+            raise ShapeError(f"load_state_dict: {key} {what}")
+        return cast
+    if value.dtype.kind not in "iu":
+        raise DTypeError(
+            f"load_state_dict: {key} is an integer buffer ({dtype.name}) but the value is "
+            f"{value.dtype.name}"
+        )
+    info = np.iinfo(dtype)
+    if value.size and (value.min() < info.min or value.max() > info.max):
+        raise DTypeError(f"load_state_dict: {key} does not fit in {dtype.name}")
+    return value.astype(dtype)
+
+
+def _summary_rows(
+    layer: Any, label: str, shape: tuple[int, ...], depth: int, rows: list[tuple[str, ...]]
+) -> tuple[int, ...]:
+    """Append ``layer``'s row (and, for a block, its children's) to ``rows``; returns the
+    layer's output shape for an input of ``shape``."""
+    out = tuple(layer.output_shape(shape))
+    children = layer.named_children() if hasattr(layer, "named_children") else []
+    name = f"{type(layer).__name__}({layer.extra_repr()})" if children else repr(layer)
+    dims = "(N, " + ", ".join(str(d) for d in out[1:]) + ")"
+    rows.append(("  " * depth + label, name, dims, f"{layer.num_params():,}"))
+    for child_name, child in children:
+        if hasattr(child, "layers"):  # a Sequential chain: its layers feed one another
+            sub = shape
+            for j, la in enumerate(child.layers):
+                sub = _summary_rows(la, f"{label}.{child_name}.{j}", sub, depth + 1, rows)
+        else:
+            _summary_rows(child, f"{label}.{child_name}", shape, depth + 1, rows)
+    return out

@@ -15,13 +15,18 @@ from .errors import ConfigError
 from .init import get_rng, uniform
 from .layers import (
     AvgPool2D,
+    BatchNorm2D,
     Conv2D,
     Dense,
     Flatten,
+    GlobalAvgPool2D,
+    Layer,
     MaxPool2D,
     ReLU,
     Rescale,
+    Residual,
 )
+from .layers.base import positive_int as positive_int_arg
 from .model import Sequential
 
 
@@ -106,17 +111,83 @@ def shapes_net(dtype: Any = np.float32, seed: int | None = None) -> Sequential:
     )
 
 
+def _basic_block(cin: int, cout: int, stride: int, dtype: Any, rng: Any) -> Residual:
+    """ResNet's basic block: [3x3 conv (stride) -> BN -> ReLU -> 3x3 conv -> BN] + shortcut,
+    the shortcut a 1x1 conv (stride) + BN projection when the shape changes, else identity.
+    The ReLU after the sum is the next layer in the Sequential."""
+
+    def conv(ci: int, co: int, k: int, s: int) -> Layer:
+        return Conv2D(ci, co, k, stride=s, padding=k // 2, bias=False, dtype=dtype, rng=rng)
+
+    body = [
+        conv(cin, cout, 3, stride),
+        BatchNorm2D(cout, dtype=dtype),
+        ReLU(),
+        conv(cout, cout, 3, 1),
+        BatchNorm2D(cout, dtype=dtype),
+    ]
+    shortcut = None
+    if stride != 1 or cin != cout:
+        shortcut = [conv(cin, cout, 1, stride), BatchNorm2D(cout, dtype=dtype)]
+    return Residual(body, shortcut)
+
+
+def resnet8(
+    num_classes: int = 10,
+    dtype: Any = np.float32,
+    seed: int | None = None,
+    in_channels: int = 1,
+    widths: tuple[int, int, int] = (16, 32, 64),
+) -> Sequential:
+    """A small ResNet for 28x28 images (He et al. 2016, the CIFAR family, one block a stage).
+
+    Stem: 3x3 conv x16 -> BN -> ReLU; three stages of one basic block at 16, 32, 64 channels
+    (28x28, 14x14, 7x7; stride-2 1x1 conv + BN projection shortcuts), ReLU after each sum;
+    global average pooling -> Flatten -> Dense to the classes. 7 convolutions + 1 dense = 8
+    weight layers (the projections not counted), 78k parameters. Convolutions have no bias
+    (BN follows each); every weight is PyTorch's default init U(+-1/sqrt(fan_in)).
+    """
+    rng = get_rng(seed) if seed is not None else None
+    w1, w2, w3 = (positive_int_arg(w, "widths") for w in widths)
+    layers: list[Layer] = [
+        Conv2D(in_channels, w1, 3, padding=1, bias=False, dtype=dtype, rng=rng),
+        BatchNorm2D(w1, dtype=dtype),
+        ReLU(),
+    ]
+    for cin, cout, stride in ((w1, w1, 1), (w1, w2, 2), (w2, w3, 2)):
+        layers += [_basic_block(cin, cout, stride, dtype, rng), ReLU()]
+    layers += [GlobalAvgPool2D(), Flatten(), Dense(w3, num_classes, dtype=dtype, rng=rng)]
+    return Sequential(layers, input_shape=(in_channels, 28, 28))
+
+
 #: name -> builder, for the command line and checkpoints.
 MODELS: dict[str, Callable[..., Sequential]] = {
     "tiny_cnn": tiny_cnn,
     "lenet5": lenet5,
     "lenet5_avg": lambda **kw: lenet5(pool="avg", **kw),
     "shapes_net": shapes_net,
+    "resnet8": resnet8,
+}
+
+
+#: Per-model training recipes: the settings of ``scratchcnn train`` that differ from its
+#: defaults (which are lenet5's). resnet8's is the benchmark's (benchmarks/resnet_fashion_mnist.py).
+RECIPES: dict[str, dict[str, Any]] = {
+    "resnet8": {
+        "epochs": 4,
+        "batch_size": 128,
+        "lr": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "schedule": "cosine",
+        "augment": True,
+    },
 }
 
 
 def build_model(name: str, **kwargs: Any) -> Sequential:
-    """Build a zoo model by name (``tiny_cnn``, ``lenet5``, ``lenet5_avg``, ``shapes_net``)."""
+    """Build a zoo model by name (``tiny_cnn``, ``lenet5``, ``lenet5_avg``, ``shapes_net``,
+    ``resnet8``)."""
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     return MODELS[name](**kwargs)

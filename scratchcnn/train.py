@@ -196,8 +196,12 @@ def fit(
     progress: bool | None = None,
     on_epoch_end: Callable[[EpochMetrics], None] | None = None,
     extra: dict[str, Any] | None = None,
+    augment: bool = False,
 ) -> History:
     """Train ``model`` for ``epochs`` epochs of mini-batch steps; see the module docstring.
+
+    ``augment`` applies the loader's random crop (2-pixel zero padding) and horizontal flip
+    to the training batches only; evaluation and test data are never augmented.
 
     optimizer defaults to SGD(lr=0.01); loss_fn to the model's task's loss. ``progress``
     shows a tqdm bar with running loss and accuracy (None: only on a terminal).
@@ -214,7 +218,12 @@ def fit(
     if test_data is not None:
         check_data_fits(model, test_data, loss_fn, "test data")
     loader = DataLoader(
-        train_data, batch_size=batch_size, shuffle=True, seed=seed, dtype=model.dtype
+        train_data,
+        batch_size=batch_size,
+        shuffle=True,
+        seed=seed,
+        dtype=model.dtype,
+        augment=augment,
     )
     out = Path(out_dir) if out_dir is not None else None
     ckpt_path = out / CHECKPOINT_NAME if out else None
@@ -365,17 +374,18 @@ def _restore(
         text = str(exc)
         raise CheckpointError(text if text.startswith(str(path)) else f"{path}: {text}") from exc
     model.load_state_dict(ckpt.model.state_dict())
-    for i, layer in enumerate(ckpt.model.layers):
+    live_layers = dict(model.named_layers())
+    for prefix, layer in ckpt.model.named_layers():
         if hasattr(layer, "rng"):
-            model.layers[i].rng.bit_generator.state = layer.rng.bit_generator.state
+            live_layers[prefix].rng.bit_generator.state = layer.rng.bit_generator.state
     return ckpt.epoch, history
 
 
 def non_finite_tensors(model: Sequential) -> list[str]:
     """Keys (as in ``state_dict``) of the float parameters and buffers holding NaN or inf."""
     return [
-        f"{i}.{name}"
-        for i, layer in enumerate(model.layers)
+        f"{prefix}.{name}"
+        for prefix, layer in model.named_layers()
         for name, arr in layer.named_tensors()
         if arr.dtype.kind == "f" and not np.isfinite(arr).all()
     ]

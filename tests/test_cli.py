@@ -254,3 +254,18 @@ def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
         f.write_bytes(b"partial")
     assert remove_stale_temp_files(target) == [stale]
     assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_augment_flag_and_the_resnet8_recipe(tmp_path, capsys):
+    out = tmp_path / "lenet"
+    assert main(["train", *QUICK, "--limit", "64", "--augment", "--out", str(out)]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["augment"] is True and run["batch_size"] == 32  # lenet5's defaults otherwise
+    out = tmp_path / "resnet"
+    argv = ["train", "--model", "resnet8", *QUICK, "--limit", "64", "--out", str(out)]
+    assert main([*argv, "--no-augment"]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["augment"] is False
+    assert (run["batch_size"], run["lr"], run["weight_decay"]) == (128, 0.1, 5e-4)
+    assert main([*argv, "--augment", "--resume"]) == 2  # a resumed run keeps its settings
+    assert "cannot change --augment" in capsys.readouterr().err

@@ -158,3 +158,45 @@ def test_predict_batches_and_scales_uint8(rng):
 def test_add_refuses_non_layers():
     with pytest.raises(sc.ConfigError, match="not a layer"):
         sc.Sequential([sc.ReLU(), "relu"])
+
+
+def test_load_state_dict_is_all_or_nothing():
+    model = small()
+    before = model.state_dict()
+    sd = {k: v + 1 if v.dtype.kind == "f" else v for k, v in before.items()}
+    sd["6.bias"] = np.array([1.0, np.inf, 0.0], np.float32)  # the last key is bad
+    with pytest.raises(sc.ShapeError, match=r"6\.bias contains NaN or inf"):
+        model.load_state_dict(sd)
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+
+
+def test_load_state_dict_checks_finiteness_after_the_cast():
+    model = small()
+    sd = model.state_dict()
+    sd["0.weight"] = sd["0.weight"].astype(np.float64)
+    sd["0.weight"][0, 0, 0, 0] = 1e300  # finite in float64, inf in float32
+    with pytest.raises(sc.ShapeError, match=r"0\.weight contains NaN or inf once cast to float32"):
+        model.load_state_dict(sd)
+    assert np.all(np.isfinite(model.layers[0].params["weight"]))
+
+
+@pytest.mark.parametrize(
+    "value,match",
+    [
+        (np.array(3.0), "integer buffer"),
+        (np.array(2.5), "integer buffer"),
+        (np.array(True), "integer buffer"),
+        (np.array(2**64 - 1, np.uint64), "does not fit"),
+    ],
+)
+def test_load_state_dict_refuses_non_integers_for_integer_buffers(value, match):
+    model = small()
+    sd = model.state_dict()
+    sd["1.num_batches_tracked"] = value
+    with pytest.raises(sc.DTypeError, match=match):
+        model.load_state_dict(sd)
+    sd["1.num_batches_tracked"] = np.array(7, np.int32)
+    model.load_state_dict(sd)
+    assert model.layers[1].buffers["num_batches_tracked"] == 7
+    assert model.layers[1].buffers["num_batches_tracked"].dtype == np.int64

@@ -46,7 +46,33 @@ def test_lenet5_pooling_choice_and_seeding():
 
 
 def test_build_model_by_name():
-    assert set(MODELS) == {"tiny_cnn", "lenet5", "lenet5_avg", "shapes_net"}
+    assert set(MODELS) == {"tiny_cnn", "lenet5", "lenet5_avg", "shapes_net", "resnet8"}
     assert len(build_model("shapes_net", seed=0)) == 5
     with pytest.raises(sc.ConfigError, match="unknown model 'resnet'; choose one of"):
         build_model("resnet")
+
+
+def test_resnet8_architecture_and_torch_twin():
+    import torch
+
+    from benchmarks._torch_twin import twin
+    from scratchcnn.models import RECIPES, resnet8
+
+    model = resnet8(seed=0)
+    assert model.input_shape == (1, 28, 28)
+    assert model.output_shapes()[-1] == (1, 10)
+    assert model.num_params() == 77_754
+    blocks = [la for la in model if isinstance(la, sc.Residual)]
+    assert [b.shortcut is None for b in blocks] == [True, False, False]
+    convs = [la for _, la in model.named_layers() if isinstance(la, sc.Conv2D)]
+    assert len(convs) == 9 and not any(c.use_bias for c in convs)
+    assert [c.stride for c in convs if c.kernel_size == (1, 1)] == [(2, 2), (2, 2)]
+    x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
+    model.eval()
+    with torch.no_grad():
+        want = twin(model)(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(model.forward(x), want, rtol=1e-4, atol=1e-5)
+    again = resnet8(seed=0).state_dict()["0.weight"]
+    np.testing.assert_array_equal(again, model[0].params["weight"])
+    assert RECIPES["resnet8"]["augment"] is True
+    assert "lenet5" not in RECIPES  # lenet5 keeps the command line's defaults

@@ -132,6 +132,23 @@ def _to_json(value: Any) -> Any:
     return value
 
 
+def crop_and_flip(x: np.ndarray, shifts: np.ndarray, flips: np.ndarray, pad: int) -> np.ndarray:
+    """Random-crop augmentation: image k of ``x`` (B, C, H, W) becomes the H x W window at
+    offset ``shifts[k]`` (row, col, each in 0..2*pad) of its copy padded with ``pad`` zeros,
+    mirrored left-right where ``flips[k]``. One fancy-indexing gather for the whole batch."""
+    b, c, h, w = x.shape
+    xp = np.zeros((b, c, h + 2 * pad, w + 2 * pad), dtype=x.dtype)
+    xp[:, :, pad : pad + h, pad : pad + w] = x
+    rows = shifts[:, 0, None] + np.arange(h)  # (B, H)
+    cols = shifts[:, 1, None] + np.where(flips[:, None], np.arange(w)[::-1], np.arange(w))
+    return xp[
+        np.arange(b)[:, None, None, None],
+        np.arange(c)[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
+
+
 class DataLoader:
     """Iterate over a :class:`Dataset` in mini-batches ``(x, y)``.
 
@@ -143,6 +160,12 @@ class DataLoader:
     is the number of batches per epoch; ``drop_last`` drops a final partial
     batch. ``state_dict()`` / ``load_state_dict()`` save and restore the
     generator so a resumed run draws the same future permutations.
+
+    ``augment=True`` (for a training split only; never for test data) gives every image a
+    random crop of its zero-padded copy (``pad`` pixels each side, so shifts of -pad..pad)
+    and a horizontal flip with probability 1/2. The shifts and flips of a whole epoch are
+    drawn from ``self.rng`` together with its permutation, so they are part of the
+    resumable state, and applied to each batch in one vectorised gather.
     """
 
     def __init__(
@@ -153,6 +176,8 @@ class DataLoader:
         seed: int | np.random.Generator = 0,
         dtype: np.dtype | type = np.float32,
         drop_last: bool = False,
+        augment: bool = False,
+        pad: int = 2,
     ) -> None:
         if not isinstance(dataset, Dataset):
             raise ConfigError(
@@ -178,6 +203,13 @@ class DataLoader:
             raise ConfigError(
                 f"DataLoader seed must be an integer >= 0 or a numpy Generator, got {seed!r}"
             )
+        if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
+            raise ConfigError(f"DataLoader pad must be an integer >= 0, got {pad!r}")
+        _, _, h, w = dataset.images.shape
+        if augment and pad >= min(h, w):
+            raise ConfigError(f"DataLoader pad {pad} must be smaller than the images ({h}x{w})")
+        self.augment = bool(augment)
+        self.pad = int(pad)
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
@@ -193,9 +225,16 @@ class DataLoader:
         # The permutation is drawn here, eagerly, not lazily on the first next().
         n = len(self.dataset)
         order = self.rng.permutation(n) if self.shuffle else np.arange(n)
-        return self._batches(order)
+        draws = None
+        if self.augment:
+            shifts = self.rng.integers(0, 2 * self.pad + 1, size=(n, 2))
+            flips = self.rng.random(n) < 0.5
+            draws = (shifts, flips)
+        return self._batches(order, draws)
 
-    def _batches(self, order: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _batches(
+        self, order: np.ndarray, draws: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         images, labels = self.dataset.images, self.dataset.labels
         scale = images.dtype == np.uint8
         bs = self.batch_size
@@ -205,6 +244,9 @@ class DataLoader:
             x = images[sel].astype(self.dtype, copy=False)  # fancy indexing copies
             if scale:
                 x /= self.dtype.type(255)
+            if draws is not None:
+                end = start + len(sel)
+                x = crop_and_flip(x, draws[0][start:end], draws[1][start:end], self.pad)
             yield x, labels[sel]
 
     def state_dict(self) -> dict[str, Any]:

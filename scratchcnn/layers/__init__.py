@@ -2,15 +2,17 @@
 
 from .activations import LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
 from .base import LAYER_TYPES, Layer, layer_from_config
+from .blocks import Parallel, Residual
 from .conv import Conv2D
 from .dense import Dense, Flatten
-from .normalization import BatchNorm2D, Dropout
+from .normalization import BatchNorm1D, BatchNorm2D, Dropout
 from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from .preprocessing import Rescale
 
 __all__ = [
     "LAYER_TYPES",
     "AvgPool2D",
+    "BatchNorm1D",
     "BatchNorm2D",
     "Conv2D",
     "Dense",
@@ -21,8 +23,10 @@ __all__ = [
     "LeakyReLU",
     "LogSoftmax",
     "MaxPool2D",
+    "Parallel",
     "ReLU",
     "Rescale",
+    "Residual",
     "Sigmoid",
     "Softmax",
     "Tanh",

@@ -1,4 +1,4 @@
-"""BatchNorm2D and Dropout: the layers whose behaviour depends on train()/eval()."""
+"""BatchNorm1D, BatchNorm2D and Dropout: the layers whose behaviour depends on train()/eval()."""
 
 from __future__ import annotations
 
@@ -19,18 +19,22 @@ from .base import (
 )
 
 
-class BatchNorm2D(Layer):
-    """Per-channel batch normalisation of (N, C, H, W), like torch.nn.BatchNorm2d.
+class _BatchNorm(Layer):
+    """Per-channel batch normalisation over every axis but 1; see BatchNorm2D/BatchNorm1D.
 
     Training: xhat = (x - mean_c) / sqrt(var_c + eps) with the batch's biased variance over
-    (N, H, W); y = weight_c * xhat + bias_c. Running statistics are updated as
+    the other axes; y = weight_c * xhat + bias_c. Running statistics are updated as
     r = (1 - momentum) r + momentum * batch_stat (the variance term unbiased, M/(M-1)).
     Eval: the running statistics replace the batch's.
 
-    Backward (training), M = N*H*W, g = dy * weight:
+    Backward (training), M = values per channel, g = dy * weight:
     dL/dx = (1/M) / sqrt(var + eps) * (M g - sum g - xhat * sum(g * xhat));
     dL/dweight = sum dy * xhat;  dL/dbias = sum dy.
     """
+
+    #: (ndim of the input, its layout for messages)
+    _ndim = 4
+    _layout = "(N, C, H, W)"
 
     def __init__(
         self,
@@ -77,12 +81,25 @@ class BatchNorm2D(Layer):
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(input_shape)
 
+    @classmethod
+    def state_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        c = positive_int(config.get("num_features"), "num_features")
+        shapes = {"weight": (c,), "bias": (c,)} if config.get("affine", True) else {}
+        return {**shapes, "running_mean": (c,), "running_var": (c,), "num_batches_tracked": ()}
+
+    def _axes(self) -> tuple[int, ...]:
+        return (0, *range(2, self._ndim))
+
+    def _col(self, v: np.ndarray) -> np.ndarray:
+        """A per-channel vector shaped to broadcast against the input: (C, 1, 1) or (C,)."""
+        return v.reshape(-1, *(1,) * (self._ndim - 2))
+
     def forward(self, x: np.ndarray) -> np.ndarray:
-        who = f"BatchNorm2D({self.num_features})"
-        x = check_input(x, who, 4, "(N, C, H, W)", self.dtype, self.num_features)
-        axes = (0, 2, 3)
+        who = f"{type(self).__name__}({self.num_features})"
+        x = check_input(x, who, self._ndim, self._layout, self.dtype, self.num_features)
+        axes = self._axes()
         if self.training:
-            m = x.shape[0] * x.shape[2] * x.shape[3]
+            m = x.size // x.shape[1]
             if m < 2:
                 raise ShapeError(
                     f"{who} needs more than one value per channel in training, got input shape "
@@ -100,28 +117,41 @@ class BatchNorm2D(Layer):
             mean = self.buffers["running_mean"]
             var = self.buffers["running_var"]
         inv_std = (1.0 / np.sqrt(var + self.eps)).astype(self.dtype)
-        xhat = (x - mean[:, None, None]) * inv_std[:, None, None]
+        xhat = (x - self._col(mean)) * self._col(inv_std)
         self._cache = (xhat, inv_std, self.training)
         if not self.affine:
             return xhat
-        return xhat * self.params["weight"][:, None, None] + self.params["bias"][:, None, None]
+        return xhat * self._col(self.params["weight"]) + self._col(self.params["bias"])
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         xhat, inv_std, training = self._require_cache()
-        dy = check_grad(dy, xhat.shape, self.dtype, "BatchNorm2D")
-        axes = (0, 2, 3)
+        dy = check_grad(dy, xhat.shape, self.dtype, type(self).__name__)
+        axes = self._axes()
         if self.affine:
             self.grads["weight"] = (dy * xhat).sum(axis=axes)
             self.grads["bias"] = dy.sum(axis=axes)
-            g = dy * self.params["weight"][:, None, None]
+            g = dy * self._col(self.params["weight"])
         else:
             g = dy
         if not training:
-            return g * inv_std[:, None, None]
-        m = xhat.shape[0] * xhat.shape[2] * xhat.shape[3]
-        g_sum = g.sum(axis=axes)[:, None, None]
-        gx_sum = (g * xhat).sum(axis=axes)[:, None, None]
-        return (inv_std[:, None, None] / m) * (m * g - g_sum - xhat * gx_sum)
+            return g * self._col(inv_std)
+        m = xhat.size // xhat.shape[1]
+        g_sum = self._col(g.sum(axis=axes))
+        gx_sum = self._col((g * xhat).sum(axis=axes))
+        return (self._col(inv_std) / m) * (m * g - g_sum - xhat * gx_sum)
+
+
+class BatchNorm2D(_BatchNorm):
+    """Per-channel batch normalisation of (N, C, H, W), like torch.nn.BatchNorm2d: statistics
+    over (N, H, W) for each channel (formulas in ``_BatchNorm``)."""
+
+
+class BatchNorm1D(_BatchNorm):
+    """Batch normalisation of (N, F) features (after a Dense), like torch.nn.BatchNorm1d on
+    2-D input: statistics over the batch for each feature (formulas in ``_BatchNorm``)."""
+
+    _ndim = 2
+    _layout = "(N, F)"
 
 
 class Dropout(Layer):

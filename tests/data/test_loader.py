@@ -227,3 +227,70 @@ def test_bad_args():
         DataLoader(_ds(4), seed=-1)
     with pytest.raises(ConfigError, match="Dataset"):
         DataLoader((np.zeros((2, 1, 1, 1)), np.zeros(2)))  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+def _digits(n=12, h=5, w=6):
+    rng = np.random.default_rng(3)
+    images = rng.integers(1, 256, size=(n, 2, h, w)).astype(np.uint8)  # no zero pixel
+    return Dataset(images, np.arange(n) % 3, ("a", "b", "c"), "digits")
+
+
+def _reference_crop_flip(img, dy, dx, flip, pad):
+    """One image at a time, the obvious way."""
+    c, h, w = img.shape
+    padded = np.zeros((c, h + 2 * pad, w + 2 * pad), img.dtype)
+    padded[:, pad : pad + h, pad : pad + w] = img
+    out = padded[:, dy : dy + h, dx : dx + w]
+    return out[:, :, ::-1] if flip else out
+
+
+def test_augment_equals_per_image_crop_and_flip():
+    ds = _digits()
+    loader = DataLoader(ds, batch_size=5, shuffle=True, seed=4, augment=True, pad=2)
+    probe = np.random.default_rng(4)  # the loader's draws, in its order
+    order = probe.permutation(len(ds))
+    shifts = probe.integers(0, 5, size=(len(ds), 2))
+    flips = probe.random(len(ds)) < 0.5
+    got = np.concatenate([x for x, _ in loader])
+    base = ds.images[order].astype(np.float32) / 255
+    want = [_reference_crop_flip(base[k], *shifts[k], flips[k], 2) for k in range(len(ds))]
+    np.testing.assert_array_equal(got, np.stack(want))
+    assert 0 < flips.sum() < len(ds) and np.ptp(shifts) > 0  # the probe draws do vary
+    assert (got == 0).any()  # padding showed up somewhere
+
+
+def test_augment_is_seeded_resumable_and_off_by_default():
+    ds = _digits()
+    plain = DataLoader(ds, batch_size=4, seed=1)
+    aug = DataLoader(ds, batch_size=4, seed=1, augment=True)
+    x_plain, _ = next(iter(plain))
+    x_aug, _ = next(iter(aug))
+    assert not np.array_equal(x_plain, x_aug)
+    assert not plain.augment and aug.pad == 2
+    # Restoring the state replays the same crops and flips.
+    a = DataLoader(ds, batch_size=4, seed=7, augment=True)
+    list(a)
+    state = json.loads(json.dumps(a.state_dict()))
+    epoch2 = [x for x, _ in a]
+    b = DataLoader(ds, batch_size=4, seed=99, augment=True)
+    b.load_state_dict(state)
+    for x, y in zip(epoch2, (x for x, _ in b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_augment_pad_zero_only_flips():
+    ds = _digits()
+    (x, _), *_ = DataLoader(ds, batch_size=12, shuffle=False, augment=True, pad=0)
+    base = ds.images.astype(np.float32) / 255
+    flipped = np.all(x == base[..., ::-1], axis=(1, 2, 3))
+    assert np.all(flipped | np.all(x == base, axis=(1, 2, 3)))
+    assert 0 < flipped.sum() < 12
+
+
+@pytest.mark.parametrize("pad", [-1, 1.5, True, 5])
+def test_augment_bad_pad(pad):
+    with pytest.raises(ConfigError, match="pad"):
+        DataLoader(_digits(), augment=True, pad=pad)

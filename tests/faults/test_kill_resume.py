@@ -35,10 +35,10 @@ def metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def assert_same_run(out: Path, ref: Path) -> None:
+def assert_same_run(out: Path, ref: Path, epochs: int = 4) -> None:
     assert_bit_identical(out / "model.npz", ref / "model.npz")
     got, want = metrics(out), metrics(ref)
-    assert [m["epoch"] for m in got] == [1, 2, 3, 4]
+    assert [m["epoch"] for m in got] == list(range(1, epochs + 1))
     for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr"):
         assert [m[key] for m in got] == [m[key] for m in want], key
     assert temp_files(out) == [], "a killed writer's temporary file was left behind"
@@ -94,16 +94,15 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path, referen
     assert_same_run(out, ref)
 
 
-@pytest.mark.parametrize(
-    "write,mode",
-    [(1, "mid-write"), (3, "mid-write"), (3, "before-rename")],
-)
-def test_sigkill_inside_a_checkpoint_write(tmp_path, reference, write, mode):
-    ref, _ = reference
-    out, flag = tmp_path / "run", tmp_path / "paused"
+def kill_inside_write(
+    args: tuple[str, ...], out: Path, flag: Path, write: int, mode: str
+) -> tuple[subprocess.Popen, bytes | None]:
+    """Run ``scratchcnn ARGS --out OUT`` frozen inside its ``write``-th checkpoint write
+    (``mode`` as in pause_in_write.py), SIGKILL it there; returns the dead process and the
+    bytes of ``model.npz`` while it was frozen (None if there was none yet)."""
     env = child_env(1, PAUSE_AT=str(write), PAUSE_MODE=mode, PAUSE_FLAG=str(flag))
     proc = subprocess.Popen(
-        [sys.executable, str(PAUSER), *SMALL_RUN, "--out", str(out)],
+        [sys.executable, str(PAUSER), *args, "--out", str(out)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -114,11 +113,23 @@ def test_sigkill_inside_a_checkpoint_write(tmp_path, reference, write, mode):
             assert proc.poll() is None, proc.stderr.read().decode()
             assert time.monotonic() < deadline, "the writer never reached the pause"
             time.sleep(0.02)
-        before = (out / "model.npz").read_bytes() if write > 1 else None
+        path = out / "model.npz"
+        before = path.read_bytes() if path.exists() else None
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
+    return proc, before
+
+
+@pytest.mark.parametrize(
+    "write,mode",
+    [(1, "mid-write"), (3, "mid-write"), (3, "before-rename")],
+)
+def test_sigkill_inside_a_checkpoint_write(tmp_path, reference, write, mode):
+    ref, _ = reference
+    out = tmp_path / "run"
+    proc, before = kill_inside_write(SMALL_RUN, out, tmp_path / "paused", write, mode)
 
     # The target is still the previous complete checkpoint (or absent before the first one);
     # the killed writer's temporary file is next to it.
@@ -143,6 +154,27 @@ def test_sigkill_inside_a_checkpoint_write(tmp_path, reference, write, mode):
     result = run_cli("train", "--out", out, "--resume", "--quiet")
     assert result.returncode == 0, result.stderr
     assert_same_run(out, ref)
+
+
+#: resnet8 (Residual blocks, BatchNorm) with its recipe's augmentation, on a few images.
+RESNET_RUN = (
+    *("train", "--model", "resnet8", "--limit", "96", "--epochs", "3"),
+    *("--batch-size", "32", "--quiet"),
+)
+
+
+@pytest.mark.slow
+def test_resnet8_with_augmentation_killed_then_resumed_is_bit_identical(tmp_path):
+    ref = tmp_path / "ref"
+    result = run_cli(*RESNET_RUN, "--out", ref)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((ref / "run.json").read_text())["augment"] is True
+    out = tmp_path / "run"
+    kill_inside_write(RESNET_RUN, out, tmp_path / "paused", 2, "mid-write")
+    assert sc.load_checkpoint(out / "model.npz").epoch == 1
+    result = run_cli("train", "--out", out, "--resume", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert_same_run(out, ref, epochs=3)
 
 
 def test_resume_of_a_finished_run_changes_nothing(tmp_path, reference):
