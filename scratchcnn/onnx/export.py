@@ -17,7 +17,7 @@ BatchNorm2D         BatchNormalization with the running statistics (inference)
 Dropout             nothing: inference graphs drop it
 Rescale             Mul (scale) then Add (offset), each left out when it does nothing
 Residual            the body and shortcut, then Add
-Parallel            the branches, then Concat (axis 1) or a chain of Add
+Parallel            the branches, then Concat (axis 1) or Sum
 ==================  ===========================================================
 
 The graph input is named ``input`` with a symbolic batch axis ``N``, the output ``output``;
@@ -183,10 +183,8 @@ def _emit_parallel(b: _Builder, layer: Any, key: str, x: str) -> str:
     ]
     if layer.merge == "concat":
         return b.node("Concat", key, outs, axis=1)
-    total = outs[0]
-    for other in outs[1:]:
-        total = b.node("Add", key, [total, other])
-    return total
+    # Sum (n-ary) rather than Add, so that import tells it from a Residual's Add.
+    return b.node("Sum", key, outs)
 
 
 def _simple(op: str, **attrs: Any) -> Any:

@@ -346,15 +346,14 @@ def tidy(layers: list[Any]) -> list[Layer]:
 def _block(join: Node, branches: list[list[Layer]], shapes: list[Shape], w: Walker) -> Layer:
     """Residual / Parallel from the branches that meet at ``join``."""
     op = join.op
-    if op == "Add" or op == "Sum":
+    if op == "Add" and "Residual" in LAYER_TYPES:
         w.attrs(join, {})
-        if "Residual" in LAYER_TYPES and len(branches) == 2:
-            body, skip = branches
-            if not body:
-                body, skip = skip, body
-            if not body:
-                raise join.unsupported("it adds a value to itself")
-            return LAYER_TYPES["Residual"](_child(body), _child(skip) if skip else None)
+        body, skip = branches
+        if not body:
+            body, skip = skip, body
+        return LAYER_TYPES["Residual"](_child(body), _child(skip) if skip else None)
+    if op == "Sum":
+        w.attrs(join, {})
         merge = "add"
     elif op == "Concat":
         axis = w.attrs(join, {"axis": (_INT_ATTR, None)})["axis"]
@@ -363,7 +362,7 @@ def _block(join: Node, branches: list[list[Layer]], shapes: list[Shape], w: Walk
         merge = "concat"
     else:
         raise join.unsupported("it reads two values computed from the input")
-    if "Parallel" not in LAYER_TYPES:
+    if "Parallel" not in LAYER_TYPES:  # scratchcnn without blocks
         raise join.unsupported("residual and parallel blocks need scratchcnn's block layers")
     if any(not b for b in branches):
         raise join.unsupported("a parallel branch without layers")

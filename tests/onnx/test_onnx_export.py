@@ -185,3 +185,55 @@ def test_import_scratchcnn_does_not_import_onnx():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "False"
+
+
+def _blocks_model() -> sc.Sequential:
+    """Residual (identity and projection shortcuts), Parallel (concat, add), nesting and
+    BatchNorm1D: every block kind scratchcnn has."""
+    sc.manual_seed(3)
+    inner = sc.Residual([sc.Conv2D(4, 4, 3, padding=1), sc.ReLU()])
+    layers = [
+        sc.Conv2D(3, 4, 3, padding=1),
+        sc.Residual([sc.Conv2D(4, 4, 3, padding=1), _bn(4), sc.ReLU(), inner]),
+        sc.Residual(
+            [sc.Conv2D(4, 6, 3, stride=2, padding=1), _bn(6)],
+            shortcut=[sc.Conv2D(4, 6, 1, stride=2, bias=False), _bn(6)],
+        ),
+        sc.Parallel(
+            [sc.Conv2D(6, 2, 1), [sc.MaxPool2D(3, stride=1, padding=1), sc.Conv2D(6, 3, 1)]]
+        ),
+        sc.Parallel([sc.Conv2D(5, 5, 1), sc.Tanh(), sc.Sigmoid()], merge="add"),
+        sc.GlobalAvgPool2D(),
+        sc.Flatten(),
+        sc.BatchNorm1D(5),
+        sc.Dense(5, 3),
+    ]
+    bn1 = layers[-2]
+    bn1.buffers["running_mean"][...] = [0.1, -0.2, 0.3, 0.0, 0.5]
+    bn1.buffers["running_var"][...] = [1.5, 0.5, 1.0, 2.0, 0.7]
+    return sc.Sequential(layers, input_shape=(3, 8, 8)).eval()
+
+
+def test_blocks_export_and_run_in_onnxruntime(tmp_path, rng):
+    model = _blocks_model()
+    path = export(model, tmp_path / "b.onnx")
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto, full_check=True)
+    ops = [n.op_type for n in proto.graph.node]
+    # Three Residual sums, and one Sum for the three-branch Parallel(merge="add").
+    assert ops.count("Concat") == ops.count("Sum") == 1 and ops.count("Add") == 3
+    assert {t.name for t in proto.graph.initializer} >= set(model.state_dict()) - {
+        k for k in model.state_dict() if k.endswith("num_batches_tracked")
+    }
+    for batch in (1, 64):
+        x = rng.uniform(0, 1, (batch, 3, 8, 8)).astype(np.float32)
+        assert rel_err(run_ort(path, x), model.predict(x)) <= 1e-5
+
+
+def test_resnet8_exports(tmp_path, rng):
+    from scratchcnn.models import resnet8
+
+    model = resnet8(seed=0).eval()
+    path = export(model, tmp_path / "r.onnx")
+    x = rng.uniform(0, 1, (64, 1, 28, 28)).astype(np.float32)
+    assert rel_err(run_ort(path, x), model.predict(x)) <= 1e-5
