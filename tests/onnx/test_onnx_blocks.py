@@ -13,7 +13,7 @@ from scratchcnn.models import resnet8
 from scratchcnn.onnx import export, load
 from tests.onnx.helpers import graph_model, rel_err, save
 from tests.onnx.test_onnx_export import _blocks_model
-from tests.onnx.test_onnx_torch import export_torch
+from tests.onnx.test_onnx_torch import assert_gradients_equal_torch, export_torch
 
 
 def _structure(model) -> list[str]:
@@ -94,20 +94,7 @@ def test_imported_resnet_gradients_equal_torch(tmp_path, rng):
                         dtype=torch.float64)  # fmt: skip
     model = load(path).train()
     x = rng.uniform(0, 1, (5, 1, 12, 12))
-    labels = rng.integers(0, 10, 5)
-    loss_fn = sc.CrossEntropyLoss()
-    loss = loss_fn.forward(model.forward(x), labels)
-    dx = model.backward(loss_fn.backward())
-    xt = torch.tensor(x, requires_grad=True)
-    tloss = nn.functional.cross_entropy(net(xt), torch.from_numpy(labels))
-    tloss.backward()
-    assert loss == pytest.approx(tloss.item(), rel=1e-10)
-    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-7, atol=1e-12)
-    theirs = {k: p.grad.numpy() for k, p in net.named_parameters()}
-    ours = model.gradients()
-    assert len(ours) == len(theirs)
-    for a, (key, b) in zip(ours, theirs.items(), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-12, err_msg=key)
+    assert assert_gradients_equal_torch(model, net, x, rng, rtol=1e-7) == 19
 
 
 def test_joins_that_are_not_blocks_are_refused(tmp_path):

@@ -75,6 +75,26 @@ class Interop(nn.Module):
         return self.fc(torch.flatten(self.gap(x), 1))
 
 
+def assert_gradients_equal_torch(model, net, x, rng, rtol=1e-8) -> int:
+    """One cross-entropy step on both: same loss, dL/dx and parameter gradients (float64,
+    parameters in the same order); returns how many parameters were compared."""
+    labels = rng.integers(0, 10, len(x))
+    loss_fn = sc.CrossEntropyLoss()
+    loss = loss_fn.forward(model.forward(x), labels)
+    dx = model.backward(loss_fn.backward())
+    xt = torch.tensor(x, requires_grad=True)
+    tloss = nn.functional.cross_entropy(net(xt), torch.from_numpy(labels))
+    tloss.backward()
+    assert loss == pytest.approx(tloss.item(), rel=1e-10)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=rtol, atol=1e-12)
+    theirs = dict(net.named_parameters())
+    ours = model.gradients()
+    assert len(ours) == len(theirs)
+    for a, (key, b) in zip(ours, theirs.items(), strict=True):
+        np.testing.assert_allclose(a, b.grad.numpy(), rtol=rtol, atol=1e-12, err_msg=key)
+    return len(ours)
+
+
 def export_torch(module, shape, path, dynamo, opset=None, training=False, dtype=torch.float32):
     """torch.onnx.export with a dynamic batch axis named N; quiet."""
     x = torch.randn(2, *shape, dtype=dtype)
@@ -198,21 +218,8 @@ def test_imported_model_gradients_equal_torch(tmp_path, rng):
     )
     model = load(path).train()
     assert model.dtype == np.float64
-    x = rng.uniform(0, 1, (6, 1, 28, 28))
-    labels = rng.integers(0, 10, 6)
-    loss_fn = sc.CrossEntropyLoss()
-    loss = loss_fn.forward(model.forward(x), labels)
-    dx = model.backward(loss_fn.backward())
-    xt = torch.tensor(x, requires_grad=True)
-    tloss = nn.functional.cross_entropy(net(xt), torch.from_numpy(labels))
-    tloss.backward()
-    assert loss == pytest.approx(tloss.item(), rel=1e-10)
-    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-8, atol=1e-12)
-    theirs = [p.grad.numpy() for p in net.parameters()]
-    ours = model.gradients()
-    assert len(ours) == len(theirs) == 14
-    for a, b in zip(ours, theirs, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-12)
+    count = assert_gradients_equal_torch(model, net, rng.uniform(0, 1, (6, 1, 28, 28)), rng)
+    assert count == 14
 
 
 @pytest.mark.slow
