@@ -66,6 +66,7 @@ class Node:
     name: str
     inputs: list[str]
     outputs: list[str]
+    swapped: bool = False  # inputs exchanged by the walk (c + x read as x + c)
 
     def where(self) -> str:
         label = f'node "{self.name}"' if self.name else f"node #{self.index}"

@@ -263,6 +263,10 @@ class Walker:
             raise node.error("reached twice")
         self.visited.add(node.index)
         acts = [i for i, v in enumerate(node.inputs) if v and self.g.kind.get(v) == "act"]
+        if acts == [1] and node.op in ("Add", "Mul", "Sub") and len(node.inputs) == 2:
+            # c + x and c * x are x + c and x * c; c - x is marked for _elementwise.
+            node = _swapped(node)
+            acts = [0]
         if acts != [0]:
             raise node.unsupported("the activation must be its first input")
         convert = OPS.get(node.op)
@@ -325,6 +329,11 @@ class Walker:
         except ScratchCNNError as exc:
             raise join.error(str(exc)) from None
         return block, out
+
+
+def _swapped(node: Node) -> Node:
+    """The node with its two inputs exchanged (``swapped`` tells a Sub it is c - x)."""
+    return Node(node.index, node.proto, node.op, node.name, node.inputs[::-1], node.outputs, True)
 
 
 def _axis(node: Node, axis: int, rank: int, what: str) -> int:
@@ -674,17 +683,18 @@ def _elementwise(w: Walker, node: Node, shape: Shape) -> list[Layer]:
         raise node.unsupported("input B holds NaN, inf or non-numbers")
     if c.size == 1 and c.ndim <= len(shape):
         v = float(c.reshape(()))
-        op = node.op
+        op = "RSub" if node.swapped and node.op == "Sub" else node.op
         if op == "Div" and v == 0:
             raise node.unsupported("division by zero")
         scale, offset = {
             "Add": (1.0, v),
             "Sub": (1.0, -v),
+            "RSub": (-1.0, v),
             "Mul": (v, 0.0),
             "Div": (1.0 / v if v else 0.0, 0.0),
         }[op]
         return [Rescale(scale, offset)]
-    if node.op in ("Add", "Sub"):
+    if node.op == "Add" or (node.op == "Sub" and not node.swapped):
         return [_BiasFold(node, c, -1.0 if node.op == "Sub" else 1.0)]  # type: ignore[list-item]
     raise node.unsupported(
         f"input B has shape {list(c.shape)}: only a scalar, or a per-channel bias after "
@@ -877,8 +887,8 @@ def fold_biases(layers: list[Layer]) -> list[Layer]:
         n_out = prev.params["weight"].shape[0]
         v = layer.value
         if isinstance(prev, Conv2D):
-            ok = v.ndim <= 4 and v.size == n_out and (v.ndim < 3 or v.shape[-2:] == (1, 1))
-            ok = ok and (v.ndim != 4 or v.shape[0] == 1) and (v.ndim != 1 or n_out == 1)
+            # Broadcasting aligns trailing axes: only (O, 1, 1) and (1, O, 1, 1) are per channel.
+            ok = v.shape in ((n_out, 1, 1), (1, n_out, 1, 1))
             bias = v.reshape(-1) if ok else None
         else:
             bias = _row_bias(node, v, n_out, "input B")

@@ -226,3 +226,29 @@ def test_unsupported_nodes_are_one_clear_line(nodes, in_shape, inits, message, t
     text = str(info.value)
     assert "\n" not in text and text.startswith(str(path))
     assert f'node "/{nodes[-1].op_type}" ({nodes[-1].op_type})' in text
+
+
+def test_constant_first_add_mul_sub(tmp_path):
+    nodes = [
+        node("Mul", ["k", "x"], "a"),
+        node("Add", ["o", "a"], "b"),
+        node("Sub", ["o", "b"]),
+    ]
+    inits = {"k": np.array(2.0, np.float32), "o": np.array(1.0, np.float32)}
+    proto = graph_model(nodes, [N, 3], None, inits)
+    model = load(save(proto, tmp_path / "c.onnx"))
+    assert [type(la).__name__ for la in model] == ["Rescale"]  # 1 - (1 + 2x) = -2x
+    x = R.standard_normal((4, 3)).astype(np.float32)
+    np.testing.assert_allclose(model.predict(x), run_ort(proto, x), rtol=1e-6)
+    nodes = [node("Conv", ["x", "W"], "h"), node("Sub", ["cb", "h"])]
+    proto = graph_model(nodes, X4, None, {"W": CONV_W, "cb": w(1, 4, 1, 1)})
+    with pytest.raises(sc.OnnxError, match=r'node "/Sub" \(Sub\) is not supported'):
+        load(save(proto, tmp_path / "s.onnx"))
+
+
+@pytest.mark.parametrize("shape", [(4, 1), (4,), (1, 4, 9, 9)])
+def test_biases_that_are_not_per_channel_are_refused(shape, tmp_path):
+    nodes = [node("Conv", ["x", "W"], "h", pads=[1, 1, 1, 1]), node("Add", ["h", "cb"])]
+    inits = {"W": CONV_W, "cb": np.ones(shape, np.float32)}
+    with pytest.raises(sc.OnnxError, match=r'node "/Add" \(Add\) is not supported'):
+        load(save(graph_model(nodes, X4, None, inits), tmp_path / "b.onnx"))
