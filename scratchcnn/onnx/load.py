@@ -94,6 +94,8 @@ class Graph:
     dtype: np.dtype
     opset: int
     metadata: dict[str, str] = field(default_factory=dict)
+    # Shapes the file declares for intermediate values (value_info), checked by the walk.
+    declared: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     # Per value: "act" (depends on the input), "shape" (derived from an activation's shape)
     # or "const".
     kind: dict[str, str] = field(default_factory=dict)
@@ -326,6 +328,9 @@ def read_graph(onnx: Any, proto: Any) -> Graph:
         opset=opset,
         metadata=metadata,
     )
+    for vi in g.value_info:
+        if vi.type.WhichOneof("value") == "tensor_type":
+            graph.declared[vi.name] = _dims(onnx, vi, f"value {vi.name!r}")[0]
     graph.kind[in_vi.name] = "act"
     for name in consts:
         graph.kind[name] = "const"
@@ -397,20 +402,23 @@ def model_from_proto(onnx: Any, proto: Any) -> tuple[Sequential, Graph]:
 
     graph = read_graph(onnx, proto)
     layers, out_shape = Walker(onnx, graph).run()
-    declared = graph.output_dims
-    if declared and (
-        len(declared) != len(out_shape)
-        or any(
-            isinstance(d, int) and d != s for d, s in zip(declared[1:], out_shape[1:], strict=True)
-        )
-    ):
-        raise OnnxError(
-            f"graph output {graph.output_name!r} is declared {list(declared)} but the nodes "
-            f"compute (N, {', '.join(str(d) for d in out_shape[1:])})"
-        )
+    check_declared(graph.output_dims, out_shape, f"graph output {graph.output_name!r}")
     model = Sequential(layers, input_shape=tuple(graph.input_shape[1:]))
     model.eval()
     return model, graph
+
+
+def check_declared(declared: tuple[Any, ...], shape: tuple[int, ...], what: str) -> None:
+    """The shape a file declares for a value must be the one the layers compute (symbolic
+    or unknown dims match anything; the batch axis is not compared)."""
+    if declared and (
+        len(declared) != len(shape)
+        or any(isinstance(d, int) and d != s for d, s in zip(declared[1:], shape[1:], strict=True))
+    ):
+        raise OnnxError(
+            f"{what} is declared {list(declared)} but the nodes compute "
+            f"(N, {', '.join(str(d) for d in shape[1:])})"
+        )
 
 
 def classes_from(graph_or_meta: Graph | dict[str, str]) -> list[str] | None:

@@ -35,7 +35,7 @@ from ..layers import (
 )
 from ..layers.base import LAYER_TYPES, Layer
 from ..model import Sequential
-from .load import BATCH, MAX_FOLDED_ELEMENTS, Graph, Node, _constant_node
+from .load import BATCH, MAX_FOLDED_ELEMENTS, Graph, Node, _constant_node, check_declared
 
 Shape = tuple[int, ...]
 Converter = Callable[["Walker", Node, Shape], list[Layer]]
@@ -291,6 +291,8 @@ class Walker:
             raise node.unsupported(
                 f"its output {extra[0]!r} is used; scratchcnn keeps only the first"
             )
+        if out in self.g.declared:
+            check_declared(self.g.declared[out], shape, f"{node.where()}: output {out!r}")
         self.shapes[out] = shape
         return layers, out
 

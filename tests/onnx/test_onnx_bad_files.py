@@ -191,3 +191,17 @@ def test_weights_that_do_not_fit_name_the_node(tmp_path):
 
 def test_load_module_is_the_public_function():
     assert load_module is load
+
+
+def test_declared_intermediate_shapes_must_match(tmp_path):
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["f"], name="flat"),
+        helper.make_node("Relu", ["f"], ["y"]),
+    ]
+    model = graph_model(nodes, ["N", 2, 3])
+    model.graph.value_info.append(helper.make_tensor_value_info("f", TensorProto.FLOAT, ["N", 6]))
+    assert len(load(save(model, tmp_path / "ok.onnx"))) == 2
+    model.graph.value_info[0].type.tensor_type.shape.dim[1].dim_value = 7
+    _one_line(
+        save(model, tmp_path / "bad.onnx"), r'node "flat" \(Flatten\): output .* \[\'N\', 7\]'
+    )
