@@ -22,6 +22,7 @@ from .data import DATASETS, load_dataset
 from .data.images import load_image
 from .data.sources import canonical_dataset_name
 from .errors import ConfigError, DataError, ScratchCNNError
+from .finetune import init_model
 from .io import atomic_write_bytes, load_checkpoint
 from .models import MODELS, RECIPES, build_model
 from .runs import prepare_run_folder
@@ -56,6 +57,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "dtype": "float32",
     "limit": None,
     "tensorboard": False,
+    "init": None,
     "augment": False,
 }
 
@@ -132,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "float64"], help="default float32")
     p.add_argument(
         "--limit", type=_positive_int, help="train on the first N images only (default: all)"
+    )
+    p.add_argument(
+        "--init",
+        metavar="CHECKPOINT",
+        help="start from this checkpoint's network and weights (fine-tuning; default: none)",
     )
     p.add_argument(
         "--augment",
@@ -268,6 +275,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_filters)
 
     p = sub.add_parser(
+        "export",
+        help="write a checkpoint's model as an ONNX file",
+        description="Write a checkpoint's model as an ONNX file (input named 'input', dynamic "
+        "batch axis, the model's dtype), checked with onnx.checker; needs scratchcnn[onnx].",
+    )
+    p.add_argument("checkpoint", type=Path, help="a model.npz")
+    p.add_argument("out", type=Path, metavar="OUT.onnx", help="the ONNX file to write")
+    p.add_argument("--opset", type=_positive_int, help="ONNX opset (default 17)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "import",
+        help="read an ONNX file into a scratchcnn checkpoint",
+        description="Read an ONNX graph (from torch.onnx.export or built by hand) into a "
+        "scratchcnn checkpoint that evaluate, predict, info, explain, export and train --init "
+        "take; needs scratchcnn[onnx].",
+    )
+    p.add_argument("source", type=Path, metavar="IN.onnx", help="the ONNX file to read")
+    p.add_argument("out", type=Path, metavar="OUT.npz", help="the checkpoint to write")
+    p.add_argument("--classes", help="class names, comma-separated (default: from the file)")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser(
         "plot",
         help="curves, confusion matrix, filters ... of a training run",
         description="Draw a run folder's loss and accuracy curves, confusion matrix, "
@@ -326,7 +356,8 @@ def _resolve_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
         explicit["data_dir"] = str(args.data_dir)
     out = args.out
     if out is None:
-        name = f"{explicit.get('model', TRAIN_DEFAULTS['model'])}-"
+        stem = Path(explicit["init"]).stem if "init" in explicit else TRAIN_DEFAULTS["model"]
+        name = f"{explicit.get('model', stem)}-"
         name += explicit.get("dataset", TRAIN_DEFAULTS["dataset"])
         out = Path("runs") / name
         if not args.resume and (out / CHECKPOINT_NAME).exists() and not args.overwrite:
@@ -356,6 +387,8 @@ def _resolve_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
             "--overwrite to replace it, or choose another --out"
         )
     run.update(explicit)
+    if run["init"] and "model" not in explicit:
+        run["model"] = None  # the checkpoint's network
     if run["optimizer"] != "sgd" and "momentum" in explicit:
         raise ConfigError(
             f"--momentum applies to --optimizer sgd only; {run['optimizer']} keeps its own "
@@ -381,7 +414,7 @@ def _read_run_config(path: Path) -> dict[str, Any]:
         return isinstance(v, int) and not isinstance(v, bool) and v >= low
 
     valid = {
-        "model": lambda v: v in MODELS,
+        "model": lambda v: v is None or v in MODELS,
         "dataset": lambda v: v in DATASETS,
         "epochs": lambda v: count(v, 1),
         "batch_size": lambda v: count(v, 1),
@@ -397,6 +430,7 @@ def _read_run_config(path: Path) -> dict[str, Any]:
         "augment": lambda v: isinstance(v, bool),
         "data_dir": lambda v: v is None or isinstance(v, str),
         "tensorboard": lambda v: isinstance(v, bool),
+        "init": lambda v: v is None or isinstance(v, str),
     }
     for key, value in saved.items():
         if key not in valid:
@@ -413,8 +447,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     test = load_dataset(run["dataset"], "test", data_dir=run["data_dir"], seed=run["seed"])
     if run["limit"]:
         train = train[: run["limit"]]
-    model = build_model(run["model"], dtype=dtype, seed=run["seed"])
-    _check_fits(model, train, run)
+    if run["init"]:
+        model = init_model(run["init"], run["model"], dtype, train)
+    else:
+        model = build_model(run["model"], dtype=dtype, seed=run["seed"])
+        _check_fits(model, train, run)
     opt = make_optimizer(
         run["optimizer"], model, run["lr"], run["momentum"], run["weight_decay"], run["clip"]
     )
@@ -435,7 +472,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         _say(f"no checkpoint in {out} yet; starting the run from the beginning")
     if not quiet:
         _say(
-            f"training {run['model']} on {run['dataset']} ({len(train):,} train / "
+            f"training {run['model'] or run['init']} on {run['dataset']} ({len(train):,} train / "
             f"{len(test):,} test images) for {run['epochs']} epochs, batch {run['batch_size']}, "
             f"{run['optimizer']} lr {run['lr']:g}; writing to {out}"
         )
@@ -615,6 +652,24 @@ def _optimizer_text(state: dict[str, Any], sched: dict[str, Any] | None) -> str:
     if current is not None:
         parts.append(f"current lr {current}")
     return f"{state['type']}({', '.join(parts)})"
+
+
+# --- ONNX ------------------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    from .onnx.commands import export_checkpoint
+
+    opset = {"opset": args.opset} if args.opset is not None else {}
+    _say(export_checkpoint(args.checkpoint, args.out, **opset))
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .onnx.commands import import_checkpoint
+
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    for line in import_checkpoint(args.source, args.out, classes):
+        _say(line)
+    return 0
 
 
 # --- pictures -------------------------------------------------------------------------------

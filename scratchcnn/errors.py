@@ -48,3 +48,12 @@ class TrainingDiverged(ScratchCNNError, RuntimeError):
 class FileWriteError(ScratchCNNError, OSError):
     """A file could not be written (disk full, file too large, permission denied, read-only
     file system). Written atomically, the previous version of the file is left unchanged."""
+
+
+class OnnxError(ScratchCNNError, ValueError):
+    """An ONNX file cannot be read, uses an operator or attribute scratchcnn does not
+    support, or a model cannot be exported."""
+
+
+class MissingDependencyError(ScratchCNNError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""

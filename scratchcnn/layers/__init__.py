@@ -1,6 +1,6 @@
 """Layers: one small class each, with hand-written backward passes."""
 
-from .activations import LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from .activations import LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
 from .base import LAYER_TYPES, Layer, layer_from_config
 from .blocks import Parallel, Residual
 from .conv import Conv2D
@@ -21,6 +21,7 @@ __all__ = [
     "GlobalAvgPool2D",
     "Layer",
     "LeakyReLU",
+    "LogSoftmax",
     "MaxPool2D",
     "Parallel",
     "ReLU",

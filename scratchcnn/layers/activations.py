@@ -117,19 +117,23 @@ class Softmax(_Elementwise):
     def __init__(self, axis: int = 1) -> None:
         super().__init__()
         if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
-            raise ConfigError(f"Softmax axis must be an int, got {axis!r}")
+            raise ConfigError(f"{type(self).__name__} axis must be an int, got {axis!r}")
         self.axis = int(axis)
 
     def config(self) -> dict[str, Any]:
         return {"axis": self.axis}
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def _check_axis(self, x: Any) -> np.ndarray:
         x = self._check(x)
         if not -x.ndim <= self.axis < x.ndim:
             raise ShapeError(
-                f"Softmax(axis={self.axis}) needs an input with more axes, got {x.shape}"
+                f"{type(self).__name__}(axis={self.axis}) needs an input with more axes, "
+                f"got {x.shape}"
             )
-        y = softmax(x, self.axis)
+        return x
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        y = softmax(self._check_axis(x), self.axis)
         self._cache = y
         return y
 
@@ -137,6 +141,27 @@ class Softmax(_Elementwise):
         y = self._require_cache()
         dy = self._check_dy(dy, y)
         return y * (dy - (dy * y).sum(axis=self.axis, keepdims=True))
+
+
+class LogSoftmax(Softmax):
+    """y = x - max - log(sum(exp(x - max))) along ``axis`` (log-probabilities).
+
+    dL/dx = dy - softmax(x) * sum(dy).  Log-softmax is idempotent, so CrossEntropyLoss on
+    its output gives the same loss and gradients as on the logits (ONNX models often end
+    with it).
+    """
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = self._check_axis(x)
+        z = x - x.max(axis=self.axis, keepdims=True)
+        z -= np.log(np.exp(z).sum(axis=self.axis, keepdims=True))
+        self._cache = z
+        return z
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        y = self._require_cache()
+        dy = self._check_dy(dy, y)
+        return dy - np.exp(y) * dy.sum(axis=self.axis, keepdims=True)
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,909 @@
+"""The ops table of the ONNX import: one function per supported operator, and the walk.
+
+Each converter takes the node and the shape of its activation input (batch axis first) and
+returns the layers it becomes (none for Identity). Constants it needs (weights, Reshape's
+shape, Dropout's ratio) come from :meth:`Walker.const`, which folds initializers, Constant
+nodes and shape arithmetic. Attributes are read through :meth:`Walker.attrs`, which refuses
+any attribute the converter does not understand, so nothing in a node is silently ignored.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..errors import OnnxError, ScratchCNNError
+from ..layers import (
+    AvgPool2D,
+    BatchNorm2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    LeakyReLU,
+    LogSoftmax,
+    MaxPool2D,
+    ReLU,
+    Rescale,
+    Sigmoid,
+    Softmax,
+    Tanh,
+)
+from ..layers.base import LAYER_TYPES, Layer
+from ..model import Sequential
+from .load import BATCH, MAX_FOLDED_ELEMENTS, Graph, Node, _constant_node, check_declared
+
+Shape = tuple[int, ...]
+Converter = Callable[["Walker", Node, Shape], list[Layer]]
+
+_INT_ATTR, _FLOAT_ATTR, _STRING_ATTR, _INTS_ATTR, _FLOATS_ATTR = 2, 1, 3, 7, 6
+
+
+def _accepts(cls: type, name: str) -> bool:
+    """True if ``cls(...)`` takes keyword ``name`` (layer options added in later versions)."""
+    try:
+        return name in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class Walker:
+    """Walks a validated :class:`Graph` from its input and converts nodes to layers."""
+
+    def __init__(self, onnx: Any, graph: Graph) -> None:
+        self.onnx = onnx
+        self.g = graph
+        self.values: dict[str, np.ndarray] = dict(graph.consts)
+        self.shapes: dict[str, Shape] = {graph.input_name: (1, *graph.input_shape[1:])}
+        self.visited: set[int] = set()
+        # The fixed batch size of the graph input, if it declares one.
+        b = graph.input_shape[0]
+        self.fixed_batch = b if isinstance(b, int) and b > 0 else None
+
+    # --- attributes and constants ---------------------------------------------------------
+    def attrs(self, node: Node, spec: dict[str, tuple[int, Any]]) -> dict[str, Any]:
+        """Attribute values by name; ``spec`` maps name -> (ONNX attribute type, default).
+        An attribute not in ``spec``, or of another type, is refused."""
+        out = {name: default for name, (_, default) in spec.items()}
+        for a in node.proto.attribute:
+            if a.name not in spec:
+                raise node.unsupported(f"attribute {a.name}")
+            want = spec[a.name][0]
+            if a.type != want:
+                raise node.error(f"attribute {a.name} has the wrong type")
+            if want == _INT_ATTR:
+                out[a.name] = int(a.i)
+            elif want == _FLOAT_ATTR:
+                # The shortest decimal that is this float32 (1e-05, not 9.99999974e-06).
+                out[a.name] = float(str(np.float32(a.f)))
+            elif want == _STRING_ATTR:
+                out[a.name] = a.s.decode("utf-8", "replace")
+            elif want == _INTS_ATTR:
+                if len(a.ints) > 16:
+                    raise node.error(f"attribute {a.name} has {len(a.ints)} values")
+                out[a.name] = [int(v) for v in a.ints]
+            elif want == _FLOATS_ATTR:
+                out[a.name] = [float(v) for v in a.floats]
+        return out
+
+    def const(self, node: Node, position: int, what: str) -> np.ndarray | None:
+        """The constant value of input ``position`` of ``node`` (None if absent)."""
+        if position >= len(node.inputs) or not node.inputs[position]:
+            return None
+        name = node.inputs[position]
+        if self.g.kind.get(name) == "act":
+            raise node.unsupported(f"input {what} must be a constant, not computed from the input")
+        return self._fold(name, node)
+
+    def _fold(self, name: str, user: Node) -> np.ndarray:
+        """Evaluate a constant or shape value, without recursion (a long chain of Identity
+        nodes cannot exhaust the stack), each node once."""
+        stack = [name]
+        while stack:
+            v = stack[-1]
+            if v in self.values:
+                stack.pop()
+                continue
+            node = self.g.producer[v]
+            if node.op == "Shape":
+                pending = []
+            else:
+                pending = [i for i in node.inputs if i and i not in self.values]
+                if any(self.g.kind.get(i) == "act" for i in pending):
+                    raise node.unsupported(
+                        "it mixes the input with constants in a way scratchcnn cannot fold"
+                    )
+            if pending:
+                stack.extend(pending)
+                continue
+            results = self._fold_node(node)
+            for out, val in zip(node.outputs, results, strict=False):
+                if out:
+                    if val.size > MAX_FOLDED_ELEMENTS:
+                        raise node.error(f"folds to {val.size:,} values; too many")
+                    self.values[out] = val
+            stack.pop()
+        return self.values[name]
+
+    def _fold_node(self, node: Node) -> list[np.ndarray]:
+        op = node.op
+        ins = [self.values.get(i) if i else None for i in node.inputs]
+        try:
+            if op == "Constant":
+                return [_constant_node(self.onnx, node)]
+            if op == "Identity":
+                self.attrs(node, {})
+                return [ins[0]]
+            if op == "Shape":
+                a = self.attrs(node, {"start": (_INT_ATTR, 0), "end": (_INT_ATTR, None)})
+                src = node.inputs[0]
+                if src in self.shapes:
+                    dims = np.array((BATCH, *self.shapes[src][1:]), dtype=np.int64)
+                elif src in self.values:
+                    dims = np.array(self.values[src].shape, dtype=np.int64)
+                else:
+                    raise node.unsupported(f"Shape of {src!r}, which is not on the main path")
+                return [dims[a["start"] : a["end"]]]
+            if op == "Cast":
+                a = self.attrs(node, {"to": (_INT_ATTR, 1), "saturate": (_INT_ATTR, 1)})
+                from .load import _FLOAT_TYPES, _INT_TYPES
+
+                to = _FLOAT_TYPES.get(a["to"]) or _INT_TYPES.get(a["to"])
+                if to is None or (np.any(ins[0] == BATCH) and to != np.int64):
+                    raise node.unsupported(f"attribute to={a['to']}")
+                return [ins[0].astype(to)]
+            if op == "Gather":
+                axis = self.attrs(node, {"axis": (_INT_ATTR, 0)})["axis"]
+                data, idx = ins[0], ins[1]
+                if idx is None or idx.dtype.kind not in "iu":
+                    raise node.error("indices must be integers")
+                axis = _axis(node, axis, data.ndim, "axis")
+                size = idx.size * (data.size // max(data.shape[axis], 1))
+                if size > MAX_FOLDED_ELEMENTS:
+                    raise node.error(f"gathers {size:,} values; too many")
+                if idx.size and (idx.min() < -data.shape[axis] or idx.max() >= data.shape[axis]):
+                    raise node.error("index out of range")
+                return [np.take(data, idx, axis=axis)]
+            if op in ("Unsqueeze", "Squeeze"):
+                self.attrs(node, {})
+                data, axes = ins[0], ins[1] if len(ins) > 1 else None
+                if op == "Unsqueeze":
+                    if axes is None:
+                        raise node.error("needs axes")
+                    rank = data.ndim + axes.size
+                    axes_n = sorted(_axis(node, int(a), rank, "axes") for a in axes.ravel())
+                    return [np.expand_dims(data, tuple(axes_n))]
+                if axes is None:
+                    return [np.squeeze(data)]
+                axes_n = tuple(_axis(node, int(a), data.ndim, "axes") for a in axes.ravel())
+                if any(data.shape[a] != 1 for a in axes_n):
+                    raise node.error("squeezes an axis whose size is not 1")
+                return [np.squeeze(data, axes_n)]
+            if op == "Concat":
+                axis = self.attrs(node, {"axis": (_INT_ATTR, 0)})["axis"]
+                parts = [p for p in ins if p is not None]
+                if not parts:
+                    raise node.error("no inputs")
+                axis = _axis(node, axis, parts[0].ndim, "axis")
+                return [np.concatenate(parts, axis=axis)]
+            if op == "Slice":
+                self.attrs(node, {})
+                data, starts, ends = ins[0], ins[1], ins[2]
+                axes = ins[3] if len(ins) > 3 and ins[3] is not None else np.arange(starts.size)
+                steps = ins[4] if len(ins) > 4 and ins[4] is not None else np.ones(starts.size, int)
+                index = [slice(None)] * data.ndim
+                for s, e, ax, st in zip(starts, ends, axes, steps, strict=True):
+                    if st == 0:
+                        raise node.error("a step of 0")
+                    index[_axis(node, int(ax), data.ndim, "axes")] = slice(int(s), int(e), int(st))
+                return [data[tuple(index)]]
+        except (ValueError, IndexError, TypeError, AttributeError) as exc:
+            raise node.error(f"cannot evaluate it ({exc})") from None
+        raise node.unsupported()
+
+    # --- the walk ---------------------------------------------------------------------------
+    def _users(self, value: str) -> list[Node]:
+        return [n for n in self.g.consumers.get(value, []) if n.op != "Shape"]
+
+    def _is_join(self, node: Node) -> bool:
+        acts = [v for v in node.inputs if v and self.g.kind.get(v) == "act"]
+        return len(acts) > 1
+
+    def run(self) -> tuple[list[Layer], Shape]:
+        layers, end, join = self.chain(self.g.input_name)
+        if join is not None:
+            raise join.unsupported(
+                "it adds or joins values that do not branch from one point; scratchcnn reads "
+                "chains and residual/parallel blocks"
+            )
+        if end != self.g.output_name:
+            raise OnnxError(
+                f"the graph output {self.g.output_name!r} is not at the end of the chain that "
+                f"starts at the input (the chain ends at {end!r})"
+            )
+        for node in self.g.nodes:
+            outs = [o for o in node.outputs if o]
+            if outs and self.g.kind.get(outs[0]) == "act" and node.index not in self.visited:
+                raise node.unsupported(
+                    "its output does not lie on the path from the input to the output"
+                )
+        return tidy(layers), self.shapes[end]
+
+    def chain(self, value: str) -> tuple[list[Layer], str, Node | None]:
+        """Layers from ``value`` until the graph output, or until a node that joins
+        several activations (returned, for the caller's fork to handle)."""
+        layers: list[Layer] = []
+        while True:
+            users = self._users(value)
+            if value == self.g.output_name:
+                if users:
+                    raise users[0].unsupported(
+                        f"it reads the graph output {value!r}; scratchcnn models have one output"
+                    )
+                return layers, value, None
+            if not users:
+                return layers, value, None
+            if len(users) == 1:
+                node = users[0]
+                if self._is_join(node):
+                    return layers, value, node
+                new, value = self.step(node, value)
+                layers.extend(new)
+                continue
+            block, value = self.fork(value, users)
+            layers.append(block)
+
+    def step(self, node: Node, x: str) -> tuple[list[Layer], str]:
+        """Convert one single-activation node; returns its layers and its output value."""
+        if node.index in self.visited:
+            raise node.error("reached twice")
+        self.visited.add(node.index)
+        acts = [i for i, v in enumerate(node.inputs) if v and self.g.kind.get(v) == "act"]
+        if acts == [1] and node.op in ("Add", "Mul", "Sub") and len(node.inputs) == 2:
+            # c + x and c * x are x + c and x * c; c - x is marked for _elementwise.
+            node = _swapped(node)
+            acts = [0]
+        if acts != [0]:
+            raise node.unsupported("the activation must be its first input")
+        convert = OPS.get(node.op)
+        if convert is None:
+            raise node.unsupported()
+        shape = self.shapes[x]
+        try:
+            layers = convert(self, node, shape)
+            for layer in layers:
+                shape = tuple(layer.output_shape(shape))
+        except OnnxError:
+            raise
+        except ScratchCNNError as exc:
+            raise node.error(str(exc)) from None
+        out = node.outputs[0]
+        extra = [
+            o
+            for o in node.outputs[1:]
+            if o and (self.g.consumers.get(o) or o == self.g.output_name)
+        ]
+        if extra:
+            raise node.unsupported(
+                f"its output {extra[0]!r} is used; scratchcnn keeps only the first"
+            )
+        if out in self.g.declared:
+            check_declared(self.g.declared[out], shape, f"{node.where()}: output {out!r}")
+        self.shapes[out] = shape
+        return layers, out
+
+    def fork(self, value: str, users: list[Node]) -> tuple[Layer, str]:
+        """Branches that leave ``value`` and meet again at one Add/Sum/Concat node."""
+        ends: dict[str, list[Layer]] = {}
+        join: Node | None = None
+        for user in users:
+            if self._is_join(user):
+                b_layers, b_end, b_join = [], value, user
+            else:
+                first, out = self.step(user, value)
+                rest, b_end, b_join = self.chain(out)
+                b_layers = first + rest
+            if b_join is None:
+                raise user.unsupported(
+                    "its branch never joins the others again; scratchcnn reads chains and "
+                    "residual/parallel blocks"
+                )
+            if join is not None and b_join is not join:
+                raise b_join.unsupported("branches from one value must all end at the same node")
+            join = b_join
+            if b_end in ends:
+                raise b_join.unsupported("two branches end at the same value")
+            ends[b_end] = b_layers
+        assert join is not None
+        acts = [v for v in join.inputs if v and self.g.kind.get(v) == "act"]
+        if sorted(acts) != sorted(ends):
+            raise join.unsupported("it joins values from different forks")
+        self.visited.add(join.index)
+        branches = [ends[v] for v in acts]
+        block = _block(join, branches, [self.shapes[v] for v in acts], self)
+        out = join.outputs[0]
+        try:
+            self.shapes[out] = tuple(block.output_shape(self.shapes[value]))
+        except ScratchCNNError as exc:
+            raise join.error(str(exc)) from None
+        return block, out
+
+
+def _swapped(node: Node) -> Node:
+    """The node with its two inputs exchanged (``swapped`` tells a Sub it is c - x)."""
+    return Node(node.index, node.proto, node.op, node.name, node.inputs[::-1], node.outputs, True)
+
+
+def _axis(node: Node, axis: int, rank: int, what: str) -> int:
+    if not -rank <= axis < rank:
+        raise node.error(f"attribute {what}={axis} is out of range for rank {rank}")
+    return axis % rank
+
+
+def _child(layers: list[Layer]) -> Any:
+    layers = tidy(layers)
+    return layers[0] if len(layers) == 1 else Sequential(layers)
+
+
+def tidy(layers: list[Any]) -> list[Layer]:
+    """Fold per-channel biases into the layer before them, then merge adjacent Rescales."""
+    return _merge_rescales(fold_biases(layers))
+
+
+def _block(join: Node, branches: list[list[Layer]], shapes: list[Shape], w: Walker) -> Layer:
+    """Residual / Parallel from the branches that meet at ``join``."""
+    op = join.op
+    if op == "Add" and "Residual" in LAYER_TYPES:
+        w.attrs(join, {})
+        body, skip = branches
+        if not body:
+            body, skip = skip, body
+        return LAYER_TYPES["Residual"](_child(body), _child(skip) if skip else None)
+    if op == "Sum":
+        w.attrs(join, {})
+        merge = "add"
+    elif op == "Concat":
+        axis = w.attrs(join, {"axis": (_INT_ATTR, None)})["axis"]
+        if axis is None or _axis(join, axis, len(shapes[0]), "axis") != 1:
+            raise join.unsupported(f"attribute axis={axis}: only the channel axis 1")
+        merge = "concat"
+    else:
+        raise join.unsupported("it reads two values computed from the input")
+    if "Parallel" not in LAYER_TYPES:  # scratchcnn without blocks
+        raise join.unsupported("residual and parallel blocks need scratchcnn's block layers")
+    if any(not b for b in branches):
+        raise join.unsupported("a parallel branch without layers")
+    return LAYER_TYPES["Parallel"]([_child(b) for b in branches], merge=merge)
+
+
+def _merge_rescales(layers: list[Layer]) -> list[Layer]:
+    """Rescale(a1, b1) then Rescale(a2, b2) is Rescale(a1*a2, b1*a2 + b2): one layer for a
+    Mul/Add (or Sub/Div) pair."""
+    out: list[Layer] = []
+    for layer in layers:
+        if type(layer) is Rescale and out and type(out[-1]) is Rescale:
+            prev = out.pop()
+            layer = Rescale(prev.scale * layer.scale, prev.offset * layer.scale + layer.offset)
+        out.append(layer)
+    return out
+
+
+# --- converters ---------------------------------------------------------------------------------
+def _dtype(w: Walker) -> np.dtype:
+    return w.g.dtype
+
+
+def _check_rank(node: Node, shape: Shape, rank: int, what: str) -> None:
+    if len(shape) != rank:
+        raise node.unsupported(f"{what} needs a {rank}-D input, got {len(shape)}-D {list(shape)}")
+
+
+def _pads(node: Node, a: dict[str, Any], hw: Shape, kernel: Shape, stride: Shape, dil: Shape):
+    """((top, bottom), (left, right)) from pads / auto_pad."""
+    auto = a.get("auto_pad", "NOTSET")
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        pads = []
+        for size, k, s, d in zip(hw, kernel, stride, dil, strict=True):
+            out = -(-size // s)
+            total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+            small, big = total // 2, total - total // 2
+            pads.append((small, big) if auto == "SAME_UPPER" else (big, small))
+        return tuple(pads)
+    if auto == "VALID":
+        return ((0, 0), (0, 0))
+    if auto != "NOTSET":
+        raise node.unsupported(f"attribute auto_pad={auto}")
+    p = a.get("pads") or [0, 0, 0, 0]
+    if len(p) != 4 or min(p) < 0:
+        raise node.unsupported(f"attribute pads={p}: 2-D needs 4 non-negative values")
+    return ((p[0], p[2]), (p[1], p[3]))
+
+
+def _padding_arg(pad: Any) -> Any:
+    (t, b), (l, r) = pad
+    if t == b == l == r:
+        return t
+    return (t, l) if (t, l) == (b, r) else pad
+
+
+def _pair_attr(node: Node, a: dict[str, Any], name: str, default: int) -> tuple[int, int]:
+    v = a.get(name) or [default, default]
+    if len(v) != 2 or min(v) < 1:
+        raise node.unsupported(f"attribute {name}={v}: 2-D needs 2 positive values")
+    return (v[0], v[1])
+
+
+def _optional_args(node: Node, cls: type, args: dict[str, tuple[Any, Any, str]]) -> dict[str, Any]:
+    """Keyword arguments whose value differs from the layer's default; refused (naming the
+    ONNX attribute) when this version of the layer does not take them."""
+    kwargs = {}
+    for key, (value, default, attr) in args.items():
+        if value == default:
+            continue
+        if not _accepts(cls, key):
+            raise node.unsupported(f"attribute {attr}={value}")
+        kwargs[key] = value
+    return kwargs
+
+
+def _build(node: Node, cls: type, attr: str, *args: Any, **kwargs: Any) -> Layer:
+    try:
+        return cls(*args, **kwargs)
+    except ScratchCNNError as exc:
+        raise node.unsupported(f"attribute {attr}: {exc}") from None
+
+
+def _conv(w: Walker, node: Node, shape: Shape) -> list[Layer]:
+    a = w.attrs(
+        node,
+        {
+            "auto_pad": (_STRING_ATTR, "NOTSET"),
+            "dilations": (_INTS_ATTR, None),
+            "group": (_INT_ATTR, 1),
+            "kernel_shape": (_INTS_ATTR, None),
+            "pads": (_INTS_ATTR, None),
+            "strides": (_INTS_ATTR, None),
+        },
+    )
+    _check_rank(node, shape, 4, "Conv")
+    weight = w.const(node, 1, "W")
+    bias = w.const(node, 2, "B")
+    if weight is None or weight.ndim != 4:
+        raise node.unsupported("input W: only 2-D convolutions (a 4-D weight)")
+    o, cg, kh, kw = weight.shape
+    if a["kernel_shape"] is not None and list(a["kernel_shape"]) != [kh, kw]:
+        raise node.error(
+            f"attribute kernel_shape={a['kernel_shape']} does not match W {list(weight.shape)}"
+        )
+    group = a["group"]
+    if group < 1 or cg * group != shape[1] or o % group:
+        raise node.error(
+            f"attribute group={group}: W {list(weight.shape)} does not fit {shape[1]} input "
+            "channels"
+        )
+    if bias is not None and bias.shape != (o,):
+        raise node.error(f"input B has shape {list(bias.shape)}, expected [{o}]")
+    stride = _pair_attr(node, a, "strides", 1)
+    dilation = _pair_attr(node, a, "dilations", 1)
+    pad = _pads(node, a, shape[2:], (kh, kw), stride, dilation)
+    extra = _optional_args(
+        node,
+        Conv2D,
+        {"dilation": (dilation, (1, 1), "dilations"), "groups": (group, 1, "group")},
+    )
+    layer = _build(
+        node,
+        Conv2D,
+        f"pads={_pads_list(pad)}",
+        shape[1],
+        o,
+        (kh, kw),
+        stride=stride,
+        padding=_padding_arg(pad),
+        bias=bias is not None,
+        dtype=_dtype(w),
+        weight_init="zeros",
+        bias_init="zeros",
+        **extra,
+    )
+    _set(node, layer, "weight", weight)
+    if bias is not None:
+        _set(node, layer, "bias", bias)
+    return [layer]
+
+
+def _pads_list(pad: Any) -> list[int]:
+    (t, b), (l, r) = pad
+    return [t, l, b, r]
+
+
+def _set(node: Node, layer: Layer, name: str, value: np.ndarray) -> None:
+    target = layer.params[name] if name in layer.params else layer.buffers[name]
+    if value.shape != target.shape:
+        raise node.error(f"{name} has shape {list(value.shape)}, expected {list(target.shape)}")
+    if value.dtype.kind not in "fiu" or not np.all(np.isfinite(value)):
+        raise node.error(f"{name} holds NaN, inf or non-numbers")
+    target[...] = value.astype(target.dtype)
+
+
+def _pool(w: Walker, node: Node, shape: Shape) -> list[Layer]:
+    is_max = node.op == "MaxPool"
+    spec = {
+        "auto_pad": (_STRING_ATTR, "NOTSET"),
+        "ceil_mode": (_INT_ATTR, 0),
+        "dilations": (_INTS_ATTR, None),
+        "kernel_shape": (_INTS_ATTR, None),
+        "pads": (_INTS_ATTR, None),
+        "strides": (_INTS_ATTR, None),
+    }
+    spec["storage_order" if is_max else "count_include_pad"] = (_INT_ATTR, 0)
+    a = w.attrs(node, spec)
+    _check_rank(node, shape, 4, node.op)
+    kernel = a["kernel_shape"]
+    if kernel is None or len(kernel) != 2 or min(kernel) < 1:
+        raise node.unsupported(f"attribute kernel_shape={kernel}: 2-D pools need 2 sizes")
+    if is_max and a["storage_order"] != 0:
+        raise node.unsupported("attribute storage_order=1")
+    stride = _pair_attr(node, a, "strides", 1)  # ONNX's default stride is 1, not the kernel
+    dilation = _pair_attr(node, a, "dilations", 1)
+    pad = _pads(node, a, shape[2:], tuple(kernel), stride, dilation)
+    cls = MaxPool2D if is_max else AvgPool2D
+    options: dict[str, tuple[Any, Any, str]] = {
+        "ceil_mode": (bool(a["ceil_mode"]), False, "ceil_mode")
+    }
+    if is_max:
+        options["dilation"] = (dilation, (1, 1), "dilations")
+    else:
+        if dilation != (1, 1):
+            raise node.unsupported(f"attribute dilations={list(dilation)}")
+        # Without padding (and without ceil_mode's partial windows) it makes no difference.
+        include = bool(a["count_include_pad"])
+        if pad == ((0, 0), (0, 0)) and not a["ceil_mode"]:
+            include = True
+        options["count_include_pad"] = (include, True, "count_include_pad")
+    extra = _optional_args(node, cls, options)
+    return [
+        _build(
+            node,
+            cls,
+            f"pads={_pads_list(pad)}",
+            tuple(kernel),
+            stride=stride,
+            padding=_padding_arg(pad),
+            **extra,
+        )
+    ]
+
+
+def _global_pool(w: Walker, node: Node, shape: Shape, flatten: bool = False) -> list[Layer]:
+    _check_rank(node, shape, 4, node.op)
+    if "GlobalAvgPool2D" in LAYER_TYPES:
+        layers = [LAYER_TYPES["GlobalAvgPool2D"]()]
+    else:
+        # Same result for this input size: one window over the whole image.
+        layers = [AvgPool2D((shape[2], shape[3]))]
+    return [*layers, Flatten()] if flatten else layers
+
+
+def _global_average_pool(w: Walker, node: Node, shape: Shape) -> list[Layer]:
+    w.attrs(node, {})
+    return _global_pool(w, node, shape)
+
+
+def _reduce_mean(w: Walker, node: Node, shape: Shape) -> list[Layer]:
+    """ReduceMean over H and W: the dynamo exporter's AdaptiveAvgPool2d(1)."""
+    a = w.attrs(
+        node,
+        {
+            "axes": (_INTS_ATTR, None),
+            "keepdims": (_INT_ATTR, 1),
+            "noop_with_empty_axes": (_INT_ATTR, 0),
+        },
+    )
+    axes = a["axes"]
+    given = w.const(node, 1, "axes")
+    if given is not None:
+        axes = [int(v) for v in given.ravel()]
+    if axes is None or len(shape) != 4:
+        raise node.unsupported("only the mean over H and W of a 4-D input")
+    if sorted(_axis(node, v, 4, "axes") for v in axes) != [2, 3]:
+        raise node.unsupported(f"attribute axes={axes}: only the mean over H and W")
+    return _global_pool(w, node, shape, flatten=not a["keepdims"])
+
+
+def _gemm(w: Walker, node: Node, shape: Shape) -> list[Layer]:
+    """y = alpha * A' B' + beta * C, with A the activation: Dense with W = alpha * B'^T."""
+    a = w.attrs(
+        node,
+        {
+            "alpha": (_FLOAT_ATTR, 1.0),
+            "beta": (_FLOAT_ATTR, 1.0),
+            "transA": (_INT_ATTR, 0),
+            "transB": (_INT_ATTR, 0),
+        },
+    )
+    _check_rank(node, shape, 2, "Gemm")
+    if a["transA"]:
+        raise node.unsupported("attribute transA=1: the activation A must be (N, features)")
+    b = w.const(node, 1, "B")
+    if b is None or b.ndim != 2:
+        raise node.unsupported("input B must be a 2-D constant")
+    b = b.T if a["transB"] else b  # (in, out)
+    if b.shape[0] != shape[1]:
+        raise node.error(f"input B {list(b.shape)} does not fit {shape[1]} input features")
+    weight = np.asarray(a["alpha"] * b.T.astype(np.float64))
+    bias = _row_bias(node, w.const(node, 2, "C"), b.shape[1], "input C")
+    if bias is not None:
+        bias = a["beta"] * bias
+    return [_dense(w, node, weight, bias)]
+
+
+def _row_bias(node: Node, c: np.ndarray | None, n_out: int, what: str) -> np.ndarray | None:
+    """A constant broadcast over the batch: shape (), (1,), (n_out,), (1, 1) or (1, n_out)."""
+    if c is None:
+        return None
+    if c.ndim > 2 or (c.ndim == 2 and c.shape[0] != 1) or c.shape[-1:] not in ((), (1,), (n_out,)):
+        raise node.unsupported(
+            f"{what} has shape {list(c.shape)}: only a bias shared by all rows (no batch axis)"
+        )
+    return np.broadcast_to(c.reshape(-1), (n_out,)).astype(np.float64)
+
+
+def _dense(w: Walker, node: Node, weight: np.ndarray, bias: np.ndarray | None) -> Layer:
+    o, i = weight.shape
+    layer = Dense(
+        i, o, bias=bias is not None, dtype=_dtype(w), weight_init="zeros", bias_init="zeros"
+    )
+    _set(node, layer, "weight", weight)
+    if bias is not None:
+        _set(node, layer, "bias", bias)
+    return layer
+
+
+def _matmul(w: Walker, node: Node, shape: Shape) -> list[Layer]:
+    w.attrs(node, {})
+    _check_rank(node, shape, 2, "MatMul")
+    b = w.const(node, 1, "B")
+    if b is None or b.ndim != 2 or b.shape[0] != shape[1]:
+        got = None if b is None else list(b.shape)
+        raise node.unsupported(f"input B {got}: only a ({shape[1]}, out) constant matrix")
+    return [_dense(w, node, b.T.astype(np.float64), None)]
+
+
+def _elementwise(w: Walker, node: Node, shape: Shape) -> list[Layer]:
+    """Add/Sub/Mul/Div of the activation and a constant: a scalar becomes a Rescale; a
+    per-channel Add/Sub right after a Conv or Dense becomes (part of) its bias."""
+    w.attrs(node, {})
+    c = w.const(node, 1, "B")
+    if c is None:
+        raise node.error("needs two inputs")
+    if c.dtype.kind not in "fiu" or not np.all(np.isfinite(c)):
+        raise node.unsupported("input B holds NaN, inf or non-numbers")
+    if c.size == 1 and c.ndim <= len(shape):
+        v = float(c.reshape(()))
+        op = "RSub" if node.swapped and node.op == "Sub" else node.op
+        if op == "Div" and v == 0:
+            raise node.unsupported("division by zero")
+        scale, offset = {
+            "Add": (1.0, v),
+            "Sub": (1.0, -v),
+            "RSub": (-1.0, v),
+            "Mul": (v, 0.0),
+            "Div": (1.0 / v if v else 0.0, 0.0),
+        }[op]
+        return [Rescale(scale, offset)]
+    if node.op == "Add" or (node.op == "Sub" and not node.swapped):
+        return [_BiasFold(node, c, -1.0 if node.op == "Sub" else 1.0)]  # type: ignore[list-item]
+    raise node.unsupported(
+        f"input B has shape {list(c.shape)}: only a scalar, or a per-channel bias after "
+        "Conv/Gemm/MatMul"
+    )
+
+
+class _BiasFold:
+    """Placeholder for a per-channel Add: folded into the previous layer's bias by
+    :func:`fold_biases` (never left in a model; not a Layer, so not in the registry)."""
+
+    def __init__(self, node: Node, value: np.ndarray, sign: float) -> None:
+        self.node, self.value, self.sign = node, value, sign
+
+    def output_shape(self, input_shape: Shape) -> Shape:
+        return tuple(input_shape)
+
+
+def _activation(cls: type, **attr_spec: tuple[int, Any]) -> Converter:
+    def convert(w: Walker, node: Node, shape: Shape) -> list[Layer]:
+        a = w.attrs(node, attr_spec)
+        if cls is LeakyReLU:
+            return [LeakyReLU(a["alpha"])]
+        return [cls()]
+
+    return convert
+
+
+def _softmax(w: Walker, node: Node, shape: Shape) -> list[Layer]:
+    axis = _axis(node, w.attrs(node, {"axis": (_INT_ATTR, -1)})["axis"], len(shape), "axis")
+    if axis == 0:
+        raise node.unsupported("attribute axis=0: the batch axis")
+    return [(LogSoftmax if node.op == "LogSoftmax" else Softmax)(axis=axis)]
+
+
+def _flatten(w: Walker, node: Node, shape: Shape) -> list[Layer]:
+    axis = w.attrs(node, {"axis": (_INT_ATTR, 1)})["axis"]
+    axis = axis + len(shape) if axis < 0 else axis  # ONNX allows -rank .. rank here
+    if axis != 1:
+        raise node.unsupported(f"attribute axis={axis}: only axis 1 keeps the batch axis")
+    return [] if len(shape) == 2 else [Flatten()]
+
+
+def _reshape(w: Walker, node: Node, shape: Shape) -> list[Layer]:
+    """Reshape that keeps the batch axis and merges the trailing ones: Flatten."""
+    allowzero = w.attrs(node, {"allowzero": (_INT_ATTR, 0)})["allowzero"]
+    target = w.const(node, 1, "shape")
+    if target is None or target.ndim != 1 or target.dtype.kind not in "iu":
+        raise node.unsupported("input shape must be a 1-D integer constant")
+    dims = [int(v) for v in target]
+    # Resolve each entry against the input (batch symbolic): 0 copies when allowzero=0.
+    resolved: list[Any] = []
+    for i, d in enumerate(dims):
+        if d == BATCH:
+            resolved.append("N")
+        elif d == 0 and not allowzero and i < len(shape):
+            resolved.append("N" if i == 0 else shape[i])
+        elif i == 0 and w.fixed_batch is not None and d == w.fixed_batch:
+            resolved.append("N")
+        else:
+            resolved.append(d)
+    rest = math.prod(shape[1:])
+    k = len(resolved) - 1
+    ok = (
+        len(resolved) >= 2
+        and (resolved[0] == "N" or (resolved[0] == -1 and resolved[1:].count(-1) == 0))
+        and all(r == s for r, s in zip(resolved[1:k], shape[1:k], strict=False))
+        and k <= len(shape) - 1
+    )
+    if ok:
+        tail = math.prod(shape[k:])
+        last = resolved[k]
+        if resolved[0] == -1:
+            ok = last == tail and math.prod(resolved[1:]) == rest
+        else:
+            ok = last in (-1, tail)
+    if not ok:
+        raise node.unsupported(
+            f"input shape={[('N' if d == BATCH else d) for d in dims]}: only a reshape to "
+            f"(N, -1) that flattens trailing axes of {['N', *shape[1:]]}"
+        )
+    if k == len(shape) - 1:
+        return []  # the same shape
+    if k == 1:
+        return [Flatten()]
+    if not _accepts(Flatten, "start_dim"):
+        raise node.unsupported(f"input shape={dims}: flattening from axis {k}")
+    return [Flatten(start_dim=k)]  # type: ignore[call-arg]
+
+
+def _batchnorm(w: Walker, node: Node, shape: Shape) -> list[Layer]:
+    a = w.attrs(
+        node,
+        {
+            "epsilon": (_FLOAT_ATTR, 1e-5),
+            "momentum": (_FLOAT_ATTR, 0.9),
+            "training_mode": (_INT_ATTR, 0),
+            "spatial": (_INT_ATTR, 1),
+        },
+    )
+    if a["spatial"] != 1:
+        raise node.unsupported("attribute spatial=0")
+    if len(shape) == 4:
+        cls: Any = BatchNorm2D
+    elif len(shape) == 2 and "BatchNorm1D" in LAYER_TYPES:
+        cls = LAYER_TYPES["BatchNorm1D"]
+    else:
+        raise node.unsupported(f"a {len(shape)}-D input")
+    c = shape[1]
+    names = ("weight", "bias", "running_mean", "running_var")
+    values = [
+        w.const(node, i + 1, n) for i, n in enumerate(("scale", "B", "input_mean", "input_var"))
+    ]
+    if any(v is None for v in values):
+        raise node.error("needs scale, B, input_mean and input_var")
+    if np.any(values[3] < 0):
+        raise node.error("input_var has negative values")
+    momentum = 1.0 - a["momentum"]
+    if not (a["epsilon"] > 0 and 0.0 <= momentum <= 1.0):
+        raise node.unsupported(f"attribute epsilon={a['epsilon']} or momentum={a['momentum']}")
+    layer = cls(c, eps=a["epsilon"], momentum=momentum, dtype=_dtype(w))
+    for name, value in zip(names, values, strict=True):
+        _set(node, layer, name, np.asarray(value).reshape(-1) if value.size == c else value)
+    return [layer]
+
+
+def _dropout(w: Walker, node: Node, shape: Shape) -> list[Layer]:
+    w.attrs(node, {"seed": (_INT_ATTR, 0)})
+    ratio = w.const(node, 1, "ratio")
+    w.const(node, 2, "training_mode")  # must be a constant; the model's mode decides
+    p = 0.5 if ratio is None else float(np.asarray(ratio).reshape(()))
+    if not 0.0 <= p < 1.0:
+        raise node.unsupported(f"input ratio={p}")
+    return [Dropout(p)] if p > 0 else []
+
+
+def _identity(w: Walker, node: Node, shape: Shape) -> list[Layer]:
+    w.attrs(node, {})
+    return []
+
+
+def _cast(w: Walker, node: Node, shape: Shape) -> list[Layer]:
+    to = w.attrs(node, {"to": (_INT_ATTR, 0), "saturate": (_INT_ATTR, 1)})["to"]
+    if to != (1 if w.g.dtype == np.float32 else 11):
+        raise node.unsupported(f"attribute to={to}: only a cast to the model's own type")
+    return []
+
+
+OPS: dict[str, Converter] = {
+    "Conv": _conv,
+    "MaxPool": _pool,
+    "AveragePool": _pool,
+    "GlobalAveragePool": _global_average_pool,
+    "ReduceMean": _reduce_mean,
+    "Gemm": _gemm,
+    "MatMul": _matmul,
+    "Add": _elementwise,
+    "Sub": _elementwise,
+    "Mul": _elementwise,
+    "Div": _elementwise,
+    "Relu": _activation(ReLU),
+    "LeakyRelu": _activation(LeakyReLU, alpha=(_FLOAT_ATTR, 0.01)),
+    "Sigmoid": _activation(Sigmoid),
+    "Tanh": _activation(Tanh),
+    "Softmax": _softmax,
+    "LogSoftmax": _softmax,
+    "Flatten": _flatten,
+    "Reshape": _reshape,
+    "BatchNormalization": _batchnorm,
+    "Dropout": _dropout,
+    "Identity": _identity,
+    "Cast": _cast,
+}
+
+
+def fold_biases(layers: list[Layer]) -> list[Layer]:
+    """Replace each per-channel Add placeholder by a bias on the Conv2D/Dense before it."""
+    out: list[Layer] = []
+    for layer in layers:
+        if not isinstance(layer, _BiasFold):
+            out.append(layer)
+            continue
+        node = layer.node
+        prev = out[-1] if out else None
+        if not isinstance(prev, (Conv2D, Dense)):
+            raise node.unsupported(
+                f"input B has shape {list(layer.value.shape)}: a per-channel bias must follow "
+                "a Conv, Gemm or MatMul"
+            )
+        n_out = prev.params["weight"].shape[0]
+        v = layer.value
+        if isinstance(prev, Conv2D):
+            # Broadcasting aligns trailing axes: only (O, 1, 1) and (1, O, 1, 1) are per channel.
+            ok = v.shape in ((n_out, 1, 1), (1, n_out, 1, 1))
+            bias = v.reshape(-1) if ok else None
+        else:
+            bias = _row_bias(node, v, n_out, "input B")
+        if bias is None:
+            raise node.unsupported(
+                f"input B has shape {list(v.shape)}: not a per-channel bias for {n_out} channels"
+            )
+        if "bias" not in prev.params:
+            config = prev.config()
+            config.update(bias=True, weight_init="zeros", bias_init="zeros")
+            fresh = type(prev)(**config)
+            fresh.params["weight"][...] = prev.params["weight"]
+            prev = fresh
+            out[-1] = prev
+        prev.params["bias"][...] += (layer.sign * bias).astype(prev.params["bias"].dtype)
+    return out
