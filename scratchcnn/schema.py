@@ -260,18 +260,21 @@ class _Walk:
 
 
 def check_input_shape(where: str, shape: Any) -> None:
-    """None, or (C, H, W): three positive ints, C*H*W <= MAX_INPUT_ELEMENTS."""
+    """None, or the shape of one input without the batch axis: (C, H, W) for images, (F,) for
+    a model that starts with Dense (an imported MLP head); positive ints, at most
+    MAX_INPUT_ELEMENTS values in all."""
     if shape is None:
         return
     if (
         not isinstance(shape, list)
-        or len(shape) != 3
+        or not 1 <= len(shape) <= 3
         or not all(is_int(d, 1, MAX_INPUT_ELEMENTS) for d in shape)
         or math.prod(shape) > MAX_INPUT_ELEMENTS
     ):
         raise _fail(
             where,
-            f"(C, H, W): three positive integers, at most {MAX_INPUT_ELEMENTS:,} values",
+            f"(C, H, W) or (features,): one to three positive integers, at most "
+            f"{MAX_INPUT_ELEMENTS:,} values",
             shape,
         )
 

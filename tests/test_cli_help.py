@@ -23,7 +23,10 @@ def _subparsers() -> dict[str, argparse.ArgumentParser]:
 
 def test_every_subcommand_and_argument_is_described():
     subs = _subparsers()
-    assert set(subs) == {"train", "evaluate", "predict", "info", "explain", "filters", "plot"}
+    assert set(subs) == {
+        *("train", "evaluate", "predict", "info", "explain", "filters", "plot"),
+        *("export", "import"),
+    }
     for name, sub in subs.items():
         assert sub.description and len(sub.description) > 30, name
         for action in sub._actions:
