@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from . import __version__, distributed
 from .data import DATASETS, load_dataset
 from .errors import ConfigError, DataError, ScratchCNNError
 from .io import atomic_write_bytes, load_checkpoint
+from .midepoch import resume_point
 from .models import MODELS, build_model
 from .train import (
     CHECKPOINT_NAME,
@@ -50,7 +51,12 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "dtype": "float32",
     "limit": None,
+    "checkpoint_every": None,
+    "checkpoint_minutes": None,
 }
+
+#: Settings ``--resume`` may change: they do not shape the run's results.
+RESUME_MAY_CHANGE = ("epochs", "checkpoint_every", "checkpoint_minutes")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -89,6 +95,16 @@ def _float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = _float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+_MID_EPOCH = "also write the checkpoint inside epochs (--resume continues there exactly)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="scratchcnn",
@@ -119,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
     p.add_argument("--plot", action="store_true", help="write the run's pictures at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.add_argument("--checkpoint-every", type=_positive_int, metavar="STEPS", help=_MID_EPOCH)
+    p.add_argument("--checkpoint-minutes", type=_positive_float, metavar="M", help=_MID_EPOCH)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="accuracy and loss of a checkpoint on a data set")
@@ -192,11 +210,14 @@ def _resolve_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     run = {**TRAIN_DEFAULTS, "data_dir": None}
     if args.resume and (out / RUN_CONFIG).exists():
         saved = _read_run_config(out / RUN_CONFIG)
-        changed = [k for k, v in explicit.items() if k != "epochs" and saved.get(k) != v]
+        changed = [
+            k for k, v in explicit.items() if k not in RESUME_MAY_CHANGE and saved.get(k) != v
+        ]
         if changed:
             raise ConfigError(
                 f"--resume continues the run saved in {out}; it cannot change "
-                f"{', '.join('--' + k.replace('_', '-') for k in changed)} (only --epochs)"
+                f"{', '.join('--' + k.replace('_', '-') for k in changed)} (only --epochs and "
+                "--checkpoint-*)"
             )
         run.update(saved)
     elif (out / CHECKPOINT_NAME).exists() and not args.resume and not args.overwrite:
@@ -244,6 +265,9 @@ def _read_run_config(path: Path) -> dict[str, Any]:
         "dtype": lambda v: v in ("float32", "float64"),
         "limit": lambda v: v is None or count(v, 1),
         "data_dir": lambda v: v is None or isinstance(v, str),
+        "world_size": lambda v: count(v, 1),
+        "checkpoint_every": lambda v: v is None or count(v, 1),
+        "checkpoint_minutes": lambda v: v is None or (number(v) and v > 0),
     }
     for key, value in saved.items():
         if key not in valid:
@@ -254,7 +278,18 @@ def _read_run_config(path: Path) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    world = distributed.init()
+    if world.size == 1:
+        return _cmd_train(args, world)
+    if world.rank > 0:  # only rank 0 speaks; errors still reach stderr (see run_rank)
+        args.quiet = True
+        sys.stdout = open(os.devnull, "w")  # for the life of this process
+    return distributed.run_rank(world, lambda: _cmd_train(args, world), _error)
+
+
+def _cmd_train(args: argparse.Namespace, world: distributed.World) -> int:
     run, out = _resolve_run(args)
+    _set_world_size(run, out, args.resume, world.size)
     dtype = np.dtype(run["dtype"])
     train = load_dataset(run["dataset"], "train", data_dir=run["data_dir"], seed=run["seed"])
     test = load_dataset(run["dataset"], "test", data_dir=run["data_dir"], seed=run["seed"])
@@ -271,8 +306,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     atomic_write_bytes(out / RUN_CONFIG, lambda fh: fh.write(text.encode()))
     quiet = args.quiet
     if args.resume and (out / CHECKPOINT_NAME).exists() and not quiet:
-        done = load_checkpoint(out / CHECKPOINT_NAME).epoch
-        _say(f"resuming the run in {out} after epoch {done}")
+        _say(f"resuming the run in {out} {resume_point(load_checkpoint(out / CHECKPOINT_NAME))}")
     elif args.resume and not quiet:
         _say(f"no checkpoint in {out} yet; starting the run from the beginning")
     if not quiet:
@@ -304,6 +338,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=False if quiet else None,
         on_epoch_end=report,
         extra={"run": run, "classes": list(train.classes)},
+        checkpoint_every=run["checkpoint_every"],
+        checkpoint_minutes=run["checkpoint_minutes"],
+        world=world,
     )
     if history.resumed_from_epoch >= run["epochs"] and not quiet:
         _say(f"the run in {out} already finished {run['epochs']} epochs; raise --epochs to go on")
@@ -321,6 +358,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         for path in plot_run(out, data_dir=run["data_dir"]):
             _say(f"picture:    {path}")
     return 0
+
+
+def _set_world_size(run: dict[str, Any], out: Path, resume: bool, size: int) -> None:
+    """Record the number of MPI processes in the run's settings; a checkpoint written by
+    another number is refused (it would not continue exactly)."""
+    saved = run.get("world_size", 1)
+    if resume and saved != size and (out / CHECKPOINT_NAME).exists():
+        how = f"mpiexec -n {saved} scratchcnn train" if saved > 1 else "scratchcnn train"
+        raise ConfigError(
+            f"the run in {out} was trained by {saved} process(es), this is {size}; resume it "
+            f"with {how} ... --resume (another number would not continue it exactly)"
+        )
+    run["world_size"] = size
 
 
 def _check_fits(model: Any, data: Any, run: dict[str, Any]) -> None:

@@ -48,3 +48,8 @@ class TrainingDiverged(ScratchCNNError, RuntimeError):
 class FileWriteError(ScratchCNNError, OSError):
     """A file could not be written (disk full, file too large, permission denied, read-only
     file system). Written atomically, the previous version of the file is left unchanged."""
+
+
+class DistributedError(ScratchCNNError, RuntimeError):
+    """An MPI data-parallel run cannot go on: another process stopped or hung, mpi4py is
+    missing under ``mpiexec``, or the processes do not hold the same training state."""
