@@ -301,9 +301,10 @@ def _cmd_train(args: argparse.Namespace, world: distributed.World) -> int:
         run["optimizer"], model, run["lr"], run["momentum"], run["weight_decay"], run["clip"]
     )
     sched = make_scheduler(run["schedule"], opt, run["epochs"])
-    out.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(run, indent=2) + "\n"
-    atomic_write_bytes(out / RUN_CONFIG, lambda fh: fh.write(text.encode()))
+    if world.rank == 0:  # the only process that writes the run folder
+        out.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(run, indent=2) + "\n"
+        atomic_write_bytes(out / RUN_CONFIG, lambda fh: fh.write(text.encode()))
     quiet = args.quiet
     if args.resume and (out / CHECKPOINT_NAME).exists() and not quiet:
         _say(f"resuming the run in {out} {resume_point(load_checkpoint(out / CHECKPOINT_NAME))}")

@@ -88,8 +88,8 @@ class World:
         self.rank = 0 if comm is None else int(comm.Get_rank())
         self.size = 1 if comm is None else int(comm.Get_size())
         self.timeout = float(timeout)
-        #: appended to the one-line message when a peer fails ("rerun with --resume ...")
-        self.hint = ""
+        #: the run's checkpoint, named in the one-line message when a peer fails
+        self.checkpoint: os.PathLike | None = None
         #: set once every rank has checked in (see :meth:`sync_start`)
         self.started = False
         #: the lowest rank whose set-up failed (it reports the error), after sync_start
@@ -182,11 +182,13 @@ class World:
                 )
 
     def die(self, reason: str) -> None:
-        """Print ``scratchcnn: error: rank R of N: REASON; HINT`` and exit with status 2 now
-        (MPI_Finalize would wait for the peer that is gone)."""
+        """Print ``scratchcnn: error: rank R of N: REASON; ...checkpoint...`` and exit with
+        status 2 now (MPI_Finalize would wait for the peer that is gone)."""
         text = f"scratchcnn: error: rank {self.rank} of {self.size}: {reason}"
-        if self.hint:
-            text += f"; {self.hint}"
+        if self.checkpoint is not None and os.path.exists(self.checkpoint):
+            text += f"; the last checkpoint, {self.checkpoint}, is intact: --resume continues it"
+        elif self.checkpoint is not None:
+            text += "; no checkpoint was written yet"
         flush_std()
         os.write(2, (text + "\n").encode())
         os._exit(2)

@@ -255,8 +255,7 @@ def fit(
                 _write_metrics(metrics_path, history)
     if out and writer:
         out.mkdir(parents=True, exist_ok=True)
-    if ckpt_path is not None:
-        world.hint = f"the last checkpoint, {ckpt_path}, is intact; --resume continues it"
+    world.checkpoint = ckpt_path
     world.sync_start(_start_digest(model, optimizer, loader, train_data, history, position))
 
     def diverged(what: str, epoch: int) -> TrainingDiverged:
