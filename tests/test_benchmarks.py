@@ -44,3 +44,22 @@ def test_fashion_mnist_benchmark_runs_on_a_slice(tmp_path):
 def test_profile_layers_prints_every_layer():
     out = run("profile_layers.py", "--steps", "2", "--batch", "8")
     assert "MaxPool2D" in out and "images/s" in out
+
+
+def test_bench_mpi_measures_the_three_configurations(tmp_path):
+    out = run(
+        "bench_mpi.py",
+        "--rounds",
+        "1",
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--batch",
+        "16",
+        "--json",
+        str(tmp_path / "m.json"),
+    )
+    assert "mpiexec -n 2" in out
+    rows = json.loads((tmp_path / "m.json").read_text())["results"]
+    assert len(rows) == 3 and all(r["img_s"] > 0 for r in rows)

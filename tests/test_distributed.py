@@ -18,7 +18,9 @@ from faults.conftest import assert_bit_identical, child_env, error_line
 import scratchcnn as sc
 from scratchcnn import distributed
 from scratchcnn.cli import main
+from scratchcnn.data import Dataset
 from scratchcnn.midepoch import CheckpointClock, check_position_meta
+from scratchcnn.models import lenet5, tiny_cnn
 
 MPIEXEC = Path(sys.executable).with_name("mpiexec")  # the mpich wheel's, in the test extra
 RANK_HELPER = Path(__file__).with_name("mpi_rank.py")
@@ -103,7 +105,7 @@ def test_shards_are_disjoint_contiguous_and_cover_everything(n, size):
 
 
 def test_shard_of_a_dataset_and_bad_arguments():
-    data = sc.data.Dataset(np.zeros((5, 1, 2, 2), np.uint8), np.arange(5) % 2, ("a", "b"), "tiny")
+    data = Dataset(np.zeros((5, 1, 2, 2), np.uint8), np.arange(5) % 2, ("a", "b"), "tiny")
     parts = [distributed.shard(data, r, 2) for r in range(2)]
     assert [len(p) for p in parts] == [3, 2]
     assert np.array_equal(np.concatenate([p.labels for p in parts]), data.labels)
@@ -133,7 +135,7 @@ def test_dropout_draws_the_global_batch_mask_on_every_rank():
 
 def test_distributed_optimizer_on_one_process_is_the_plain_optimizer(rng):
     def trained(wrap: bool) -> dict[str, np.ndarray]:
-        model = sc.models.lenet5(seed=3)
+        model = lenet5(seed=3)
         opt = sc.optim.SGD(model, lr=0.1, momentum=0.9)
         opt = distributed.DistributedOptimizer(opt) if wrap else opt
         loss_fn = sc.CrossEntropyLoss()
@@ -148,7 +150,7 @@ def test_distributed_optimizer_on_one_process_is_the_plain_optimizer(rng):
     plain_w, wrapped_w = trained(False), trained(True)
     for key in plain_w:
         assert plain_w[key].tobytes() == wrapped_w[key].tobytes(), key
-    opt = distributed.DistributedOptimizer(sc.optim.SGD(sc.models.tiny_cnn(), lr=0.1))
+    opt = distributed.DistributedOptimizer(sc.optim.SGD(tiny_cnn(), lr=0.1))
     opt.lr = 0.01  # what a scheduler does: it must reach the wrapped optimiser
     assert opt.optimizer.lr == 0.01 and opt.state_dict()["hyper"]["lr"] == 0.01
 
@@ -256,7 +258,7 @@ def test_two_ranks_end_with_the_weights_of_one_process(tmp_path, dtype, rtol):
         assert one[key].dtype == two[key].dtype == np.dtype(dtype)
         scale = np.max(np.abs(one[key]))
         assert np.max(np.abs(one[key] - two[key])) <= rtol * scale, key
-    assert not np.array_equal(one["0.weight"], sc.models.lenet5(seed=0).state_dict()["0.weight"])
+    assert not np.array_equal(one["0.weight"], lenet5(seed=0).state_dict()["0.weight"])
 
 
 @posix_only
@@ -346,3 +348,48 @@ def test_error_before_training_is_one_line_from_one_rank(tmp_path):
     result = mpirun(2, "train", "--limit", "33", "--batch-size", "16", "--out", tmp_path / "r")
     line = error_line(result)
     assert "2 processes need at least 2 images in every batch" in line
+
+
+USER_LOOP = """
+import sys
+import numpy as np
+import scratchcnn as sc
+from scratchcnn.distributed import DistributedOptimizer, init, shard
+from scratchcnn.models import lenet5
+
+world = init()
+model = lenet5(dtype=np.float64, seed=world.rank)  # different weights: rank 0's are copied
+opt = DistributedOptimizer(sc.optim.SGD(model, lr=0.1, momentum=0.9))
+loss_fn = sc.CrossEntropyLoss()
+data = np.random.default_rng(5)
+for _ in range(3):
+    x, y = data.random((5, 1, 28, 28)), data.integers(0, 10, 5)  # 5 images: 3 + 2
+    mine = shard(5, world.rank, world.size)
+    loss_fn.forward(model.forward(x[mine]), y[mine])
+    model.backward(loss_fn.backward())
+    opt.step(local_batch=len(mine))
+np.savez(sys.argv[1] + f".{world.rank}.npz", **model.state_dict())
+"""
+
+
+@posix_only
+@pytest.mark.slow
+def test_distributed_optimizer_in_a_users_loop_equals_whole_batch_steps(tmp_path):
+    script = tmp_path / "loop.py"
+    script.write_text(USER_LOOP)
+    argv = [str(MPIEXEC), "-n", "2", sys.executable, str(script), str(tmp_path / "w")]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=child_env(1))
+    assert result.returncode == 0, result.stderr
+    # One process, whole batches of 5, starting from rank 0's weights.
+    model = lenet5(dtype=np.float64, seed=0)
+    opt, loss_fn = sc.optim.SGD(model, lr=0.1, momentum=0.9), sc.CrossEntropyLoss()
+    data = np.random.default_rng(5)
+    for _ in range(3):
+        x, y = data.random((5, 1, 28, 28)), data.integers(0, 10, 5)
+        loss_fn.forward(model.forward(x), y)
+        model.backward(loss_fn.backward())
+        opt.step()
+    ranks = [np.load(tmp_path / f"w.{r}.npz") for r in range(2)]
+    for key, want in model.state_dict().items():
+        assert ranks[0][key].tobytes() == ranks[1][key].tobytes(), key  # ranks agree exactly
+        np.testing.assert_allclose(ranks[0][key], want, rtol=1e-10, atol=1e-13, err_msg=key)
