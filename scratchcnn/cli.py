@@ -483,6 +483,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         _say("trained: " + ", ".join(f"{k}={v}" for k, v in run.items() if v is not None))
     if ckpt.epoch is not None:
         _say(f"epoch: {ckpt.epoch}")
+        if "position" in ckpt.extra:  # a mid-epoch checkpoint
+            _say(f"--resume goes on {resume_point(ckpt)}")
     if ckpt.optimizer_state:
         st = ckpt.optimizer_state
         hyper = ", ".join(f"{k}={v}" for k, v in st["hyper"].items())

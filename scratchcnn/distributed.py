@@ -189,7 +189,7 @@ class World:
             text += f"; the last checkpoint, {self.checkpoint}, is intact: --resume continues it"
         elif self.checkpoint is not None:
             text += "; no checkpoint was written yet"
-        flush_std()
+        # Straight to the file descriptor: the main thread may hold sys.stderr's lock.
         os.write(2, (text + "\n").encode())
         os._exit(2)
 
