@@ -405,28 +405,16 @@ def _train_step(
 ) -> tuple[float, int, int]:
     """One optimiser step on the global batch (x, y): returns the batch's summed loss (NaN
     or inf, and no step taken, if it is not finite), its correct predictions and its size.
-    Under MPI this rank trains on its share and the gradients are averaged over the ranks."""
-    if world.size > 1:
-        return _distributed_step(model, x, y, loss_fn, optimizer, world)
-    logits = model.forward(x)
-    loss = loss_fn.forward(logits, _targets(loss_fn, logits, y))
-    if not math.isfinite(loss):
-        return loss, 0, 0
-    model.backward(loss_fn.backward(), input_grad=False)
-    optimizer.step()
-    return loss * len(y), int(np.sum(_predict(logits) == y)), len(y)
-
-
-def _distributed_step(
-    model: Sequential,
-    x: np.ndarray,
-    y: np.ndarray,
-    loss_fn: Loss,
-    optimizer: Optimizer,
-    world: distributed.World,
-) -> tuple[float, int, int]:
-    """``_train_step`` on rank ``world.rank``'s rows of the batch; one Allreduce carries the
+    Under MPI this rank trains on its rows of the batch, and one Allreduce carries the
     gradients, the metrics' sums and a flag that stops every rank if one diverged."""
+    if world.size == 1:
+        logits = model.forward(x)
+        loss = loss_fn.forward(logits, _targets(loss_fn, logits, y))
+        if not math.isfinite(loss):
+            return loss, 0, 0
+        model.backward(loss_fn.backward(), input_grad=False)
+        optimizer.step()
+        return loss * len(y), int(np.sum(_predict(logits) == y)), len(y)
     lo, hi = distributed.shard_range(len(y), world.rank, world.size)
     with distributed.global_batch_rngs(model, lo, hi, len(y)):
         logits = model.forward(x[lo:hi])
