@@ -256,7 +256,8 @@ def fit(
     if out and writer:
         out.mkdir(parents=True, exist_ok=True)
     world.checkpoint = ckpt_path
-    world.sync_start(_start_digest(model, optimizer, loader, train_data, history, position))
+    if world.size > 1:  # every rank checks in with the state it starts from
+        world.sync_start(_start_digest(model, optimizer, loader, train_data, history, position))
 
     def diverged(what: str, epoch: int) -> TrainingDiverged:
         last = f"epoch {epoch - 1} at {ckpt_path}" if ckpt_path and epoch > 1 else None
