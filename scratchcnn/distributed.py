@@ -130,7 +130,8 @@ class World:
         mine[0] = digest is None
         mine[1:] = np.frombuffer(digest or bytes(32), dtype=np.uint8)
         every = np.zeros((self.size, 33), dtype=np.uint8)
-        self.comm.Allgather(mine, every)
+        with self._watched(timed=False):
+            self.comm.Allgather(mine, every)
         failed = np.flatnonzero(every[:, 0])
         if failed.size:
             self.first_failed = int(failed[0])
@@ -149,10 +150,12 @@ class World:
 
     # --- fault handling ----------------------------------------------------------------
     @contextmanager
-    def _watched(self) -> Iterator[None]:
+    def _watched(self, timed: bool = True) -> Iterator[None]:
+        """Around a collective: MPI errors end the process with one line; with ``timed`` the
+        watchdog ends it after ``timeout`` seconds without an answer."""
         from mpi4py import MPI
 
-        self._busy_since = time.monotonic()
+        self._busy_since = time.monotonic() if timed else None
         try:
             yield
         except MPI.Exception as exc:
