@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from . import __version__, distributed
 from ._json import json_line
 from .data import DATASETS, load_dataset
 from .data.images import load_image
@@ -24,8 +24,9 @@ from .data.sources import canonical_dataset_name
 from .errors import ConfigError, DataError, ScratchCNNError
 from .finetune import init_model
 from .io import atomic_write_bytes, load_checkpoint
+from .midepoch import resume_point
 from .models import MODELS, RECIPES, build_model
-from .runs import prepare_run_folder
+from .runs import RESUMABLE_CHANGES, prepare_run_folder
 from .threads import resolve_threads, set_blas_threads
 from .train import (
     CHECKPOINT_NAME,
@@ -59,7 +60,12 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "tensorboard": False,
     "init": None,
     "augment": False,
+    "checkpoint_every": None,
+    "checkpoint_minutes": None,
 }
+
+#: Settings ``--resume`` may change: they do not shape the run's results.
+RESUME_MAY_CHANGE = RESUMABLE_CHANGES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -96,6 +102,16 @@ def _float(text: str) -> float:
     if not np.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    value = _float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+_MID_EPOCH = "also write the checkpoint inside epochs (--resume continues there exactly)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     _threads_option(p)
+    p.add_argument("--checkpoint-every", type=_positive_int, metavar="STEPS", help=_MID_EPOCH)
+    p.add_argument("--checkpoint-minutes", type=_positive_float, metavar="M", help=_MID_EPOCH)
     p.set_defaults(func=cmd_train)
 
     p = _checkpoint_command(
@@ -371,14 +389,14 @@ def _resolve_run(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     run.update(RECIPES.get(explicit.get("model", TRAIN_DEFAULTS["model"]), {}))
     if args.resume and (out / RUN_CONFIG).exists():
         saved = _read_run_config(out / RUN_CONFIG)
-        # --epochs and --tensorboard do not change the training itself.
-        free = ("epochs", "tensorboard")
-        changed = [k for k, v in explicit.items() if k not in free and saved.get(k) != v]
+        changed = [
+            k for k, v in explicit.items() if k not in RESUME_MAY_CHANGE and saved.get(k) != v
+        ]
         if changed:
             raise ConfigError(
                 f"--resume continues the run saved in {out}; it cannot change "
-                f"{', '.join('--' + k.replace('_', '-') for k in changed)} (only --epochs "
-                "and --tensorboard)"
+                f"{', '.join('--' + k.replace('_', '-') for k in changed)} (only --epochs, "
+                "--tensorboard and --checkpoint-*)"
             )
         run.update(saved)
     elif (out / CHECKPOINT_NAME).exists() and not args.resume and not args.overwrite:
@@ -431,6 +449,9 @@ def _read_run_config(path: Path) -> dict[str, Any]:
         "data_dir": lambda v: v is None or isinstance(v, str),
         "tensorboard": lambda v: isinstance(v, bool),
         "init": lambda v: v is None or isinstance(v, str),
+        "world_size": lambda v: count(v, 1),
+        "checkpoint_every": lambda v: v is None or count(v, 1),
+        "checkpoint_minutes": lambda v: v is None or (number(v) and v > 0),
     }
     for key, value in saved.items():
         if key not in valid:
@@ -441,7 +462,18 @@ def _read_run_config(path: Path) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    world = distributed.init()
+    if world.size == 1:
+        return _cmd_train(args, world)
+    if world.rank > 0:  # only rank 0 speaks; errors still reach stderr (see run_rank)
+        args.quiet = True
+        sys.stdout = open(os.devnull, "w")  # for the life of this process
+    return distributed.run_rank(world, lambda: _cmd_train(args, world), _error)
+
+
+def _cmd_train(args: argparse.Namespace, world: distributed.World) -> int:
     run, out = _resolve_run(args)
+    _set_world_size(run, out, args.resume, world.size)
     dtype = np.dtype(run["dtype"])
     train = load_dataset(run["dataset"], "train", data_dir=run["data_dir"], seed=run["seed"])
     test = load_dataset(run["dataset"], "test", data_dir=run["data_dir"], seed=run["seed"])
@@ -456,18 +488,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         run["optimizer"], model, run["lr"], run["momentum"], run["weight_decay"], run["clip"]
     )
     sched = make_scheduler(run["schedule"], opt, run["epochs"])
-    aside, done = prepare_run_folder(
-        out, run, resume=args.resume, overwrite=args.overwrite, defaults=TRAIN_DEFAULTS
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(run, indent=2) + "\n"
-    atomic_write_bytes(out / RUN_CONFIG, lambda fh: fh.write(text.encode()))
+    aside, done = None, None
+    if world.rank == 0:  # the only process that writes the run folder
+        aside, done = prepare_run_folder(
+            out,
+            run,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            defaults={**TRAIN_DEFAULTS, "world_size": 1},
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(run, indent=2) + "\n"
+        atomic_write_bytes(out / RUN_CONFIG, lambda fh: fh.write(text.encode()))
     quiet = args.quiet
     if aside is not None and not quiet:
         _say(f"moved the previous run in {out} to {aside}")
     done = done or 0  # the epoch the checkpoint in --out finished (resume), else 0
-    if done and not quiet:
-        _say(f"resuming the run in {out} after epoch {done}")
+    if args.resume and (out / CHECKPOINT_NAME).exists() and not quiet:
+        _say(f"resuming the run in {out} {resume_point(load_checkpoint(out / CHECKPOINT_NAME))}")
     elif args.resume and not quiet:
         _say(f"no checkpoint in {out} yet; starting the run from the beginning")
     if not quiet:
@@ -505,6 +543,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         on_epoch_end=report,
         extra={"run": run, "classes": list(train.classes)},
         augment=run["augment"],
+        checkpoint_every=run["checkpoint_every"],
+        checkpoint_minutes=run["checkpoint_minutes"],
+        world=world,
     )
     if board is not None:  # events are flushed every epoch; this closes the file
         board.close()
@@ -531,6 +572,19 @@ def _tensorboard(model: Any, out: Path, done: int) -> Any:
     from .tensorboard import TensorBoardLogger
 
     return TensorBoardLogger(model, out, resume_epoch=done)
+
+
+def _set_world_size(run: dict[str, Any], out: Path, resume: bool, size: int) -> None:
+    """Record the number of MPI processes in the run's settings; a checkpoint written by
+    another number is refused (it would not continue exactly)."""
+    saved = run.get("world_size", 1)
+    if resume and saved != size and (out / CHECKPOINT_NAME).exists():
+        how = f"mpiexec -n {saved} scratchcnn train" if saved > 1 else "scratchcnn train"
+        raise ConfigError(
+            f"the run in {out} was trained by {saved} process(es), this is {size}; resume it "
+            f"with {how} ... --resume (another number would not continue it exactly)"
+        )
+    run["world_size"] = size
 
 
 def _check_fits(model: Any, data: Any, run: dict[str, Any], hint: str = "--model") -> None:
@@ -628,6 +682,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         _say("trained: " + ", ".join(f"{k}={v}" for k, v in run.items() if v is not None))
     if ckpt.epoch is not None:
         _say(f"epoch: {ckpt.epoch}")
+        if "position" in ckpt.extra:  # a mid-epoch checkpoint
+            _say(f"--resume goes on {resume_point(ckpt)}")
     if ckpt.optimizer_state:
         st = ckpt.optimizer_state
         _say(f"optimizer: {_optimizer_text(st, ckpt.scheduler_state)}, {st['steps']} steps")

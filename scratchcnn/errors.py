@@ -57,3 +57,8 @@ class OnnxError(ScratchCNNError, ValueError):
 
 class MissingDependencyError(ScratchCNNError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
+
+
+class DistributedError(ScratchCNNError, RuntimeError):
+    """An MPI data-parallel run cannot go on: another process stopped or hung, mpi4py is
+    missing under ``mpiexec``, or the processes do not hold the same training state."""

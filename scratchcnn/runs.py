@@ -20,9 +20,10 @@ from .errors import CheckpointError, ConfigError, FileWriteError
 from .io import load_checkpoint
 from .train import CHECKPOINT_NAME
 
-#: Settings a resumed run may change (``--epochs``: train longer; ``--tensorboard``: start or
-#: stop writing event files, which shape nothing in the training).
-RESUMABLE_CHANGES = frozenset({"epochs", "tensorboard"})
+#: Settings a resumed run may change (``--epochs``: train longer; ``--tensorboard`` and
+#: ``--checkpoint-*``: event files and how often checkpoints are written, which shape nothing
+#: in the training).
+RESUMABLE_CHANGES = frozenset({"epochs", "tensorboard", "checkpoint_every", "checkpoint_minutes"})
 
 
 def _reason(exc: OSError) -> str:

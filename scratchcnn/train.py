@@ -24,18 +24,21 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from . import distributed
 from ._json import json_line
 from .data import DataLoader, Dataset
 from .errors import CheckpointError, ConfigError, ScratchCNNError, TrainingDiverged
 from .gradnorms import GradNormMeter
 from .io import atomic_write_bytes, load_checkpoint, remove_stale_temp_files, save
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss
+from .midepoch import CheckpointClock, Position, read_position
 from .model import Sequential
 from .optim import SGD, Adam, AdamW, CosineAnnealingLR, LRScheduler, Optimizer, StepLR
 
@@ -203,6 +206,9 @@ def fit(
     on_epoch_end: Callable[[EpochMetrics], None] | None = None,
     extra: dict[str, Any] | None = None,
     augment: bool = False,
+    checkpoint_every: int | None = None,
+    checkpoint_minutes: float | None = None,
+    world: distributed.World | None = None,
 ) -> History:
     """Train ``model`` for ``epochs`` epochs of mini-batch steps; see the module docstring.
 
@@ -214,6 +220,11 @@ def fit(
     ``on_epoch_end`` receives each epoch's metrics (the command line prints them).
     A NaN or infinite loss stops training with ``TrainingDiverged``; the checkpoint of the
     last good epoch stays on disk.
+
+    ``checkpoint_every`` (steps) / ``checkpoint_minutes`` also write the checkpoint inside
+    epochs (``scratchcnn.midepoch``). ``world`` (default ``distributed.init()``: MPI when
+    started by ``mpiexec -n N``, N > 1) trains data-parallel: ``batch_size`` is the global
+    batch, split over the ranks, and only rank 0 writes files or shows progress.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"epochs must be a positive int, got {epochs!r}")
@@ -231,6 +242,12 @@ def fit(
         dtype=model.dtype,
         augment=augment,
     )
+    world = world or distributed.init()
+    _check_shards(world, len(train_data), loader.batch_size)
+    writer = world.rank == 0  # only rank 0 writes files and shows progress
+    progress = progress if writer else False
+    clock = CheckpointClock(checkpoint_every, checkpoint_minutes)
+    position: Position | None = None
     out = Path(out_dir) if out_dir is not None else None
     ckpt_path = out / CHECKPOINT_NAME if out else None
     metrics_path = out / METRICS_NAME if out else None
@@ -239,12 +256,23 @@ def fit(
     if resume:
         if ckpt_path is None:
             raise ConfigError("resume needs out_dir (where the checkpoint is)")
-        remove_stale_temp_files(ckpt_path)
+        if writer:
+            remove_stale_temp_files(ckpt_path)
         if ckpt_path.exists():
             start, history = _restore(ckpt_path, model, optimizer, scheduler, loader)
-            _write_metrics(metrics_path, history)
-    if out:
+            position = _resume_position(ckpt_path, start, len(loader), world)
+            if position is not None and position.epoch > epochs:
+                raise ConfigError(
+                    f"{ckpt_path}: the run stopped inside epoch {position.epoch}; "
+                    f"ask for at least {position.epoch} epochs to finish it"
+                )
+            if writer:
+                _write_metrics(metrics_path, history)
+    if out and writer:
         out.mkdir(parents=True, exist_ok=True)
+    world.checkpoint = ckpt_path
+    if world.size > 1:  # every rank checks in with the state it starts from
+        world.sync_start(_start_digest(model, optimizer, loader, train_data, history, position))
 
     def diverged(what: str, epoch: int) -> TrainingDiverged:
         last = f"epoch {epoch - 1} at {ckpt_path}" if ckpt_path and epoch > 1 else None
@@ -254,14 +282,36 @@ def fit(
             + "try a lower learning rate or gradient clipping"
         )
 
+    def after_step(pos: Position, loader_state: dict[str, Any]) -> None:
+        run_step = (pos.epoch - 1) * len(loader) + pos.step
+        if ckpt_path is None or pos.step >= len(loader) or not clock.due(run_step):
+            return
+        clock.written()
+        # Weights the last step blew up are never "the last good checkpoint"; the next step's
+        # loss stops the run.
+        if writer and not non_finite_tensors(model):
+            pos.seconds = time.perf_counter() - t0
+            extra_ = _checkpoint_extra(extra, history, world, pos)
+            rng = {"loader": loader_state}
+            kw = {"optimizer": optimizer, "scheduler": scheduler, "rng": rng, "extra": extra_}
+            save(model, ckpt_path, epoch=pos.epoch - 1, **kw)
+
     for epoch in range(start + 1, epochs + 1):
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() - (position.seconds if position else 0.0)
         # Overflow in a diverging run is reported once, as TrainingDiverged, not as warnings.
         with np.errstate(over="ignore", invalid="ignore"):
             norms = GradNormMeter(model)
             train_loss, train_acc, steps = _train_epoch(
-                model, loader, loss_fn, optimizer, f"epoch {epoch}/{epochs}", progress, norms.update
+                model,
+                loader,
+                loss_fn,
+                optimizer,
+                f"epoch {epoch}/{epochs}",
+                progress,
+                _EpochRun(world, position or Position(epoch), after_step if clock.active else None),
+                norms.update,
             )
+            position = None
             if not math.isfinite(train_loss):
                 raise diverged(f"loss became {train_loss} at epoch {epoch}, step {steps}", epoch)
             # The last step of an epoch can blow the weights up after its (finite) loss was
@@ -275,7 +325,7 @@ def fit(
             lr_used = optimizer.lr
             if scheduler is not None:
                 scheduler.step()
-            test = evaluate(model, test_data, loss_fn) if test_data is not None else None
+            test = _evaluate(model, test_data, loss_fn, world) if test_data is not None else None
         if test is not None and not math.isfinite(test.loss):
             raise diverged(f"test loss became {test.loss} after epoch {epoch}", epoch)
         metrics = EpochMetrics(
@@ -289,7 +339,7 @@ def fit(
             grad_norms=norms.means(),
         )
         history.append(metrics)
-        if ckpt_path is not None:
+        if ckpt_path is not None and writer:
             save(
                 model,
                 ckpt_path,
@@ -297,12 +347,24 @@ def fit(
                 scheduler=scheduler,
                 epoch=epoch,
                 rng={"loader": loader.state_dict()},
-                extra={**(extra or {}), "history": [asdict(m) for m in history]},
+                extra=_checkpoint_extra(extra, history, world),
             )
             _write_metrics(metrics_path, history)
+            clock.written()
         if on_epoch_end is not None:
             on_epoch_end(metrics)
     return History(history, ckpt_path, metrics_path, resumed_from_epoch=start)
+
+
+@dataclass
+class _EpochRun:
+    """What an epoch's loop needs besides the model: the processes training together, where
+    the epoch starts (``step`` > 0 when resumed mid-epoch, with the sums so far) and what to
+    do after each step (write a mid-epoch checkpoint)."""
+
+    world: distributed.World
+    position: Position
+    after_step: Callable[[Position, dict[str, Any]], None] | None = None
 
 
 def _train_epoch(
@@ -312,6 +374,7 @@ def _train_epoch(
     optimizer: Optimizer,
     desc: str,
     progress: bool | None,
+    run: _EpochRun | None = None,
     after_backward: Callable[[], None] | None = None,
 ) -> tuple[float, float, int]:
     """One pass over the loader: forward, loss, backward, step. Returns the mean training
@@ -319,26 +382,158 @@ def _train_epoch(
     returns that loss and the step it happened at. ``after_backward`` runs between each
     backward and its optimiser step (the gradient-norm meter)."""
     model.train()
-    loss_sum, correct, seen = 0.0, 0, 0
-    bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=_disable(progress))
+    run = run or _EpochRun(distributed.init(), Position(0))
+    pos = run.position
+    loader_state = loader.state_dict()  # this epoch's shuffle comes from here
+    # Resumed mid-epoch: the same permutation, without the batches already trained on.
+    batches = islice(iter(loader), pos.step, None)
+    bar = tqdm(
+        batches,
+        desc=desc,
+        unit="batch",
+        leave=False,
+        disable=_disable(progress),
+        total=len(loader),
+        initial=pos.step,
+    )
     try:
-        for step, (x, y) in enumerate(bar, 1):
-            logits = model.forward(x)
-            loss = loss_fn.forward(logits, _targets(loss_fn, logits, y))
+        for step, (x, y) in enumerate(bar, pos.step + 1):
+            loss, correct, n = _train_step(
+                model, x, y, loss_fn, optimizer, run.world, after_backward
+            )
             if not math.isfinite(loss):
-                return loss, correct / max(seen, 1), step
-            model.backward(loss_fn.backward(), input_grad=False)
-            if after_backward is not None:
-                after_backward()
-            optimizer.step()
-            loss_sum += loss * len(y)
-            correct += int(np.sum(_predict(logits) == y))
-            seen += len(y)
+                return loss, pos.correct / max(pos.seen, 1), step
+            pos.loss_sum += loss
+            pos.correct += correct
+            pos.seen += n
+            pos.step = step
             if step % 10 == 0 or step == len(loader):
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
+                bar.set_postfix(
+                    loss=f"{pos.loss_sum / pos.seen:.4f}", acc=f"{pos.correct / pos.seen:.3f}"
+                )
+            if run.after_step is not None:
+                run.after_step(pos, loader_state)
     finally:
         bar.close()
-    return loss_sum / seen, correct / seen, len(loader)
+    return pos.loss_sum / pos.seen, pos.correct / pos.seen, len(loader)
+
+
+def _train_step(
+    model: Sequential,
+    x: np.ndarray,
+    y: np.ndarray,
+    loss_fn: Loss,
+    optimizer: Optimizer,
+    world: distributed.World,
+    after_backward: Callable[[], None] | None = None,
+) -> tuple[float, int, int]:
+    """One optimiser step on the global batch (x, y): returns the batch's summed loss (NaN
+    or inf, and no step taken, if it is not finite), its correct predictions and its size.
+    Under MPI this rank trains on its rows of the batch, and one Allreduce carries the
+    gradients, the metrics' sums and a flag that stops every rank if one diverged."""
+    if world.size == 1:
+        logits = model.forward(x)
+        loss = loss_fn.forward(logits, _targets(loss_fn, logits, y))
+        if not math.isfinite(loss):
+            return loss, 0, 0
+        model.backward(loss_fn.backward(), input_grad=False)
+        if after_backward is not None:
+            after_backward()
+        optimizer.step()
+        return loss * len(y), int(np.sum(_predict(logits) == y)), len(y)
+    lo, hi = distributed.shard_range(len(y), world.rank, world.size)
+    with distributed.global_batch_rngs(model, lo, hi, len(y)):
+        logits = model.forward(x[lo:hi])
+    loss = loss_fn.forward(logits, _targets(loss_fn, logits, y[lo:hi]))
+    finite = math.isfinite(loss)
+    if finite:
+        model.backward(loss_fn.backward(), input_grad=False)
+    correct = int(np.sum(_predict(logits) == y[lo:hi]))
+    stats = [loss * (hi - lo) if finite else 0.0, correct, not finite]
+    loss_sum, correct_sum, bad = distributed.allreduce_gradients(model, hi - lo, stats, world)
+    if bad:
+        return math.nan, 0, 0
+    if after_backward is not None:  # the averaged, whole-batch gradients
+        after_backward()
+    optimizer.step()
+    return float(loss_sum), round(correct_sum), len(y)
+
+
+def _evaluate(
+    model: Sequential, data: Dataset, loss_fn: Loss, world: distributed.World
+) -> EvalResult:
+    """``evaluate`` in ``fit``: under MPI every rank evaluates its part of ``data`` and the
+    loss, the number of images and the confusion matrix are summed (no predictions kept)."""
+    if world.size == 1:
+        return evaluate(model, data, loss_fn)
+    lo, hi = distributed.shard_range(len(data), world.rank, world.size)
+    k = data.num_classes
+    sums = np.zeros(2 + k * k)
+    if hi > lo:
+        part = evaluate(model, data[lo:hi], loss_fn)
+        sums[:] = [part.loss * part.n, part.n, *part.confusion.ravel()]
+    world.allreduce(sums)
+    confusion = np.rint(sums[2:]).astype(np.int64).reshape(k, k)
+    n = round(sums[1])
+    return EvalResult(
+        float(sums[0] / n), float(np.trace(confusion) / n), n, confusion, np.empty(0, np.int64)
+    )
+
+
+def _check_shards(world: distributed.World, n: int, batch_size: int) -> None:
+    """Under MPI every global batch, the last short one included, must give every rank at
+    least one image (a rank with none would fall out of step with the others)."""
+    last = n % batch_size or batch_size
+    if world.size > 1 and min(batch_size, last, n) < world.size:
+        raise ConfigError(
+            f"{world.size} processes need at least {world.size} images in every batch, but "
+            f"batch size {batch_size} over {n} images leaves a last batch of {last}; change "
+            "--batch-size or --limit"
+        )
+
+
+def _checkpoint_extra(
+    extra: dict[str, Any] | None,
+    history: list[EpochMetrics],
+    world: distributed.World,
+    position: Position | None = None,
+) -> dict[str, Any]:
+    """The checkpoint's ``extra``: the caller's, the history, the number of processes and,
+    inside an epoch, the position (see ``scratchcnn.midepoch``)."""
+    out = {**(extra or {}), "history": [asdict(m) for m in history], "world_size": world.size}
+    if position is not None:
+        out["position"] = position.to_json()
+    return out
+
+
+def _resume_position(
+    path: Path, epochs_done: int, steps_per_epoch: int, world: distributed.World
+) -> Position | None:
+    """Where in the next epoch the checkpoint at ``path`` was written (None: at its start)."""
+    return read_position(
+        path, load_checkpoint(path).extra, epochs_done, steps_per_epoch, world.size
+    )
+
+
+def _start_digest(
+    model: Sequential,
+    optimizer: Optimizer,
+    loader: DataLoader,
+    data: Dataset,
+    history: list[EpochMetrics],
+    position: Position | None,
+) -> bytes:
+    """What every MPI rank must agree on before the first step: weights, optimiser state,
+    data, shuffle generator and the point the run starts from."""
+    opt = optimizer.state_dict()
+    arrays = [*model.state_dict().values(), *opt["buffers"].values(), data.images, data.labels]
+    info = {
+        "loader": loader.state_dict(),
+        "optimizer": {k: opt[k] for k in ("type", "hyper", "steps")},
+        "history": [asdict(m) for m in history],
+        "position": position.to_json() if position else None,
+    }
+    return distributed.state_digest(arrays, info)
 
 
 def _restore(

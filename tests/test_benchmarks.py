@@ -61,3 +61,22 @@ def test_thread_benchmark_reports_all_four_settings(tmp_path):
         (2, True),
     }
     assert all(r["img_s_median"] > 0 for r in rows)
+
+
+def test_bench_mpi_measures_the_three_configurations(tmp_path):
+    out = run(
+        "bench_mpi.py",
+        "--rounds",
+        "1",
+        "--steps",
+        "3",
+        "--warmup",
+        "1",
+        "--batch",
+        "16",
+        "--json",
+        str(tmp_path / "m.json"),
+    )
+    assert "mpiexec -n 2" in out
+    rows = json.loads((tmp_path / "m.json").read_text())["results"]
+    assert len(rows) == 3 and all(r["img_s"] > 0 for r in rows)
