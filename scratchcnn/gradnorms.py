@@ -22,6 +22,11 @@ class GradNormMeter:
         self.sums: dict[str, float] = {}
         self.steps = 0
 
+    def restore(self, sums: dict[str, float], steps: int) -> None:
+        """Continue an epoch that a mid-epoch checkpoint interrupted after ``steps`` steps."""
+        self.sums = dict(sums)
+        self.steps = steps
+
     def update(self) -> None:
         for key, layer, name in self.model.named_parameters():
             g = layer.grads[name]

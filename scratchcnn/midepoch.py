@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import CheckpointError, ConfigError
@@ -46,7 +46,15 @@ POSITION_FIELDS: dict[str, Any] = {
     "correct": _count(0),  # images of it classified right so far
     "seen": _count(1),  # images of it seen so far (every rank's)
     "seconds": _finite(0.0),  # training time of the epoch so far
+    # per parameter, the sum over its steps so far of the gradient norm (metrics' grad_norms)
+    "grad_norm_sums": lambda v: (
+        isinstance(v, dict)
+        and len(v) <= 100_000
+        and all(isinstance(k, str) and len(k) <= 1024 and _finite(0.0)(x) for k, x in v.items())
+    ),
 }
+#: Position fields a checkpoint may leave out (their defaults apply).
+OPTIONAL_POSITION_FIELDS = frozenset({"grad_norm_sums"})
 #: extra["world_size"] (absent in checkpoints of older versions: 1).
 WORLD_SIZE_FIELD = _count(1)
 
@@ -59,10 +67,11 @@ def check_position_meta(extra: dict[str, Any]) -> str | None:
     pos = extra.get("position")
     if pos is None:
         return None
-    if not isinstance(pos, dict) or set(pos) != set(POSITION_FIELDS):
+    required = set(POSITION_FIELDS) - OPTIONAL_POSITION_FIELDS
+    if not isinstance(pos, dict) or not required <= set(pos) <= set(POSITION_FIELDS):
         return f"'position' must be an object with the keys {sorted(POSITION_FIELDS)}"
     for key, ok in POSITION_FIELDS.items():
-        if not ok(pos[key]):
+        if key in pos and not ok(pos[key]):
             return f"bad value {pos[key]!r} for position {key!r}"
     if pos["correct"] > pos["seen"]:
         return "position 'correct' exceeds 'seen'"
@@ -83,6 +92,7 @@ class Position:
     correct: int = 0
     seen: int = 0
     seconds: float = 0.0
+    grad_norm_sums: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

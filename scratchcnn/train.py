@@ -291,6 +291,7 @@ def fit(
         # loss stops the run.
         if writer and not non_finite_tensors(model):
             pos.seconds = time.perf_counter() - t0
+            pos.grad_norm_sums = dict(norms.sums)
             extra_ = _checkpoint_extra(extra, history, world, pos)
             rng = {"loader": loader_state}
             kw = {"optimizer": optimizer, "scheduler": scheduler, "rng": rng, "extra": extra_}
@@ -301,6 +302,8 @@ def fit(
         # Overflow in a diverging run is reported once, as TrainingDiverged, not as warnings.
         with np.errstate(over="ignore", invalid="ignore"):
             norms = GradNormMeter(model)
+            if position is not None:
+                norms.restore(position.grad_norm_sums, position.step)
             train_loss, train_acc, steps = _train_epoch(
                 model,
                 loader,

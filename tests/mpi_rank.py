@@ -49,11 +49,11 @@ if target and int(os.environ.get("STOP_AT_STEP", "0")) > 0:
 
 if target and int(os.environ.get("NAN_AT_STEP", "0")) > 0:
 
-    def nan_loss(real, model, x, y, loss_fn, optimizer, world):
+    def nan_loss(real, model, x, y, loss_fn, optimizer, world, *rest):
         forward = loss_fn.forward
         loss_fn.forward = lambda *a: math.nan
         try:
-            return real(model, x, y, loss_fn, optimizer, world)
+            return real(model, x, y, loss_fn, optimizer, world, *rest)
         finally:
             loss_fn.forward = forward
 
