@@ -41,6 +41,7 @@ import torch
 
 import scratchcnn as sc
 from scratchcnn import models
+from scratchcnn.parallel import BatchSplit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import MAX_FOREIGN, compare
@@ -87,16 +88,17 @@ def _batch(net: str, batch: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def ours_step(model: sc.Sequential, kind: str, x: np.ndarray, y: np.ndarray) -> Callable:
+    """What ``scratchcnn.train.fit`` / ``evaluate`` do per batch: the batch split over the
+    threads (``scratchcnn.parallel.BatchSplit``), then the optimiser step."""
+    splitter = BatchSplit(model, sc.CrossEntropyLoss(), threads=THREADS)
     if kind == "infer":
         model.eval()
-        return lambda: model.forward(x)
+        return lambda: splitter.forward(x)
     model.train()
     opt = sc.optim.SGD(model, lr=0.01, momentum=0.9)
-    loss = sc.CrossEntropyLoss()
 
     def step() -> None:
-        loss.forward(model.forward(x), y)
-        model.backward(loss.backward(), input_grad=False)
+        splitter.step(x, y)
         opt.step()
 
     return step

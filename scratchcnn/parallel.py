@@ -26,12 +26,13 @@ from __future__ import annotations
 import copy
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
+from . import init as _init
 from .errors import ConfigError
 from .layers.base import Layer
 from .losses import Loss
@@ -75,7 +76,13 @@ def _leaves(model: Sequential) -> Iterator[Layer]:
 def _replica(model: Sequential) -> Sequential:
     """A model of the same architecture whose layers share ``model``'s parameters and
     buffers (the same arrays) but have their own gradients and caches."""
-    twin = Sequential.from_config(model.config())
+    # Building draws initial weights; keep the global generator where it was so that
+    # splitting never changes what later code (new layers, Dropout seeds) draws.
+    state = _init.get_rng(None).bit_generator.state
+    try:
+        twin = Sequential.from_config(model.config())
+    finally:
+        _init.get_rng(None).bit_generator.state = state
     pairs = list(zip(_leaves(twin), _leaves(model), strict=True))
     for mine, theirs in pairs:
         mine.params = theirs.params
@@ -143,8 +150,16 @@ class BatchSplit:
         assert self._pool is not None
         for replica in self._replicas[1:parts]:
             replica.train(self.model.training)
+        err = np.geterr()  # np.errstate is per thread: the workers follow the caller's
+
+        def job_in_errstate(k: int, s: slice) -> Any:
+            with np.errstate(**err):
+                return job(k, s)
+
         with self._blas_limit.limit(limits=1, user_api="blas"):
-            futures = [self._pool.submit(job, k, s) for k, s in enumerate(slices) if k > 0]
+            futures = [
+                self._pool.submit(job_in_errstate, k, s) for k, s in enumerate(slices) if k > 0
+            ]
             first = job(0, slices[0])
             return [first, *(f.result() for f in futures)]
 
@@ -153,13 +168,19 @@ class BatchSplit:
         edges = np.linspace(0, n, parts + 1).round().astype(int)
         return [slice(int(a), int(b)) for a, b in itertools.pairwise(edges)]
 
-    def step(self, x: np.ndarray, y: Any) -> tuple[float, np.ndarray]:
-        """Forward, loss and backward over the whole batch; returns (loss, logits)."""
+    def step(
+        self, x: np.ndarray, y: Any, targets: Callable[[np.ndarray, Any], Any] | None = None
+    ) -> tuple[float, np.ndarray]:
+        """Forward, loss and backward over the whole batch; returns (loss, logits).
+
+        ``targets(logits, y)`` turns labels into what the loss takes (default: ``y`` as is).
+        """
         n = len(x)
+        targets = targets or (lambda logits, labels: labels)
         parts = self._parts(n, self.model.training)
         if parts == 1:
             logits = self.model.forward(x)
-            loss = self.loss_fn.forward(logits, y)
+            loss = self.loss_fn.forward(logits, targets(logits, y))
             if np.isfinite(loss):
                 self.model.backward(self.loss_fn.backward(), input_grad=False)
             return loss, logits
@@ -168,7 +189,7 @@ class BatchSplit:
         def job(k: int, s: slice) -> tuple[float, np.ndarray]:
             replica, loss_fn = self._replicas[k], self._losses[k]
             logits = replica.forward(x[s])
-            loss = loss_fn.forward(logits, y[s])
+            loss = loss_fn.forward(logits, targets(logits, y[s]))
             if np.isfinite(loss):
                 dy = loss_fn.backward()
                 if mean:

@@ -36,6 +36,7 @@ from .io import atomic_write_bytes, load_checkpoint, remove_stale_temp_files, sa
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss
 from .model import Sequential
 from .optim import SGD, Adam, AdamW, CosineAnnealingLR, LRScheduler, Optimizer, StepLR
+from .parallel import BatchSplit
 
 CHECKPOINT_NAME = "model.npz"
 METRICS_NAME = "metrics.jsonl"
@@ -110,19 +111,25 @@ def evaluate(
     loss_fn: Loss | None = None,
     batch_size: int = 512,
     progress: bool | None = False,
+    threads: int | None = None,
 ) -> EvalResult:
-    """Loss, accuracy and confusion matrix of ``model`` on ``dataset`` in eval mode."""
+    """Loss, accuracy and confusion matrix of ``model`` on ``dataset`` in eval mode.
+
+    ``threads``: batches are split over this many threads (``scratchcnn.parallel``; default
+    ``SCRATCHCNN_NUM_THREADS`` or the CPU count)."""
     loss_fn = loss_fn or default_loss(model)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, dtype=model.dtype)
     was_training = model.training
     model.eval()
     total, preds = 0.0, []
+    splitter = BatchSplit(model, loss_fn, threads)
     try:
         for x, y in tqdm(loader, desc="evaluate", leave=False, disable=_disable(progress)):
-            logits = model.forward(x)
+            logits = splitter.forward(x)
             total += loss_fn.forward(logits, _targets(loss_fn, logits, y)) * len(y)
             preds.append(_predict(logits))
     finally:
+        splitter.close()
         model.train(was_training)
     pred = np.concatenate(preds)
     k = dataset.num_classes
@@ -196,12 +203,16 @@ def fit(
     progress: bool | None = None,
     on_epoch_end: Callable[[EpochMetrics], None] | None = None,
     extra: dict[str, Any] | None = None,
+    threads: int | None = None,
 ) -> History:
     """Train ``model`` for ``epochs`` epochs of mini-batch steps; see the module docstring.
 
     optimizer defaults to SGD(lr=0.01); loss_fn to the model's task's loss. ``progress``
     shows a tqdm bar with running loss and accuracy (None: only on a terminal).
     ``on_epoch_end`` receives each epoch's metrics (the command line prints them).
+    ``threads``: each batch is split over this many threads (``scratchcnn.parallel``;
+    default ``SCRATCHCNN_NUM_THREADS`` or the CPU count); results are bit-identical for a
+    given thread count.
     A NaN or infinite loss stops training with ``TrainingDiverged``; the checkpoint of the
     last good epoch stays on disk.
     """
@@ -244,7 +255,7 @@ def fit(
         # Overflow in a diverging run is reported once, as TrainingDiverged, not as warnings.
         with np.errstate(over="ignore", invalid="ignore"):
             train_loss, train_acc, steps = _train_epoch(
-                model, loader, loss_fn, optimizer, f"epoch {epoch}/{epochs}", progress
+                model, loader, loss_fn, optimizer, f"epoch {epoch}/{epochs}", progress, threads
             )
             if not math.isfinite(train_loss):
                 raise diverged(f"loss became {train_loss} at epoch {epoch}, step {steps}", epoch)
@@ -259,7 +270,11 @@ def fit(
             lr_used = optimizer.lr
             if scheduler is not None:
                 scheduler.step()
-            test = evaluate(model, test_data, loss_fn) if test_data is not None else None
+            test = (
+                evaluate(model, test_data, loss_fn, threads=threads)
+                if test_data is not None
+                else None
+            )
         if test is not None and not math.isfinite(test.loss):
             raise diverged(f"test loss became {test.loss} after epoch {epoch}", epoch)
         metrics = EpochMetrics(
@@ -295,6 +310,7 @@ def _train_epoch(
     optimizer: Optimizer,
     desc: str,
     progress: bool | None,
+    threads: int | None = None,
 ) -> tuple[float, float, int]:
     """One pass over the loader: forward, loss, backward, step. Returns the mean training
     loss, the accuracy and the number of steps; it stops at the first non-finite loss and
@@ -302,13 +318,16 @@ def _train_epoch(
     model.train()
     loss_sum, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=_disable(progress))
+    splitter = BatchSplit(model, loss_fn, threads)
+
+    def targets(logits: np.ndarray, labels: np.ndarray) -> Any:
+        return _targets(loss_fn, logits, labels)
+
     try:
         for step, (x, y) in enumerate(bar, 1):
-            logits = model.forward(x)
-            loss = loss_fn.forward(logits, _targets(loss_fn, logits, y))
+            loss, logits = splitter.step(x, y, targets)  # forward, loss and backward
             if not math.isfinite(loss):
                 return loss, correct / max(seen, 1), step
-            model.backward(loss_fn.backward(), input_grad=False)
             optimizer.step()
             loss_sum += loss * len(y)
             correct += int(np.sum(_predict(logits) == y))
@@ -316,6 +335,7 @@ def _train_epoch(
             if step % 10 == 0 or step == len(loader):
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
     finally:
+        splitter.close()
         bar.close()
     return loss_sum / seen, correct / seen, len(loader)
 
