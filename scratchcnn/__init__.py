@@ -52,8 +52,11 @@ from .layers import (
 )
 from .losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
 from .model import Sequential
+from .runtime import tune_allocator
 
 __version__ = "0.1.0"
+
+tune_allocator()
 
 __all__ = [
     "AvgPool2D",

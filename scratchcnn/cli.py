@@ -527,7 +527,8 @@ def _cmd_train(args: argparse.Namespace, world: distributed.World) -> int:
                 f"acc {m.test_accuracy:6.2%}  {m.seconds:5.1f}s"
             )
 
-    set_blas_threads(resolve_threads(args.threads, model, run["batch_size"]))
+    threads = resolve_threads(args.threads, model, run["batch_size"])
+    set_blas_threads(threads)
     history = fit(
         model,
         train,
@@ -546,6 +547,7 @@ def _cmd_train(args: argparse.Namespace, world: distributed.World) -> int:
         checkpoint_every=run["checkpoint_every"],
         checkpoint_minutes=run["checkpoint_minutes"],
         world=world,
+        threads=threads,
     )
     if board is not None:  # events are flushed every epoch; this closes the file
         board.close()
@@ -610,8 +612,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     seed = seed if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 else 0
     data = load_dataset(name, args.split, data_dir=data_dir, seed=seed)
     _check_fits(ckpt.model, data, {"model": args.checkpoint.name}, "--dataset or checkpoint")
-    set_blas_threads(resolve_threads(args.threads, ckpt.model, 512))
-    result = evaluate(ckpt.model, data, progress=None if not args.json else False)
+    threads = resolve_threads(args.threads, ckpt.model, 512)
+    set_blas_threads(threads)
+    result = evaluate(ckpt.model, data, progress=None if not args.json else False, threads=threads)
     if args.json:
         _say(json_line({"accuracy": result.accuracy, "loss": result.loss, "n": result.n}))
         return 0

@@ -41,6 +41,7 @@ from .losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss
 from .midepoch import CheckpointClock, Position, read_position
 from .model import Sequential
 from .optim import SGD, Adam, AdamW, CosineAnnealingLR, LRScheduler, Optimizer, StepLR
+from .parallel import BatchSplit
 
 CHECKPOINT_NAME = "model.npz"
 METRICS_NAME = "metrics.jsonl"
@@ -118,20 +119,26 @@ def evaluate(
     loss_fn: Loss | None = None,
     batch_size: int = 512,
     progress: bool | None = False,
+    threads: int | None = None,
 ) -> EvalResult:
-    """Loss, accuracy and confusion matrix of ``model`` on ``dataset`` in eval mode."""
+    """Loss, accuracy and confusion matrix of ``model`` on ``dataset`` in eval mode.
+
+    ``threads``: batches are split over this many threads (``scratchcnn.parallel``; default
+    None: not split)."""
     loss_fn = loss_fn or default_loss(model)
     check_data_fits(model, dataset, loss_fn, "data")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, dtype=model.dtype)
     was_training = model.training
     model.eval()
     total, preds = 0.0, []
+    splitter = BatchSplit(model, loss_fn, threads)
     try:
         for x, y in tqdm(loader, desc="evaluate", leave=False, disable=_disable(progress)):
-            logits = model.forward(x)
+            logits = splitter.forward(x)
             total += loss_fn.forward(logits, _targets(loss_fn, logits, y)) * len(y)
             preds.append(_predict(logits))
     finally:
+        splitter.close()
         model.train(was_training)
     pred = np.concatenate(preds)
     k = dataset.num_classes
@@ -209,6 +216,7 @@ def fit(
     checkpoint_every: int | None = None,
     checkpoint_minutes: float | None = None,
     world: distributed.World | None = None,
+    threads: int | None = None,
 ) -> History:
     """Train ``model`` for ``epochs`` epochs of mini-batch steps; see the module docstring.
 
@@ -218,6 +226,10 @@ def fit(
     optimizer defaults to SGD(lr=0.01); loss_fn to the model's task's loss. ``progress``
     shows a tqdm bar with running loss and accuracy (None: only on a terminal).
     ``on_epoch_end`` receives each epoch's metrics (the command line prints them).
+    ``threads``: split each batch over this many threads, each running a replica of the
+    model on its slice with one BLAS thread (``scratchcnn.parallel.BatchSplit``; models with
+    BatchNorm or Dropout are not split in training). Default None: no splitting. Results are
+    bit-identical for a given thread count.
     A NaN or infinite loss stops training with ``TrainingDiverged``; the checkpoint of the
     last good epoch stays on disk.
 
@@ -313,6 +325,7 @@ def fit(
                 progress,
                 _EpochRun(world, position or Position(epoch), after_step if clock.active else None),
                 norms.update,
+                threads,
             )
             position = None
             if not math.isfinite(train_loss):
@@ -328,7 +341,11 @@ def fit(
             lr_used = optimizer.lr
             if scheduler is not None:
                 scheduler.step()
-            test = _evaluate(model, test_data, loss_fn, world) if test_data is not None else None
+            test = (
+                _evaluate(model, test_data, loss_fn, world, threads)
+                if test_data is not None
+                else None
+            )
         if test is not None and not math.isfinite(test.loss):
             raise diverged(f"test loss became {test.loss} after epoch {epoch}", epoch)
         metrics = EpochMetrics(
@@ -379,6 +396,7 @@ def _train_epoch(
     progress: bool | None,
     run: _EpochRun | None = None,
     after_backward: Callable[[], None] | None = None,
+    threads: int | None = None,
 ) -> tuple[float, float, int]:
     """One pass over the loader: forward, loss, backward, step. Returns the mean training
     loss, the accuracy and the number of steps; it stops at the first non-finite loss and
@@ -387,6 +405,7 @@ def _train_epoch(
     model.train()
     run = run or _EpochRun(distributed.init(), Position(0))
     pos = run.position
+    splitter = BatchSplit(model, loss_fn, threads) if run.world.size == 1 else None
     loader_state = loader.state_dict()  # this epoch's shuffle comes from here
     # Resumed mid-epoch: the same permutation, without the batches already trained on.
     batches = islice(iter(loader), pos.step, None)
@@ -402,7 +421,7 @@ def _train_epoch(
     try:
         for step, (x, y) in enumerate(bar, pos.step + 1):
             loss, correct, n = _train_step(
-                model, x, y, loss_fn, optimizer, run.world, after_backward
+                model, x, y, loss_fn, optimizer, run.world, after_backward, splitter
             )
             if not math.isfinite(loss):
                 return loss, pos.correct / max(pos.seen, 1), step
@@ -417,6 +436,8 @@ def _train_epoch(
             if run.after_step is not None:
                 run.after_step(pos, loader_state)
     finally:
+        if splitter is not None:
+            splitter.close()
         bar.close()
     return pos.loss_sum / pos.seen, pos.correct / pos.seen, len(loader)
 
@@ -429,17 +450,19 @@ def _train_step(
     optimizer: Optimizer,
     world: distributed.World,
     after_backward: Callable[[], None] | None = None,
+    splitter: BatchSplit | None = None,
 ) -> tuple[float, int, int]:
     """One optimiser step on the global batch (x, y): returns the batch's summed loss (NaN
     or inf, and no step taken, if it is not finite), its correct predictions and its size.
     Under MPI this rank trains on its rows of the batch, and one Allreduce carries the
-    gradients, the metrics' sums and a flag that stops every rank if one diverged."""
+    gradients, the metrics' sums and a flag that stops every rank if one diverged. In one
+    process, ``splitter`` (``scratchcnn.parallel.BatchSplit``) may split the batch over
+    threads."""
     if world.size == 1:
-        logits = model.forward(x)
-        loss = loss_fn.forward(logits, _targets(loss_fn, logits, y))
-        if not math.isfinite(loss):
+        splitter = splitter or BatchSplit(model, loss_fn, 1)
+        loss, logits = splitter.step(x, y, lambda z, labels: _targets(loss_fn, z, labels))
+        if not math.isfinite(loss):  # no backward was run
             return loss, 0, 0
-        model.backward(loss_fn.backward(), input_grad=False)
         if after_backward is not None:
             after_backward()
         optimizer.step()
@@ -463,12 +486,16 @@ def _train_step(
 
 
 def _evaluate(
-    model: Sequential, data: Dataset, loss_fn: Loss, world: distributed.World
+    model: Sequential,
+    data: Dataset,
+    loss_fn: Loss,
+    world: distributed.World,
+    threads: int | None = None,
 ) -> EvalResult:
     """``evaluate`` in ``fit``: under MPI every rank evaluates its part of ``data`` and the
     loss, the number of images and the confusion matrix are summed (no predictions kept)."""
     if world.size == 1:
-        return evaluate(model, data, loss_fn)
+        return evaluate(model, data, loss_fn, threads=threads)
     lo, hi = distributed.shard_range(len(data), world.rank, world.size)
     k = data.num_classes
     sums = np.zeros(2 + k * k)

@@ -1,4 +1,4 @@
-"""Smoke tests: the benchmark scripts run and report both frameworks (numbers not checked)."""
+"""Smoke tests: the benchmark scripts run and report every contender (numbers not checked)."""
 
 import json
 import subprocess
@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
 
 
 def run(script: str, *args: str) -> str:
@@ -26,10 +27,66 @@ def test_bench_lenet_reports_ratios_and_memory(tmp_path):
         ("train", 16),
         ("train", 64),
         ("train", 256),
+        ("infer", 1),
         ("infer", 256),
     }
-    assert all(r["scratchcnn_img_s"] > 0 and r["pytorch_img_s"] > 0 for r in data["speed"])
+    for r in data["speed"]:
+        assert r["scratchcnn_img_s"] > 0 and r["pytorch_img_s"] > 0
+        assert r["rounds"] == 1 and r["dropped_rounds"] >= 0
     assert [m["framework"] for m in data["memory"]] == ["scratchcnn", "pytorch"]
+
+
+def test_bench_speed_cifar_net_runs(tmp_path):
+    out = run(
+        "bench_speed.py",
+        *("--net", "cifar", "--only", "infer", "--rounds", "1", "--seconds", "0.02"),
+        *("--json", str(tmp_path / "c.json")),
+    )
+    assert "cifar" in out
+    data = json.loads((tmp_path / "c.json").read_text())
+    assert {(r["kind"], r["batch"]) for r in data["speed"]} == {("infer", 8), ("infer", 256)}
+
+
+def test_harness_drops_rounds_taken_under_load(monkeypatch):
+    import _harness
+
+    loads = iter([0.9, 0.0, 0.0, 0.0])  # the first round's first window is "loaded"
+
+    def fake_window(fn, batch, seconds):
+        return _harness.Window(rate=float(batch), foreign=next(loads))
+
+    monkeypatch.setattr(_harness, "timed_window", fake_window)
+    result = _harness.compare({"a": lambda: None, "b": lambda: None}, 4, rounds=1, seconds=0)
+    assert result.dropped == 1 and len(result.foreign) == 1 and not result.loaded
+    assert result.ratio("a", "b") == 1.0
+
+
+def test_harness_reports_least_loaded_round_when_all_are_loaded(monkeypatch):
+    import _harness
+
+    loads = iter([0.9, 0.8, 0.5, 0.6])
+
+    def fake_window(fn, batch, seconds):
+        return _harness.Window(rate=2.0, foreign=next(loads))
+
+    monkeypatch.setattr(_harness, "timed_window", fake_window)
+    result = _harness.compare(
+        {"a": lambda: None, "b": lambda: None}, 4, rounds=1, seconds=0, max_attempts=2
+    )
+    assert result.loaded and result.foreign == [0.6] and result.dropped == 1
+
+
+def test_mirror_matches_scratchcnn_outputs():
+    import numpy as np
+    import torch
+    from _mirror import to_torch
+    from bench_speed import cifar_net
+
+    ours = cifar_net().eval()
+    x = np.random.default_rng(1).uniform(0, 1, (2, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        theirs = to_torch(ours).eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(ours.forward(x), theirs, rtol=1e-4, atol=1e-5)
 
 
 def test_fashion_mnist_benchmark_runs_on_a_slice(tmp_path, fashion_mnist_dir):

@@ -1,0 +1,277 @@
+"""Side by side on this CPU: scratchcnn vs PyTorch (and onnxruntime for inference).
+
+    python benchmarks/bench_speed.py [--net lenet5 cifar resnet8] [--threads 2] [--rounds 7]
+                                     [--seconds 0.5] [--json FILE] [--only train infer memory]
+
+Same network, same weights (copied into torch by ``_mirror.to_torch``), same batch, same
+threads, float32, both frameworks in ONE process. The method (``_harness.py``): a 0.3 s pause
+before every timed window, the order alternated round by round, the machine's foreign load
+measured during every window and rounds taken under load dropped and counted, and the
+median of the per-round ratios reported. **ratio = scratchcnn images/s / PyTorch images/s.**
+
+Workloads (training step = forward, cross-entropy, backward, SGD momentum 0.9, lr 0.01;
+inference = forward in eval mode):
+
+* lenet5: train at batch 16, 64, 256; inference at batch 1 and 256;
+* cifar: a CIFAR-shaped net (3x [conv3x3 same + ReLU + maxpool2] at 32-64-128 channels,
+  dense 2048-256-10, input 3x32x32): train at batch 8 and 64; inference at batch 8 and 256;
+* resnet8 (when ``scratchcnn.models`` has it): train at batch 64; inference at batch 256.
+
+Where ``scratchcnn.onnx`` and onnxruntime are installed, inference also times onnxruntime
+(CPUExecutionProvider, same thread count) on the model exported by scratchcnn; its ratio is
+reported, not a target. Peak memory: each framework in a fresh child process.
+"""
+
+from __future__ import annotations
+
+from _threads import THREADS  # first: pins the BLAS thread count before NumPy loads
+
+# isort: split
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+import scratchcnn as sc
+from scratchcnn import models
+from scratchcnn.parallel import BatchSplit
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _harness import MAX_FOREIGN, compare
+from _mirror import to_torch
+
+torch.set_num_threads(THREADS)
+
+WORKLOADS: dict[str, list[tuple[str, int]]] = {
+    "lenet5": [("train", 16), ("train", 64), ("train", 256), ("infer", 1), ("infer", 256)],
+    "cifar": [("train", 8), ("train", 64), ("infer", 8), ("infer", 256)],
+    "resnet8": [("train", 64), ("infer", 256)],
+}
+INPUTS = {"lenet5": (1, 28, 28), "cifar": (3, 32, 32), "resnet8": (1, 28, 28)}
+
+
+def cifar_net(seed: int = 0) -> sc.Sequential:
+    """The CIFAR-shaped network of the speed issue."""
+    rng = np.random.default_rng(seed)
+    layers: list[sc.Layer] = []
+    for c_in, c_out in ((3, 32), (32, 64), (64, 128)):
+        layers += [sc.Conv2D(c_in, c_out, 3, padding=1, rng=rng), sc.ReLU(), sc.MaxPool2D(2)]
+    layers += [sc.Flatten(), sc.Dense(2048, 256, rng=rng), sc.ReLU(), sc.Dense(256, 10, rng=rng)]
+    return sc.Sequential(layers, input_shape=(3, 32, 32))
+
+
+def build(net: str) -> sc.Sequential:
+    if net == "lenet5":
+        return models.lenet5(seed=0)
+    if net == "cifar":
+        return cifar_net()
+    if net == "resnet8":
+        return models.resnet8(seed=0)
+    raise SystemExit(f"unknown net {net!r}")
+
+
+def available_nets() -> list[str]:
+    return [n for n in WORKLOADS if n != "resnet8" or hasattr(models, "resnet8")]
+
+
+def _batch(net: str, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (batch, *INPUTS[net])).astype(np.float32)
+    return x, rng.integers(0, 10, batch)
+
+
+def ours_step(model: sc.Sequential, kind: str, x: np.ndarray, y: np.ndarray) -> Callable:
+    """What ``scratchcnn.train.fit`` / ``evaluate`` do per batch: the batch split over the
+    threads (``scratchcnn.parallel.BatchSplit``), then the optimiser step."""
+    splitter = BatchSplit(model, sc.CrossEntropyLoss(), threads=THREADS)
+    if kind == "infer":
+        model.eval()
+        return lambda: splitter.forward(x)
+    model.train()
+    opt = sc.optim.SGD(model, lr=0.01, momentum=0.9)
+
+    def step() -> None:
+        splitter.step(x, y)
+        opt.step()
+
+    return step
+
+
+def torch_step(model: torch.nn.Module, kind: str, x: np.ndarray, y: np.ndarray) -> Callable:
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    if kind == "infer":
+        model.eval()
+
+        def infer() -> None:
+            with torch.inference_mode():
+                model(xt)
+
+        return infer
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(xt), yt).backward()
+        opt.step()
+
+    return step
+
+
+def onnxruntime_step(model: sc.Sequential, x: np.ndarray) -> Callable | None:
+    """onnxruntime on scratchcnn's own export, or None where either is missing."""
+    try:
+        import onnxruntime as ort
+
+        from scratchcnn import onnx as sc_onnx
+    except ImportError:
+        return None
+    if not hasattr(sc_onnx, "export"):
+        return None
+    path = os.path.join(tempfile.mkdtemp(), "model.onnx")
+    sc_onnx.export(model.eval(), path)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = THREADS
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return lambda: sess.run(None, {name: x})
+
+
+def steps_for(net: str, kind: str, batch: int) -> dict[str, Callable]:
+    x, y = _batch(net, batch)
+    ours = build(net)
+    theirs = to_torch(ours)
+    steps = {"scratchcnn": ours_step(ours, kind, x, y), "pytorch": torch_step(theirs, kind, x, y)}
+    if kind == "infer":
+        ort_step = onnxruntime_step(build(net), x)
+        if ort_step is not None:
+            steps["onnxruntime"] = ort_step
+    return steps
+
+
+def run_workload(net: str, kind: str, batch: int, rounds: int, seconds: float) -> dict:
+    result = compare(steps_for(net, kind, batch), batch, rounds, seconds)
+    row = {
+        "net": net,
+        "kind": kind,
+        "batch": batch,
+        "scratchcnn_img_s": result.median_rate("scratchcnn"),
+        "pytorch_img_s": result.median_rate("pytorch"),
+        "ratio": result.ratio("scratchcnn", "pytorch"),
+        "rounds": len(result.foreign),
+        "dropped_rounds": result.dropped,
+        "max_foreign_load": max(result.foreign, default=float("nan")),
+        "under_load": result.loaded,
+    }
+    if "onnxruntime" in result.rates:
+        row["onnxruntime_img_s"] = result.median_rate("onnxruntime")
+        row["ratio_vs_onnxruntime"] = result.ratio("scratchcnn", "onnxruntime")
+    return row
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field):
+                return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def memory_child(net: str, framework: str, batch: int, steps: int) -> dict:
+    """Run in a child process: peak RSS and working memory of ``steps`` training steps."""
+    x, y = _batch(net, batch)
+    ours = build(net)
+    step = (
+        ours_step(ours, "train", x, y)
+        if framework == "scratchcnn"
+        else torch_step(to_torch(ours), "train", x, y)
+    )
+    step()
+    base = _rss_kib("VmRSS:")
+    with open("/proc/self/clear_refs", "w") as fh:  # reset the peak (VmHWM) to now
+        fh.write("5")
+    for _ in range(steps):
+        step()
+    peak = _rss_kib("VmHWM:")
+    return {
+        "net": net,
+        "framework": framework,
+        "batch": batch,
+        "peak_rss_mib": peak / 1024,
+        "working_mib": (peak - base) / 1024,
+    }
+
+
+def measure_memory(net: str, batch: int, steps: int = 10) -> list[dict]:
+    out = []
+    for fw in ("scratchcnn", "pytorch"):
+        cmd = [sys.executable, os.path.abspath(__file__), "--threads", str(THREADS)]
+        cmd += ["--memory-child", fw, "--net", net, "--batch", str(batch), "--steps", str(steps)]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    return out
+
+
+def main(default_nets: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--net", nargs="+", choices=list(WORKLOADS), default=default_nets)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--seconds", type=float, default=0.5)
+    p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--only", choices=["train", "infer", "memory"], action="append")
+    p.add_argument("--memory-child", choices=["scratchcnn", "pytorch"], help=argparse.SUPPRESS)
+    p.add_argument("--batch", type=int, default=256, help=argparse.SUPPRESS)
+    p.add_argument("--steps", type=int, default=10, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    nets = args.net or available_nets()
+    if args.memory_child:
+        print(json.dumps(memory_child(nets[0], args.memory_child, args.batch, args.steps)))
+        return
+    only = set(args.only or ["train", "infer", "memory"])
+    print(
+        f"float32, {THREADS} threads, numpy {np.__version__}, torch {torch.__version__}; "
+        f"{args.rounds} rounds x {args.seconds}s, 0.3 s pause per window, rounds with > "
+        f"{MAX_FOREIGN} cores of foreign load dropped; median of per-round ratios"
+    )
+    print(f"{'net':<8}{'':<7}{'batch':>6}{'scratchcnn':>12}{'pytorch':>10}{'ratio':>8}  notes")
+    results, memory = [], []
+    for net in nets:
+        for kind, batch in WORKLOADS[net]:
+            if kind not in only:
+                continue
+            r = run_workload(net, kind, batch, args.rounds, args.seconds)
+            results.append(r)
+            notes = f"{r['rounds']} rounds kept, {r['dropped_rounds']} dropped"
+            if r["under_load"]:
+                notes += f" (UNDER LOAD: {r['max_foreign_load']:.2f} foreign cores)"
+            if "ratio_vs_onnxruntime" in r:
+                notes += f"; vs onnxruntime {r['ratio_vs_onnxruntime']:.2f}"
+            print(
+                f"{net:<8}{kind:<7}{batch:>6}{r['scratchcnn_img_s']:>12,.0f}"
+                f"{r['pytorch_img_s']:>10,.0f}{r['ratio']:>8.2f}  {notes}",
+                flush=True,
+            )
+        if "memory" in only:
+            batch = 256 if net == "lenet5" else 64
+            for m in measure_memory(net, batch):
+                memory.append(m)
+                print(
+                    f"memory  {net} {m['framework']:<11} train batch {batch}: peak RSS "
+                    f"{m['peak_rss_mib']:.0f} MiB, working {m['working_mib']:.1f} MiB"
+                )
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"threads": THREADS, "speed": results, "memory": memory}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""Split one batch over several threads: each runs a replica of the model on its slice.
+
+Why: most of a small CNN's step is single-threaded NumPy work (element-wise passes,
+copies, Python dispatch), and the GEMMs of narrow layers (6 or 16 channels) gain little
+from a second BLAS thread — OpenBLAS's second core mostly spins. Running two halves of the
+batch side by side, each with single-threaded BLAS, keeps both cores busy with real work.
+NumPy releases the GIL inside its loops and BLAS calls, so plain Python threads suffice.
+
+The math is the whole batch's: for a loss that averages over the batch (``reduction=
+"mean"``), L = sum_k (n_k / n) L_k over slices k of n_k items, so each replica's upstream
+gradient is scaled by n_k / n and the parameter gradients are summed,
+dL/dtheta = sum_k dL_k'/dtheta. The replicas share the model's parameter and buffer arrays
+(an optimiser step updates all of them at once) and own only their gradients and caches.
+The slices and the order of the sum are fixed, so results are deterministic for a given
+number of threads; they differ from a single-threaded step in the last bits only (float
+sums in another order).
+
+Models whose training step depends on the whole batch or on a random generator
+(BatchNorm2D/BatchNorm1D batch statistics, Dropout masks) are not split in training mode:
+``BatchSplit`` then runs the model whole, in the calling thread, so results never change
+meaning. In eval mode every model can be split.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from . import init as _init
+from .errors import ConfigError
+from .layers.base import Layer
+from .losses import Loss
+from .model import Sequential
+
+#: Smallest slice worth a thread: below this the hand-off (tens of microseconds) and the
+#: smaller GEMMs cost more than the second core gives back.
+MIN_ITEMS_PER_THREAD = 8
+
+_BATCH_DEPENDENT = ("BatchNorm1D", "BatchNorm2D", "Dropout")
+
+
+def _leaves(model: Sequential) -> Iterator[Layer]:
+    named = getattr(model, "named_layers", None)
+    if callable(named):
+        for _, layer in named():
+            yield layer
+    else:
+        yield from model.layers
+
+
+def _replica(model: Sequential) -> Sequential:
+    """A model of the same architecture whose layers share ``model``'s parameters and
+    buffers (the same arrays) but have their own gradients and caches."""
+    # Building draws initial weights; keep the global generator where it was so that
+    # splitting never changes what later code (new layers, Dropout seeds) draws.
+    state = _init.get_rng(None).bit_generator.state
+    try:
+        twin = Sequential.from_config(model.config())
+    finally:
+        _init.get_rng(None).bit_generator.state = state
+    pairs = list(zip(_leaves(twin), _leaves(model), strict=True))
+    for mine, theirs in pairs:
+        mine.params = theirs.params
+        mine.buffers = theirs.buffers
+        mine.grads = {k: np.zeros_like(v) for k, v in theirs.params.items()}
+    return twin
+
+
+class BatchSplit:
+    """Forward/backward of ``model`` with each batch split over ``threads`` threads.
+
+    ``step(x, y)`` does forward, loss and backward and leaves dL/dparam of the whole batch
+    in ``model``'s ``grads`` (then call the optimiser as usual); it returns ``(loss,
+    logits)``. ``forward(x)`` is inference, split the same way. BLAS runs single-threaded
+    inside split calls (threadpoolctl), and at its usual setting otherwise. ``threads=None``
+    or 1: no splitting, the model runs whole in the calling thread.
+    """
+
+    def __init__(self, model: Sequential, loss_fn: Loss, threads: int | None = None) -> None:
+        threads = 1 if threads is None else threads
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ConfigError(f"threads must be a positive int, got {threads!r}")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.threads = threads
+        self._replicas: list[Sequential] = [model]
+        self._losses: list[Loss] = [loss_fn]
+        self._pool: ThreadPoolExecutor | None = None
+        self._blas_limit: Any = None
+        self._splittable_in_training = not any(
+            type(layer).__name__ in _BATCH_DEPENDENT for layer in _leaves(model)
+        )
+
+    # --- set-up, on first use ------------------------------------------------------------
+    def _ensure(self, parts: int) -> None:
+        while len(self._replicas) < parts:
+            self._replicas.append(_replica(self.model))
+            self._losses.append(copy.copy(self.loss_fn))
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="scratchcnn")
+        if self._blas_limit is None:
+            from threadpoolctl import ThreadpoolController
+
+            self._blas_limit = ThreadpoolController()
+
+    def _parts(self, n: int, training: bool) -> int:
+        if training and not self._splittable_in_training:
+            return 1
+        return max(1, min(self.threads, n // MIN_ITEMS_PER_THREAD))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __enter__(self) -> BatchSplit:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- running ---------------------------------------------------------------------------
+    def _run(self, parts: int, job: Any, slices: list[slice]) -> list[Any]:
+        """``job(k, slice)`` for every slice: slice 0 in this thread, the rest in the pool."""
+        self._ensure(parts)
+        assert self._pool is not None
+        for replica in self._replicas[1:parts]:
+            replica.train(self.model.training)
+        err = np.geterr()  # np.errstate is per thread: the workers follow the caller's
+
+        def job_in_errstate(k: int, s: slice) -> Any:
+            with np.errstate(**err):
+                return job(k, s)
+
+        with self._blas_limit.limit(limits=1, user_api="blas"):
+            futures = [
+                self._pool.submit(job_in_errstate, k, s) for k, s in enumerate(slices) if k > 0
+            ]
+            first = job(0, slices[0])
+            return [first, *(f.result() for f in futures)]
+
+    @staticmethod
+    def _slices(n: int, parts: int) -> list[slice]:
+        edges = np.linspace(0, n, parts + 1).round().astype(int)
+        return [slice(int(a), int(b)) for a, b in itertools.pairwise(edges)]
+
+    def step(
+        self, x: np.ndarray, y: Any, targets: Callable[[np.ndarray, Any], Any] | None = None
+    ) -> tuple[float, np.ndarray]:
+        """Forward, loss and backward over the whole batch; returns (loss, logits).
+
+        ``targets(logits, y)`` turns labels into what the loss takes (default: ``y`` as is).
+        """
+        n = len(x)
+        targets = targets or (lambda logits, labels: labels)
+        parts = self._parts(n, self.model.training)
+        if parts == 1:
+            logits = self.model.forward(x)
+            loss = self.loss_fn.forward(logits, targets(logits, y))
+            if np.isfinite(loss):
+                self.model.backward(self.loss_fn.backward(), input_grad=False)
+            return loss, logits
+        mean = self.loss_fn.reduction == "mean"
+
+        def job(k: int, s: slice) -> tuple[float, np.ndarray]:
+            replica, loss_fn = self._replicas[k], self._losses[k]
+            logits = replica.forward(x[s])
+            loss = loss_fn.forward(logits, targets(logits, y[s]))
+            if np.isfinite(loss):
+                dy = loss_fn.backward()
+                if mean:
+                    dy *= dy.dtype.type((s.stop - s.start) / n)
+                replica.backward(dy, input_grad=False)
+            return loss, logits
+
+        slices = self._slices(n, parts)
+        results = self._run(parts, job, slices)
+        weights = [(s.stop - s.start) / n if mean else 1.0 for s in slices]
+        loss = float(sum(w * r[0] for w, r in zip(weights, results, strict=True)))
+        if np.isfinite(loss):
+            for replica in self._replicas[1:parts]:
+                for mine, theirs in zip(_leaves(self.model), _leaves(replica), strict=True):
+                    for name, g in mine.grads.items():
+                        g += theirs.grads[name]
+        return loss, np.concatenate([r[1] for r in results])
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """The model's output for ``x``, the batch split over the threads."""
+        parts = self._parts(len(x), self.model.training)
+        if parts == 1:
+            return self.model.forward(x)
+        slices = self._slices(len(x), parts)
+        outs = self._run(parts, lambda k, s: self._replicas[k].forward(x[s]), slices)
+        return np.concatenate(outs)
