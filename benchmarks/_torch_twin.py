@@ -41,7 +41,14 @@ class Parallel(nn.Module):
         return torch.stack(outs).sum(dim=0)
 
 
-def _pair_or_str(value: Any) -> Any:
+def _padding(value: Any) -> Any:
+    """Our padding config as torch's: an int, a pair, a string; ((t, b), (l, r)) only when
+    symmetric (torch's layers have no asymmetric padding)."""
+    if isinstance(value, list) and value and isinstance(value[0], list):
+        (t, b), (left, r) = value
+        if t != b or left != r:
+            raise NotImplementedError(f"torch has no asymmetric padding {value}")
+        return (t, left)
     return tuple(value) if isinstance(value, list) else value
 
 
@@ -57,7 +64,9 @@ def _layer(spec: dict[str, Any]) -> nn.Module:
             c["out_channels"],
             tuple(c["kernel_size"]),
             stride=tuple(c["stride"]),
-            padding=_pair_or_str(c["padding"]),
+            padding=_padding(c["padding"]),
+            dilation=tuple(c.get("dilation", (1, 1))),
+            groups=c.get("groups", 1),
             bias=c["bias"],
         )
     if kind == "Dense":
@@ -67,7 +76,23 @@ def _layer(spec: dict[str, Any]) -> nn.Module:
     if kind == "BatchNorm1D":
         return _batchnorm(nn.BatchNorm1d, c)
     if kind == "MaxPool2D":
-        return nn.MaxPool2d(tuple(c["kernel_size"]), tuple(c["stride"]), tuple(c["padding"]))
+        return nn.MaxPool2d(
+            tuple(c["kernel_size"]),
+            tuple(c["stride"]),
+            _padding(c["padding"]),
+            dilation=tuple(c.get("dilation", (1, 1))),
+            ceil_mode=c.get("ceil_mode", False),
+        )
+    if kind == "AvgPool2D":
+        return nn.AvgPool2d(
+            tuple(c["kernel_size"]),
+            tuple(c["stride"]),
+            _padding(c["padding"]),
+            ceil_mode=c.get("ceil_mode", False),
+            count_include_pad=c.get("count_include_pad", True),
+        )
+    if kind == "Flatten":
+        return nn.Flatten(c.get("start_dim", 1))
     if kind == "Residual":
         sc = c.get("shortcut")
         return Residual(_child(c["body"]), None if sc is None else _child(sc))
@@ -75,7 +100,6 @@ def _layer(spec: dict[str, Any]) -> nn.Module:
         return Parallel([_child(b) for b in c["branches"]], c.get("merge", "concat"))
     simple = {
         "ReLU": nn.ReLU,
-        "Flatten": nn.Flatten,
         "Tanh": nn.Tanh,
         "Sigmoid": nn.Sigmoid,
         "GlobalAvgPool2D": lambda: nn.AdaptiveAvgPool2d(1),

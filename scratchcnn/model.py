@@ -10,6 +10,7 @@ import numpy as np
 
 from .errors import ConfigError, DTypeError, ShapeError
 from .layers.base import Layer, layer_from_config, resolve_dtype
+from .layers.blocks import leaf_parameters, leaves
 
 
 class Sequential:
@@ -98,17 +99,11 @@ class Sequential:
     def named_layers(self, prefix: str = "") -> Iterator[tuple[str, Layer]]:
         """(prefix, layer) for every leaf layer, depth-first in forward order; blocks
         (Residual, Parallel) are walked into: "0", "1", "3.body.0", "3.shortcut.1", ..."""
-        for i, layer in enumerate(self.layers):
-            if hasattr(layer, "named_layers"):
-                yield from layer.named_layers(f"{prefix}{i}.")
-            else:
-                yield f"{prefix}{i}", layer
+        return leaves(((str(i), la) for i, la in enumerate(self.layers)), prefix)
 
     def named_parameters(self) -> Iterator[tuple[str, Layer, str]]:
         """(key, leaf layer, name) for each trainable tensor; key as in ``state_dict``."""
-        for prefix, layer in self.named_layers():
-            for name in layer.params:
-                yield f"{prefix}.{name}", layer, name
+        return leaf_parameters(self.named_layers())
 
     def parameters(self) -> list[np.ndarray]:
         return [layer.params[name] for _, layer, name in self.named_parameters()]

@@ -17,7 +17,7 @@ upstream gradient goes unchanged into both paths and the two input gradients are
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -80,15 +80,36 @@ def child_config(child: Any) -> Any:
     return {"type": type(child).__name__, "config": child.config()}
 
 
+def leaves(children: Iterable[tuple[str, Any]], prefix: str) -> Iterator[tuple[str, Layer]]:
+    """(key prefix, leaf layer) under named ``children``, walking into Sequentials and blocks
+    (anything with ``named_layers``): the walk behind every ``named_layers()``."""
+    for name, child in children:
+        if hasattr(child, "named_layers"):
+            yield from child.named_layers(f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", child
+
+
+def leaf_parameters(named: Iterable[tuple[str, Layer]]) -> Iterator[tuple[str, Layer, str]]:
+    """(key, leaf layer, name) for each trainable tensor of ``named`` (prefix, layer) pairs."""
+    for prefix, layer in named:
+        for name in layer.params:
+            yield f"{prefix}.{name}", layer, name
+
+
+def _prefixed(shapes: dict[str, Any] | None, prefix: str) -> dict[str, Any] | None:
+    return None if shapes is None else {f"{prefix}{k}": v for k, v in shapes.items()}
+
+
 def child_state_shapes(spec: Any) -> dict[str, tuple[int, ...]] | None:
     """``state_shapes`` of a child spec (list = chain, keys "0.weight"); None if unknown."""
     if isinstance(spec, (list, tuple)):
         out: dict[str, tuple[int, ...]] = {}
         for i, sub in enumerate(spec):
-            shapes = child_state_shapes(sub)
+            shapes = _prefixed(child_state_shapes(sub), f"{i}.")
             if shapes is None:
                 return None
-            out.update({f"{i}.{k}": v for k, v in shapes.items()})
+            out.update(shapes)
         return out
     if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
         raise ConfigError(f"a layer spec must be a dict with a 'type' key, got {spec!r}")
@@ -121,17 +142,11 @@ class _Block(Layer):
 
     def named_layers(self, prefix: str = "") -> Iterator[tuple[str, Layer]]:
         """(key prefix, leaf layer) depth-first in forward order, e.g. ("body.0", Conv2D)."""
-        for name, child in self.named_children():
-            if hasattr(child, "named_layers"):
-                yield from child.named_layers(f"{prefix}{name}.")
-            else:
-                yield f"{prefix}{name}", child
+        return leaves(self.named_children(), prefix)
 
     def named_parameters(self) -> Iterator[tuple[str, Layer, str]]:
         """(key, leaf layer, name) for each trainable tensor, keys like "body.0.weight"."""
-        for prefix, layer in self.named_layers():
-            for name in layer.params:
-                yield f"{prefix}.{name}", layer, name
+        return leaf_parameters(self.named_layers())
 
     def named_tensors(self) -> Iterator[tuple[str, np.ndarray]]:
         for prefix, layer in self.named_layers():
@@ -208,13 +223,12 @@ class Residual(_Block):
         _check_depth(config, "Residual")
         out: dict[str, tuple[int, ...]] = {}
         for name in ("body", "shortcut"):
-            spec = config.get(name)
-            if spec is None:
+            if config.get(name) is None:
                 continue
-            shapes = child_state_shapes(spec)
+            shapes = _prefixed(child_state_shapes(config[name]), f"{name}.")
             if shapes is None:
                 return None
-            out.update({f"{name}.{k}": v for k, v in shapes.items()})
+            out.update(shapes)
         return out
 
     def extra_repr(self) -> str:
@@ -292,13 +306,8 @@ class Parallel(_Block):
         branches = config.get("branches")
         if not isinstance(branches, list):
             raise ConfigError("Parallel: config 'branches' must be a list")
-        out: dict[str, tuple[int, ...]] = {}
-        for i, spec in enumerate(branches):
-            shapes = child_state_shapes(spec)
-            if shapes is None:
-                return None
-            out.update({f"branches.{i}.{k}": v for k, v in shapes.items()})
-        return out
+        # A list of branch specs reads like a chain's list of layer specs: keys "<i>.<...>".
+        return _prefixed(child_state_shapes(branches), "branches.")
 
     def extra_repr(self) -> str:
         return f"merge={self.merge!r}"
