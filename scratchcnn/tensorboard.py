@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .attribution import leaf_layers
-from .errors import ConfigError
+from .errors import MissingDependencyError
 from .layers import Conv2D
 
 INSTALL_HINT = "pip install 'scratchcnn[tensorboard]'"
@@ -33,7 +33,9 @@ def _summary_writer() -> Any:
     try:
         from tensorboardX import SummaryWriter
     except ImportError as exc:
-        raise ConfigError(f"TensorBoard logging needs tensorboardX: {INSTALL_HINT}") from exc
+        raise MissingDependencyError(
+            f"TensorBoard logging needs tensorboardX: {INSTALL_HINT}"
+        ) from exc
     return SummaryWriter
 
 

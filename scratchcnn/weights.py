@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import CheckpointError, ConfigError, ScratchCNNError
+from .errors import CheckpointError, MissingDependencyError, ScratchCNNError
 from .io import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ def _safetensors_numpy() -> Any:
     try:
         import safetensors.numpy
     except ImportError:
-        raise ConfigError(
+        raise MissingDependencyError(
             f"saving safetensors weights needs the safetensors package: {INSTALL_HINT}"
         ) from None
     return safetensors.numpy
