@@ -111,7 +111,10 @@ def _positive_float(text: str) -> float:
     return value
 
 
-_MID_EPOCH = "also write the checkpoint inside epochs (--resume continues there exactly)"
+_MID_EPOCH = (
+    "also write the checkpoint inside epochs (--resume continues there exactly; default: "
+    "only at the end of each epoch)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

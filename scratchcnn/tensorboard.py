@@ -18,6 +18,7 @@ event a killed run had written for a later step, so a resumed run has no duplica
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -69,8 +70,12 @@ class TensorBoardLogger:
     def __init__(self, model: Any, log_dir: str | os.PathLike, resume_epoch: int = 0) -> None:
         writer_class = _summary_writer()
         self.model = model
+        # Event files are named by the second they were opened in: a run resumed within the
+        # same second would overwrite the earlier file without a suffix of its own.
         self.writer = writer_class(
-            logdir=os.fspath(log_dir), purge_step=resume_epoch + 1 if resume_epoch else None
+            logdir=os.fspath(log_dir),
+            purge_step=resume_epoch + 1 if resume_epoch else None,
+            filename_suffix=f".{os.getpid()}.{time.time_ns()}",
         )
         conv = [(p, la) for p, la in leaf_layers(model) if isinstance(la, Conv2D)]
         self._first_conv = conv[0] if conv else None

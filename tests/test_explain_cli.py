@@ -84,7 +84,7 @@ def test_explain_a_model_without_4d_activation_says_there_is_no_gradcam(tmp_path
     ("extra", "message"),
     [
         ([], "needs an IMAGE too"),
-        (["missing.png"], "no such image file"),
+        (["missing.png"], "file not found (expected an image file)"),
         (["IMG", "--layer", "7"], "no layer '7'"),
         (["IMG", "--target", "10"], r"class in 0..9"),
     ],

@@ -93,7 +93,7 @@ def test_tensorboard_can_be_switched_on_when_resuming(tmp_path, capsys):
     acc = _events(out)
     assert [e.step for e in acc.Scalars("loss/train")] == [2]
     assert main(["train", "--epochs", "3", "--resume", "--lr", "0.1", *base]) == 2
-    assert "only --epochs and --tensorboard" in capsys.readouterr().err
+    assert "only --epochs, --tensorboard" in capsys.readouterr().err
 
 
 def test_filter_grid_tiles_every_filter_with_zero_as_mid_grey():
