@@ -44,3 +44,18 @@ def test_fashion_mnist_benchmark_runs_on_a_slice(tmp_path):
 def test_profile_layers_prints_every_layer():
     out = run("profile_layers.py", "--steps", "2", "--batch", "8")
     assert "MaxPool2D" in out and "images/s" in out
+
+
+def test_resnet_benchmark_runs_on_a_slice_and_combines(tmp_path):
+    a, b, both = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "both.json"
+    small = ("--epochs", "1", "--limit", "256", "--threads", "1")
+    out = run("resnet_fashion_mnist.py", *small, "--framework", "scratchcnn", "--json", str(a))
+    assert "scratchcnn epoch 1" in out
+    out = run("resnet_fashion_mnist.py", *small, "--framework", "pytorch", "--json", str(b))
+    assert "pytorch    epoch 1" in out
+    run("resnet_fashion_mnist.py", "--combine", str(a), str(b), "--json", str(both))
+    data = json.loads(both.read_text())
+    assert data["recipe"]["model"] == "resnet8" and data["train_images"] == 256
+    for name in ("scratchcnn", "pytorch"):
+        (row,) = data[name]
+        assert row["epoch"] == 1 and 0 <= row["test_accuracy"] <= 1 and row["seconds"] > 0
