@@ -126,3 +126,11 @@ def twin(model: Any) -> nn.Module:
     state = {k: torch.from_numpy(np.array(v)) for k, v in model.state_dict().items()}
     net.load_state_dict(state, strict=True)
     return net.train(model.training)
+
+
+def accuracy(net: nn.Module, images: torch.Tensor, labels: np.ndarray) -> float:
+    """Test accuracy of ``net`` in eval mode, in batches of 512."""
+    net.eval()
+    with torch.inference_mode():
+        pred = torch.cat([net(images[i : i + 512]).argmax(1) for i in range(0, len(images), 512)])
+    return float((pred.numpy() == labels).mean())

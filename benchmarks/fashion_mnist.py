@@ -30,6 +30,7 @@ from scratchcnn.models import lenet5
 from scratchcnn.train import evaluate
 
 sys.path.insert(0, os.path.dirname(__file__))
+from _torch_twin import accuracy
 from bench_lenet import torch_lenet
 
 torch.set_num_threads(THREADS)
@@ -81,10 +82,7 @@ def run_torch(train, test, epochs, init, seed):
             torch.nn.functional.cross_entropy(model(x_all[idx_t]), y_all[idx_t]).backward()
             opt.step()
         seconds = time.perf_counter() - t0
-        model.eval()
-        with torch.inference_mode():
-            pred = torch.cat([model(xt[i : i + 512]).argmax(1) for i in range(0, len(xt), 512)])
-        acc = float((pred.numpy() == test.labels).mean())
+        acc = accuracy(model, xt, test.labels)
         rows.append({"epoch": epoch, "seconds": seconds, "test_accuracy": acc})
         print(f"pytorch    epoch {epoch}: {seconds:6.1f}s  test accuracy {acc:.4f}", flush=True)
     return rows

@@ -42,7 +42,7 @@ from scratchcnn.models import resnet8
 from scratchcnn.train import evaluate
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _torch_twin import twin
+from _torch_twin import accuracy, twin
 
 torch.set_num_threads(THREADS)
 
@@ -127,10 +127,7 @@ def run_torch(train, test, args, init, report):
             torch.nn.functional.cross_entropy(out, torch.from_numpy(y)).backward()
             opt.step()
         seconds = time.perf_counter() - t0
-        model.eval()
-        with torch.inference_mode():
-            pred = torch.cat([model(xt[i : i + 512]).argmax(1) for i in range(0, len(xt), 512)])
-        acc = float((pred.numpy() == test.labels).mean())
+        acc = accuracy(model, xt, test.labels)
         rows.append({"epoch": epoch, "seconds": seconds, "test_accuracy": acc})
         print(f"pytorch    epoch {epoch}: {seconds:6.1f}s  test accuracy {acc:.4f}", flush=True)
         report(rows)

@@ -10,7 +10,7 @@ import numpy as np
 
 from .errors import ConfigError, DTypeError, ShapeError
 from .layers.base import Layer, layer_from_config, layer_spec, resolve_dtype
-from .layers.blocks import leaf_parameters, leaves
+from .layers.blocks import leaf_dtype, leaf_parameters, leaves
 
 
 class Sequential:
@@ -123,10 +123,7 @@ class Sequential:
     @property
     def dtype(self) -> np.dtype:
         """The float type of the first layer that has one (float32 if none has)."""
-        for _, layer in self.named_layers():
-            if hasattr(layer, "dtype"):
-                return np.dtype(layer.dtype)
-        return np.dtype(np.float32)
+        return leaf_dtype(self.named_layers())
 
     def astype(self, dtype: Any) -> Sequential:
         """Convert every layer's parameters and buffers to ``dtype`` in place; returns self."""

@@ -137,3 +137,18 @@ def test_bench_mpi_measures_the_three_configurations(tmp_path):
     assert "mpiexec -n 2" in out
     rows = json.loads((tmp_path / "m.json").read_text())["results"]
     assert len(rows) == 3 and all(r["img_s"] > 0 for r in rows)
+
+
+def test_resnet_benchmark_runs_on_a_slice_and_combines(tmp_path):
+    a, b, both = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "both.json"
+    small = ("--epochs", "1", "--limit", "256", "--threads", "1")
+    out = run("resnet_fashion_mnist.py", *small, "--framework", "scratchcnn", "--json", str(a))
+    assert "scratchcnn epoch 1" in out
+    out = run("resnet_fashion_mnist.py", *small, "--framework", "pytorch", "--json", str(b))
+    assert "pytorch    epoch 1" in out
+    run("resnet_fashion_mnist.py", "--combine", str(a), str(b), "--json", str(both))
+    data = json.loads(both.read_text())
+    assert data["recipe"]["model"] == "resnet8" and data["train_images"] == 256
+    for name in ("scratchcnn", "pytorch"):
+        (row,) = data[name]
+        assert row["epoch"] == 1 and 0 <= row["test_accuracy"] <= 1 and row["seconds"] > 0

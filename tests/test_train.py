@@ -40,7 +40,7 @@ def dropout_net(seed=0):
     )
 
 
-def train_run(model, data, out, epochs, resume=False, optimizer="sgd"):
+def train_run(model, data, out, epochs, resume=False, optimizer="sgd", augment=False):
     train, test = data
     opt = make_optimizer(optimizer, model, 0.05, momentum=0.9)
     sched = make_scheduler("cosine", opt, 4)
@@ -56,6 +56,7 @@ def train_run(model, data, out, epochs, resume=False, optimizer="sgd"):
         out_dir=out,
         resume=resume,
         progress=False,
+        augment=augment,
     )
 
 
@@ -202,21 +203,7 @@ def block_net(seed=0):
 def test_resume_of_a_block_model_with_augmentation_is_bit_identical(tmp_path, digits):
     def run(out, epochs, resume=False):
         model = block_net()
-        opt = make_optimizer("sgd", model, 0.05, momentum=0.9)
-        return model, fit(
-            model,
-            digits[0],
-            test_data=digits[1],
-            epochs=epochs,
-            batch_size=32,
-            optimizer=opt,
-            scheduler=make_scheduler("cosine", opt, 3),
-            seed=7,
-            out_dir=out,
-            resume=resume,
-            progress=False,
-            augment=True,
-        )
+        return model, train_run(model, digits, out, epochs, resume=resume, augment=True)
 
     full, history = run(tmp_path / "a", 3)
     run(tmp_path / "b", 1)

@@ -105,6 +105,14 @@ def leaf_parameters(named: Iterable[tuple[str, Layer]]) -> Iterator[tuple[str, L
             yield f"{prefix}.{name}", layer, name
 
 
+def leaf_dtype(named: Iterable[tuple[str, Layer]]) -> np.dtype:
+    """The float type of the first leaf that has one (float32 if none has)."""
+    for _, layer in named:
+        if hasattr(layer, "dtype"):
+            return np.dtype(layer.dtype)
+    return np.dtype(np.float32)
+
+
 def _prefixed(shapes: dict[str, Any] | None, prefix: str) -> dict[str, Any] | None:
     return None if shapes is None else {f"{prefix}{k}": v for k, v in shapes.items()}
 
@@ -184,10 +192,7 @@ class _Block(Layer):
     @property
     def dtype(self) -> np.dtype:
         """The float type of the first leaf that has one (float32 if none has)."""
-        for _, layer in self.named_layers():
-            if hasattr(layer, "dtype"):
-                return np.dtype(layer.dtype)
-        return np.dtype(np.float32)
+        return leaf_dtype(self.named_layers())
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         shapes = [child_output_shape(c, tuple(input_shape)) for _, c in self.named_children()]
