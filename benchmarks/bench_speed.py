@@ -3,7 +3,7 @@
     python benchmarks/bench_speed.py [--net lenet5 cifar resnet8] [--threads 2] [--rounds 7]
                                      [--seconds 0.5] [--json FILE] [--only train infer memory]
 
-Same network, same weights (copied into torch by ``_mirror.to_torch``), same batch, same
+Same network, same weights (copied into torch by ``_torch_twin.twin``), same batch, same
 threads, float32, both frameworks in ONE process. The method (``_harness.py``): a 0.3 s pause
 before every timed window, the order alternated round by round, the machine's foreign load
 measured during every window and rounds taken under load dropped and counted, and the
@@ -45,7 +45,7 @@ from scratchcnn.parallel import BatchSplit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import MAX_FOREIGN, compare
-from _mirror import to_torch
+from _torch_twin import twin as to_torch
 
 torch.set_num_threads(THREADS)
 

@@ -76,10 +76,10 @@ def test_harness_reports_least_loaded_round_when_all_are_loaded(monkeypatch):
     assert result.loaded and result.foreign == [0.6] and result.dropped == 1
 
 
-def test_mirror_matches_scratchcnn_outputs():
+def test_torch_twin_of_the_cifar_net_matches_scratchcnn_outputs():
     import numpy as np
     import torch
-    from _mirror import to_torch
+    from _torch_twin import twin as to_torch
     from bench_speed import cifar_net
 
     ours = cifar_net().eval()
