@@ -17,9 +17,12 @@ inference = forward in eval mode):
   dense 2048-256-10, input 3x32x32): train at batch 8 and 64; inference at batch 8 and 256;
 * resnet8 (when ``scratchcnn.models`` has it): train at batch 64; inference at batch 256.
 
-Where ``scratchcnn.onnx`` and onnxruntime are installed, inference also times onnxruntime
-(CPUExecutionProvider, same thread count) on the model exported by scratchcnn; its ratio is
-reported, not a target. Peak memory: each framework in a fresh child process.
+scratchcnn is timed twice where the batch allows: whole (``scratchcnn``, the default of
+``fit``/``evaluate``; BLAS uses ``--threads``) and with the batch split over ``--threads``
+threads (``scratchcnn-split``, ``fit(threads=N)`` / ``scratchcnn train --threads N``); both
+ratios are reported. Where ``scratchcnn.onnx`` and onnxruntime are installed, inference also
+times onnxruntime (CPUExecutionProvider, same thread count) on the model exported by
+scratchcnn; its ratio is reported, not a target. Peak memory: each framework in a fresh child process.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import torch
 
 import scratchcnn as sc
 from scratchcnn import models
-from scratchcnn.parallel import BatchSplit
+from scratchcnn.parallel import MIN_ITEMS_PER_THREAD, BatchSplit
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import MAX_FOREIGN, compare
@@ -87,10 +90,13 @@ def _batch(net: str, batch: int) -> tuple[np.ndarray, np.ndarray]:
     return x, rng.integers(0, 10, batch)
 
 
-def ours_step(model: sc.Sequential, kind: str, x: np.ndarray, y: np.ndarray) -> Callable:
-    """What ``scratchcnn.train.fit`` / ``evaluate`` do per batch: the batch split over the
-    threads (``scratchcnn.parallel.BatchSplit``), then the optimiser step."""
-    splitter = BatchSplit(model, sc.CrossEntropyLoss(), threads=THREADS)
+def ours_step(
+    model: sc.Sequential, kind: str, x: np.ndarray, y: np.ndarray, threads: int = 1
+) -> Callable:
+    """One batch as ``scratchcnn.train.fit`` / ``evaluate`` run it with ``threads``: 1 = the
+    model whole (BLAS with its own threads), more = the batch split over that many threads
+    (``scratchcnn.parallel.BatchSplit``, one BLAS thread each); then the optimiser step."""
+    splitter = BatchSplit(model, sc.CrossEntropyLoss(), threads=threads)
     if kind == "infer":
         model.eval()
         return lambda: splitter.forward(x)
@@ -150,6 +156,8 @@ def steps_for(net: str, kind: str, batch: int) -> dict[str, Callable]:
     ours = build(net)
     theirs = to_torch(ours)
     steps = {"scratchcnn": ours_step(ours, kind, x, y), "pytorch": torch_step(theirs, kind, x, y)}
+    if THREADS > 1 and batch >= 2 * MIN_ITEMS_PER_THREAD:
+        steps["scratchcnn-split"] = ours_step(build(net), kind, x, y, threads=THREADS)
     if kind == "infer":
         ort_step = onnxruntime_step(build(net), x)
         if ort_step is not None:
@@ -171,6 +179,9 @@ def run_workload(net: str, kind: str, batch: int, rounds: int, seconds: float) -
         "max_foreign_load": max(result.foreign, default=float("nan")),
         "under_load": result.loaded,
     }
+    if "scratchcnn-split" in result.rates:
+        row["split_img_s"] = result.median_rate("scratchcnn-split")
+        row["ratio_split"] = result.ratio("scratchcnn-split", "pytorch")
     if "onnxruntime" in result.rates:
         row["onnxruntime_img_s"] = result.median_rate("onnxruntime")
         row["ratio_vs_onnxruntime"] = result.ratio("scratchcnn", "onnxruntime")
@@ -253,6 +264,8 @@ def main(default_nets: list[str] | None = None) -> None:
             notes = f"{r['rounds']} rounds kept, {r['dropped_rounds']} dropped"
             if r["under_load"]:
                 notes += f" (UNDER LOAD: {r['max_foreign_load']:.2f} foreign cores)"
+            if "ratio_split" in r:
+                notes += f"; batch split over {THREADS} threads: {r['ratio_split']:.2f}"
             if "ratio_vs_onnxruntime" in r:
                 notes += f"; vs onnxruntime {r['ratio_vs_onnxruntime']:.2f}"
             print(
