@@ -22,7 +22,8 @@ scratchcnn is timed twice where the batch allows: whole (``scratchcnn``, the def
 threads (``scratchcnn-split``, ``fit(threads=N)`` / ``scratchcnn train --threads N``); both
 ratios are reported. Where ``scratchcnn.onnx`` and onnxruntime are installed, inference also
 times onnxruntime (CPUExecutionProvider, same thread count) on the model exported by
-scratchcnn; its ratio is reported, not a target. Peak memory: each framework in a fresh child process.
+scratchcnn; its ratio is reported, not a target. Peak memory: each framework in a fresh
+child process.
 """
 
 from __future__ import annotations
