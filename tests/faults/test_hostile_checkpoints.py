@@ -35,9 +35,10 @@ from scratchcnn.io import META_KEY, _digest, checkpoint_bytes
 from .conftest import captured_error, child_env, run_cli
 
 #: Peak resident memory allowed for the child that runs every command on every case. The
-#: child's own baseline (Python, NumPy, Pillow, matplotlib, the data) is about 150 MB; the
+#: child's own baseline (Python, NumPy, Pillow, matplotlib, the data) is about 150 MB, and
+#: glibc may keep up to 128 MiB of freed memory resident (``scratchcnn.runtime``); the
 #: crafted files would take gigabytes if anything in them were trusted.
-PEAK_MB = 400
+PEAK_MB = 512
 HERE = Path(__file__).parent
 LOCAL = struct.Struct("<4sHHHHHIIIHH")
 CENTRAL = struct.Struct("<4sHHHHHHIIIHHHHHII")
@@ -580,7 +581,7 @@ def test_a_missing_user_layer_and_private_classes_are_clear_errors():
 def test_old_checkpoints_with_bare_user_names_still_load(tmp_path):
     """Before user layers were saved qualified, their bare class name was written."""
 
-    class Doubler(sc.Layer):
+    class LegacyNamedDoubler(sc.Layer):
         @classmethod
         def state_shapes(cls, config):
             return {}
@@ -591,11 +592,11 @@ def test_old_checkpoints_with_bare_user_names_still_load(tmp_path):
         def backward(self, dy):
             return dy * 2
 
-    sc.save(sc.Sequential([Doubler()]), tmp_path / "m.npz")
+    sc.save(sc.Sequential([LegacyNamedDoubler()]), tmp_path / "m.npz")
     meta, arrays = unpack((tmp_path / "m.npz").read_bytes())
-    meta["model"]["layers"][0]["type"] = "Doubler"
+    meta["model"]["layers"][0]["type"] = "LegacyNamedDoubler"
     (tmp_path / "old.npz").write_bytes(repack(meta, arrays))
-    assert type(sc.load(tmp_path / "old.npz").layers[0]) is Doubler
+    assert type(sc.load(tmp_path / "old.npz").layers[0]) is LegacyNamedDoubler
 
 
 def test_state_shapes_match_every_built_in_layer():
