@@ -298,13 +298,27 @@ def test_killed_rank_ends_the_job_and_resume_is_bit_identical(tmp_path, referenc
 def test_survivor_of_a_killed_rank_prints_one_line_and_exits_2(tmp_path):
     # With -disable-auto-cleanup Hydra does not kill the survivors but signals them: rank 0
     # must stop by itself, with one line and status 2 (Hydra's own notice goes to stdout).
+    # Known race (docs/distributed.md): on a starved CPU, MPICH inside the survivor can notice
+    # the dead peer in the collective before the watchdog sees Hydra's signal, and abort (Hydra
+    # then kills it: codes 9,9). That case is retried, at most twice; any other outcome fails.
     opts = ("-disable-auto-cleanup", "-print-all-exitcodes")
-    out = tmp_path / "run"
-    result = mpirun(
-        2, *SMALL, *EVERY5, "--out", out, opts=opts, timeout=60, STOP_AT_STEP="20", STOP_RANK="1"
-    )
-    codes = re.search(r"Exit codes: \[[^\]]*\] (\d+),(\d+)", result.stdout)
-    assert codes is not None, result.stdout
+    for attempt in range(3):
+        out = tmp_path / f"run{attempt}"
+        result = mpirun(
+            2,
+            *SMALL,
+            *EVERY5,
+            "--out",
+            out,
+            opts=opts,
+            timeout=60,
+            STOP_AT_STEP="20",
+            STOP_RANK="1",
+        )
+        codes = re.search(r"Exit codes: \[[^\]]*\] (\d+),(\d+)", result.stdout)
+        assert codes is not None, result.stdout
+        if codes.groups() != ("9", "9"):
+            break
     assert codes.groups() == ("512", "9")  # rank 0: exit(2); rank 1: killed by signal 9
     (line,) = result.stderr.splitlines()
     assert line.startswith("scratchcnn: error: rank 0 of 2: another process of this MPI job")
