@@ -52,7 +52,7 @@ from typing import IO, Any
 import numpy as np
 
 from .errors import CheckpointError, FileWriteError, ScratchCNNError
-from .layers.base import layer_type_name, resolve_layer_type
+from .layers.base import resolve_layer_type
 from .model import Sequential
 from .safezip import MAX_CHECKPOINT_BYTES, MAX_ENTRIES, read_regular_file, stored_entries
 from .schema import MAX_INPUT_ELEMENTS, check_metadata
@@ -208,16 +208,6 @@ def layer_rng_states(model: Sequential) -> dict[str, Any]:
     }
 
 
-def _model_config(model: Sequential) -> dict[str, Any]:
-    """``model.config()`` with each custom layer's type saved under its qualified name, so
-    that loading can never mistake it for a built-in of the same name."""
-    config = model.config()
-    for spec, layer in zip(config["layers"], model.layers, strict=True):
-        if spec.get("type") == type(layer).__name__:
-            spec["type"] = layer_type_name(type(layer))
-    return config
-
-
 def checkpoint_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     """The .npz file of ``arrays`` (names without ``.npy``), sealed with its SHA-256."""
     buf = BytesIO()
@@ -253,7 +243,7 @@ def save(
         "format": FORMAT,
         "version": VERSION,
         "sealed": True,
-        "model": _model_config(model),
+        "model": model.config(),  # custom layers under their qualified names
         "epoch": epoch,
         "layer_rng": layer_rng_states(model),
         "rng": _jsonable(rng or {}),

@@ -45,12 +45,7 @@ _BATCH_DEPENDENT = ("BatchNorm1D", "BatchNorm2D", "Dropout")
 
 
 def _leaves(model: Sequential) -> Iterator[Layer]:
-    named = getattr(model, "named_layers", None)
-    if callable(named):
-        for _, layer in named():
-            yield layer
-    else:
-        yield from model.layers
+    return (layer for _, layer in model.named_layers())
 
 
 def _replica(model: Sequential) -> Sequential:
