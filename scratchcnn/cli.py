@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__, distributed
+from . import __version__, distributed, supervise
 from ._json import json_line
 from .data import DATASETS, load_dataset
 from .data.images import load_image
@@ -465,6 +465,8 @@ def _read_run_config(path: Path) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if supervise.should_supervise():  # under mpich's mpiexec: see scratchcnn/supervise.py
+        return supervise.supervise()
     world = distributed.init()
     if world.size == 1:
         return _cmd_train(args, world)

@@ -24,15 +24,21 @@ rank holds the same model. Dropout draws the mask of the whole global batch on e
 keeps its rows (see :func:`global_batch_rngs`), so its generator stays identical on all ranks
 and a model without BatchNorm takes exactly the step one process would take on the batch.
 
-Faults. A collective that does not complete within ``timeout`` seconds (default 120, env
-``SCRATCHCNN_MPI_TIMEOUT``), Hydra's SIGUSR1 (sent to the survivors when a process dies
-under ``mpiexec -disable-auto-cleanup``) or an MPI error make this process print one line
-``scratchcnn: error: ...`` and exit with status 2, so no rank hangs. (Without
-``-disable-auto-cleanup`` Hydra kills the other processes itself within a second.)
+Faults. Each rank's watchdog thread exchanges a heartbeat with the others (a star around
+rank 0, every half second, on a communicator of its own): a peer silent for ``heartbeat``
+seconds (default 10, env ``SCRATCHCNN_MPI_HEARTBEAT``; 0 turns it off) is taken for dead or
+hung. That, a collective that does not complete within ``timeout`` seconds (default 120, env
+``SCRATCHCNN_MPI_TIMEOUT``), Hydra's SIGUSR1 (under ``mpiexec -disable-auto-cleanup``) or an
+MPI error make this process print one line ``scratchcnn: error: ...`` and exit with status 2,
+so no rank hangs. A rank that stops on an error it reported says so in its heartbeat
+(``FAILED``), and the others stop silently. Under mpich's default ``mpiexec``, which
+SIGKILLs every other process the moment one dies, ``scratchcnn train`` runs each rank under a
+small supervisor (:mod:`scratchcnn.supervise`) so that the survivors live to say it.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import math
@@ -65,6 +71,8 @@ SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
 RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
 DEFAULT_TIMEOUT = 120.0
 TIMEOUT_VAR = "SCRATCHCNN_MPI_TIMEOUT"
+DEFAULT_HEARTBEAT = 10.0
+HEARTBEAT_VAR = "SCRATCHCNN_MPI_HEARTBEAT"
 _FAILURE_SIGNAL = getattr(signal, "SIGUSR1", None)
 
 
@@ -83,11 +91,21 @@ class World:
     (None for a single process). Collectives go through :meth:`allreduce`, which is
     watched: see the module docstring."""
 
-    def __init__(self, comm: Any = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        comm: Any = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        supervised: bool = False,
+    ) -> None:
         self.comm = comm
         self.rank = 0 if comm is None else int(comm.Get_rank())
         self.size = 1 if comm is None else int(comm.Get_size())
         self.timeout = float(timeout)
+        #: seconds of silence after which a peer is taken for dead or hung (0: not watched)
+        self.heartbeat = float(heartbeat)
+        #: started by :func:`scratchcnn.supervise.supervise` (see its exit-status protocol)
+        self.supervised = supervised
         #: the run's checkpoint, named in the one-line message when a peer fails
         self.checkpoint: os.PathLike | None = None
         #: set once every rank has checked in (see :meth:`sync_start`)
@@ -96,6 +114,8 @@ class World:
         self.first_failed: int | None = None
         self._busy_since: float | None = None
         self._watchdog: threading.Thread | None = None
+        self._pulse: _Heartbeat | None = None
+        self._stop = threading.Event()
 
     def __repr__(self) -> str:
         return f"World(rank={self.rank}, size={self.size})"
@@ -164,19 +184,26 @@ class World:
             self._busy_since = None
 
     def start_watchdog(self) -> None:
-        """The thread that turns a dead or hung peer into one line and exit status 2."""
+        """The thread that turns a dead or hung peer into one line and exit status 2. Every
+        rank must call it (the heartbeat's communicator is made collectively)."""
         if self.size == 1 or self._watchdog is not None:
             return
+        from mpi4py import MPI
+
+        if self.heartbeat > 0 and MPI.Query_thread() == MPI.THREAD_MULTIPLE:
+            self._pulse = _Heartbeat(self.comm.Dup(), self.rank, self.size, self.heartbeat)
         self._watchdog = threading.Thread(target=self._watch, name="scratchcnn-mpi", daemon=True)
         self._watchdog.start()
 
     def _watch(self) -> None:
-        while True:
+        while not self._stop.is_set():
             if _FAILURE_SIGNAL is not None and hasattr(signal, "sigtimedwait"):
                 if signal.sigtimedwait([_FAILURE_SIGNAL], 0.25) is not None:
                     self.die("another process of this MPI job stopped (killed or crashed)")
             else:  # pragma: no cover - non-POSIX
                 time.sleep(0.25)
+            if self._pulse is not None:
+                self._check_pulse()
             since = self._busy_since
             if since is not None and time.monotonic() - since > self.timeout:
                 self.die(
@@ -184,17 +211,132 @@ class World:
                     f"or the network failed; the limit is {TIMEOUT_VAR})"
                 )
 
-    def die(self, reason: str) -> None:
-        """Print ``scratchcnn: error: rank R of N: REASON; ...checkpoint...`` and exit with
-        status 2 now (MPI_Finalize would wait for the peer that is gone)."""
-        text = f"scratchcnn: error: rank {self.rank} of {self.size}: {reason}"
-        if self.checkpoint is not None and os.path.exists(self.checkpoint):
-            text += f"; the last checkpoint, {self.checkpoint}, is intact: --resume continues it"
-        elif self.checkpoint is not None:
-            text += "; no checkpoint was written yet"
-        # Straight to the file descriptor: the main thread may hold sys.stderr's lock.
-        os.write(2, (text + "\n").encode())
-        os._exit(2)
+    def _check_pulse(self) -> None:
+        event = self._pulse.tick()  # type: ignore[union-attr]
+        if event is None:
+            return
+        what, peer = event
+        if what == "failed":  # that rank reported its own error; rank 0 passes it on
+            self.die("", quiet=True, cleanup=False)
+        # Silence. Rank 0 speaks for a silent peer; when rank 0 is the silent one, rank 1 does.
+        self.die(
+            f"rank {peer} of {self.size} gave no sign of life for {self.heartbeat:g} s (killed, "
+            f"crashed or hung; the limit is {HEARTBEAT_VAR})",
+            quiet=not (self.rank == 0 or (peer == 0 and self.rank == 1)),
+        )
+
+    def announce_failure(self) -> None:
+        """Tell the other ranks (through the heartbeat) that this one stops on an error it
+        has reported, so that they stop too, silently, instead of waiting for it."""
+        if self._pulse is not None:
+            self._pulse.send_and_flush(_FAILED)
+
+    def finish(self) -> None:
+        """On a clean end: tell the others this rank is done (so they stop watching it) and
+        stop the watchdog. A rank other than 0 first waits for rank 0's own end, still
+        watching it: a rank 0 that dies while writing its last files is still reported."""
+        pulse = self._pulse
+        if pulse is None or self._stop.is_set():
+            self._stop.set()
+            return
+        pulse.send_and_flush(_DONE)
+        if self.rank != 0 and self._watchdog is not None:
+            pulse.all_done.wait()
+        self._stop.set()
+        if self._watchdog is not None and self._watchdog is not threading.current_thread():
+            self._watchdog.join(timeout=2.0)
+
+    def die(self, reason: str, *, quiet: bool = False, cleanup: bool = True) -> None:
+        """Print ``scratchcnn: error: rank R of N: REASON; ...checkpoint...`` (unless
+        ``quiet``) and exit with status 2 now (MPI_Finalize would wait for the peer that is
+        gone). ``cleanup``: under the supervisor, let the launcher stop what is left."""
+        if not quiet:
+            text = f"scratchcnn: error: rank {self.rank} of {self.size}: {reason}"
+            if self.checkpoint is not None and os.path.exists(self.checkpoint):
+                text += (
+                    f"; the last checkpoint, {self.checkpoint}, is intact: --resume continues it"
+                )
+            elif self.checkpoint is not None:
+                text += "; no checkpoint was written yet"
+            # Straight to the file descriptor: the main thread may hold sys.stderr's lock.
+            os.write(2, (text + "\n").encode())
+        self.announce_failure()
+        from .supervise import CLEANUP_STATUS
+
+        os._exit(CLEANUP_STATUS if cleanup and self.supervised else 2)
+
+
+_ALIVE, _DONE, _FAILED = 0, 1, 2
+_PULSE_TAG = 92
+
+
+class _Heartbeat:
+    """Liveness between ranks, on a communicator of its own. Every ``period`` seconds rank 0
+    sends one byte to every rank and every rank one to rank 0 (a star: 2(N-1) messages);
+    a watched peer silent for ``limit`` seconds is taken for dead or hung. The byte says
+    ``_ALIVE``, ``_DONE`` (finished: stop watching me) or ``_FAILED`` (I stop on an error
+    I reported: stop too). Used by the watchdog thread and, for DONE / FAILED, by the main
+    thread: hence the lock (MPI runs with THREAD_MULTIPLE)."""
+
+    def __init__(self, comm: Any, rank: int, size: int, limit: float) -> None:
+        self.comm, self.limit = comm, limit
+        self.period = min(0.5, limit / 4)
+        self.peers = list(range(1, size)) if rank == 0 else [0]
+        now = time.monotonic()
+        self.seen = dict.fromkeys(self.peers, now)  # watched peer -> when last heard
+        self.inbox = {p: np.zeros(1, dtype=np.uint8) for p in self.peers}
+        self.recv = {p: comm.Irecv(self.inbox[p], source=p, tag=_PULSE_TAG) for p in self.peers}
+        self.sending: list[tuple[Any, np.ndarray]] = []
+        self.last_sent = -math.inf
+        self.said: int = _ALIVE
+        self.all_done = threading.Event()  # every watched peer said DONE
+        self.lock = threading.RLock()
+
+    def _send(self, what: int, to: Sequence[int]) -> None:
+        buf = np.full(1, what, dtype=np.uint8)
+        for p in to:
+            self.sending.append((self.comm.Isend(buf, dest=p, tag=_PULSE_TAG), buf))
+
+    def send_and_flush(self, what: int, wait: float = 1.0) -> None:
+        """Say ``what`` to every peer and wait (at most ``wait`` s) until it has left."""
+        with self.lock:
+            if self.said != _ALIVE:
+                return
+            self.said = what
+            self._send(what, self.peers)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            with self.lock:
+                self.sending = [(r, b) for r, b in self.sending if not r.Test()]
+                if not self.sending:
+                    return
+            time.sleep(0.01)
+
+    def tick(self) -> tuple[str, int] | None:
+        """Send a beat if due and read what arrived: ``("failed", peer)``,
+        ``("silent", peer)`` or None."""
+        with self.lock:
+            now = time.monotonic()
+            if self.said == _ALIVE and now - self.last_sent >= self.period:
+                self._send(_ALIVE, list(self.seen))
+                self.last_sent = now
+            self.sending = [(r, b) for r, b in self.sending if not r.Test()]
+            for p in list(self.seen):
+                while self.recv[p].Test():
+                    what = int(self.inbox[p][0])
+                    self.seen[p] = now
+                    if what == _FAILED:
+                        return ("failed", p)
+                    if what == _DONE:
+                        del self.seen[p]
+                        break
+                    self.recv[p] = self.comm.Irecv(self.inbox[p], source=p, tag=_PULSE_TAG)
+            if not self.seen:
+                self.all_done.set()
+            for p, heard in self.seen.items():
+                if now - heard > self.limit:
+                    return ("silent", p)
+            return None
 
 
 def flush_std() -> None:
@@ -208,28 +350,42 @@ def flush_std() -> None:
 _WORLD: World | None = None
 
 
-def init(timeout: float | None = None) -> World:
+def _seconds(var: str, default: float, zero_ok: bool = False) -> float:
+    raw = os.environ.get(var, "")
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        raise ConfigError(f"{var} must be a number of seconds, got {raw!r}") from None
+    if not (math.isfinite(value) and (value > 0 or (zero_ok and value == 0))):
+        raise ConfigError(f"{var} must be a positive number of seconds, got {raw!r}")
+    return value
+
+
+def init(timeout: float | None = None, heartbeat: float | None = None) -> World:
     """This process's :class:`World` (the same object on every call).
 
     A plain run, or ``mpiexec -n 1``, gives ``World()`` (rank 0 of 1) without importing
     mpi4py. Under an MPI launcher with more processes mpi4py is imported (one line naming
     ``scratchcnn[mpi]`` if it is missing), MPI errors are made to raise, and the watchdog
-    thread starts."""
+    thread starts (with the heartbeat: see the module docstring)."""
     global _WORLD
     if _WORLD is not None:
         return _WORLD
     if timeout is None:
-        raw = os.environ.get(TIMEOUT_VAR, "")
-        try:
-            timeout = float(raw) if raw else DEFAULT_TIMEOUT
-        except ValueError:
-            raise ConfigError(f"{TIMEOUT_VAR} must be a number of seconds, got {raw!r}") from None
+        timeout = _seconds(TIMEOUT_VAR, DEFAULT_TIMEOUT)
+    if heartbeat is None:
+        heartbeat = _seconds(HEARTBEAT_VAR, DEFAULT_HEARTBEAT, zero_ok=True)
     if not (math.isfinite(timeout) and timeout > 0):
         raise ConfigError(f"the MPI timeout must be a positive number of seconds, got {timeout}")
+    if not (math.isfinite(heartbeat) and heartbeat >= 0):
+        raise ConfigError(f"the MPI heartbeat must be a number of seconds >= 0, got {heartbeat}")
     size = launch_size()
     if size == 1:
         _WORLD = World(timeout=timeout)
         return _WORLD
+    from .supervise import attach_worker
+
+    supervised = attach_worker()
     # Block Hydra's failure signal before MPI starts its threads, so that only the watchdog
     # (sigtimedwait) ever receives it; its default action would kill us without a word.
     if _FAILURE_SIGNAL is not None and threading.current_thread() is threading.main_thread():
@@ -243,9 +399,12 @@ def init(timeout: float | None = None) -> World:
         ) from exc
     comm = MPI.COMM_WORLD
     comm.Set_errhandler(MPI.ERRORS_RETURN)
-    _WORLD = World(comm if comm.Get_size() > 1 else None, timeout=timeout)
-    _WORLD.start_watchdog()
-    return _WORLD
+    world = World(comm if comm.Get_size() > 1 else None, timeout, heartbeat, supervised)
+    world.start_watchdog()
+    # Registered after mpi4py's own exit hook, so it runs before MPI_Finalize.
+    atexit.register(world.finish)
+    _WORLD = world
+    return world
 
 
 # --- shards ----------------------------------------------------------------------------
@@ -463,4 +622,5 @@ def run_rank(world: World, main: Callable[[], int], report: Callable[[Any], int]
         traceback.print_exc()
         status = 1
     flush_std()
+    world.announce_failure()  # the others stop too instead of waiting for this rank
     os._exit(status)

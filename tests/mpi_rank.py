@@ -7,7 +7,8 @@ is rank 0):
 * ``NAN_AT_STEP=k``: the training loss of its k-th step is NaN (a rank that diverges alone);
 * ``FORCE_PROGRESS=1`` (every rank): progress bars on even without a terminal;
 * ``AUDIT_FILE=path`` (every rank): at exit, write to ``path.RANK`` every file this process
-  opened for writing, renamed, removed or created a folder at (one per line).
+  opened for writing, renamed, removed or created a folder at (one per line); recorded by
+  the rank's worker, not by its supervisor (scratchcnn/supervise.py), which writes nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sys
 
 import scratchcnn.train as train
 from scratchcnn.cli import main
+from scratchcnn.supervise import should_supervise
 
 rank = int(os.environ.get("PMI_RANK", "0"))
 target = rank == int(os.environ.get("STOP_RANK", "0"))
@@ -62,7 +64,7 @@ if target and int(os.environ.get("NAN_AT_STEP", "0")) > 0:
 if os.environ.get("FORCE_PROGRESS"):
     train._disable = lambda progress: progress is False
 
-if os.environ.get("AUDIT_FILE"):
+if os.environ.get("AUDIT_FILE") and not should_supervise():
     written: list[str] = []
 
     def audit(event: str, args: tuple) -> None:
