@@ -4,6 +4,8 @@ is rank 0):
 
 * ``STOP_AT_STEP=k``: send itself ``STOP_SIGNAL`` (default SIGKILL; SIGSTOP freezes it)
   just before its k-th training step;
+* ``FAIL_AT_STEP=k``: its k-th training step raises a user error (``DataError``) that the
+  other ranks do not see;
 * ``NAN_AT_STEP=k``: the training loss of its k-th step is NaN (a rank that diverges alone);
 * ``FORCE_PROGRESS=1`` (every rank): progress bars on even without a terminal;
 * ``AUDIT_FILE=path`` (every rank): at exit, write to ``path.RANK`` every file this process
@@ -21,6 +23,7 @@ import sys
 
 import scratchcnn.train as train
 from scratchcnn.cli import main
+from scratchcnn.errors import DataError
 from scratchcnn.supervise import should_supervise
 
 rank = int(os.environ.get("PMI_RANK", "0"))
@@ -48,6 +51,13 @@ if target and int(os.environ.get("STOP_AT_STEP", "0")) > 0:
         return real(*args, **kwargs)
 
     on_call(int(os.environ["STOP_AT_STEP"]), stop)
+
+if target and int(os.environ.get("FAIL_AT_STEP", "0")) > 0:
+
+    def fail(real, *args, **kwargs):
+        raise DataError(f"injected failure on rank {rank}")
+
+    on_call(int(os.environ["FAIL_AT_STEP"]), fail)
 
 if target and int(os.environ.get("NAN_AT_STEP", "0")) > 0:
 

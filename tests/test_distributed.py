@@ -282,7 +282,7 @@ def test_killed_rank_ends_the_job_and_resume_is_bit_identical(tmp_path, referenc
     out = tmp_path / "run"
     # Rank 1 is killed (SIGKILL) just before step 20; mpich's Hydra then stops rank 0.
     killed = mpirun(2, *SMALL, *EVERY5, "--out", out, timeout=60, STOP_AT_STEP="20", STOP_RANK="1")
-    assert killed.returncode != 0
+    assert killed.returncode == 2, killed.stdout + killed.stderr
     assert "Traceback" not in killed.stderr
     ckpt = sc.load_checkpoint(out / "model.npz")  # intact: the one of step 15
     assert ckpt.epoch == 0 and ckpt.extra["position"]["step"] == 15
@@ -322,6 +322,28 @@ def test_killed_rank_ends_the_job_with_status_2_and_one_line(tmp_path, killed):
     assert line.startswith(f"scratchcnn: error: rank {survivor} of 2: {why}"), line
     assert f"the last checkpoint, {out / 'model.npz'}, is intact" in line
     assert sc.load_checkpoint(out / "model.npz").extra["position"]["step"] == 15
+
+
+@posix_only
+@pytest.mark.slow
+@pytest.mark.parametrize("failing", [1, 0])
+def test_an_error_on_one_rank_stops_the_others_at_once(tmp_path, failing):
+    # The failing rank prints its error and says FAILED in its heartbeat: the other stops
+    # silently at once. The heartbeat's silence limit (60 s) is beyond the test's timeout,
+    # so only that message can end the job in time.
+    result = mpirun(
+        2,
+        *SMALL,
+        "--out",
+        tmp_path / "run",
+        timeout=45,
+        FAIL_AT_STEP="10",
+        STOP_RANK=str(failing),
+        SCRATCHCNN_MPI_HEARTBEAT="60",
+    )
+    line = error_line(result)
+    assert line == f"scratchcnn: error: injected failure on rank {failing}"
+    assert "BAD TERMINATION" not in result.stdout
 
 
 def test_a_rank_is_supervised_only_under_a_pmi_launcher_of_two_or_more(tmp_path):
