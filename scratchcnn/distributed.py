@@ -263,7 +263,13 @@ class World:
         self.announce_failure()
         from .supervise import CLEANUP_STATUS
 
-        os._exit(CLEANUP_STATUS if cleanup and self.supervised else 2)
+        cleanup = cleanup and self.supervised
+        if cleanup and self._pulse is not None and self.size > 2:
+            # The launcher is about to stop whatever is left: give the ranks that heard our
+            # FAILED the time to end by themselves (they answer FAILED before they go).
+            self._pulse.await_failed(wait=3.0)
+            time.sleep(0.2)  # ...and their supervisors the time to exit
+        os._exit(CLEANUP_STATUS if cleanup else 2)
 
 
 _ALIVE, _DONE, _FAILED = 0, 1, 2
@@ -310,6 +316,21 @@ class _Heartbeat:
                 self.sending = [(r, b) for r, b in self.sending if not r.Test()]
                 if not self.sending:
                     return
+            time.sleep(0.01)
+
+    def await_failed(self, wait: float) -> None:
+        """Wait (at most ``wait`` s) until every peer still heard from has said FAILED."""
+        deadline = time.monotonic() + wait
+        with self.lock:
+            pending = {p for p, heard in self.seen.items() if time.monotonic() - heard < self.limit}
+        while pending and time.monotonic() < deadline:
+            with self.lock:
+                for p in list(pending):
+                    while p in pending and self.recv[p].Test():
+                        if int(self.inbox[p][0]) == _FAILED:
+                            pending.discard(p)
+                        else:
+                            self.recv[p] = self.comm.Irecv(self.inbox[p], source=p, tag=_PULSE_TAG)
             time.sleep(0.01)
 
     def tick(self) -> tuple[str, int] | None:
