@@ -1,6 +1,6 @@
 """ResNet-8 on full Fashion-MNIST: per-epoch test accuracy and wall time, scratchcnn vs PyTorch.
 
-    python benchmarks/resnet_fashion_mnist.py [--epochs 4] [--threads 2] [--json FILE]
+    python benchmarks/resnet_fashion_mnist.py [--epochs 30] [--threads 2] [--json FILE]
         [--framework both|scratchcnn|pytorch] [--limit N]
     python benchmarks/resnet_fashion_mnist.py --combine A.json B.json --json OUT.json
 
@@ -38,7 +38,7 @@ import torch
 
 import scratchcnn as sc
 from scratchcnn.data import DataLoader, load_dataset
-from scratchcnn.models import resnet8
+from scratchcnn.models import RECIPES, resnet8
 from scratchcnn.train import evaluate
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -162,7 +162,7 @@ def combine(paths: list[str], out: str | None) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=RECIPES["resnet8"]["epochs"])
     p.add_argument("--threads", type=int, default=2, help="BLAS and torch threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--framework", choices=("both", "scratchcnn", "pytorch"), default="both")

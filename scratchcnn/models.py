@@ -171,10 +171,11 @@ MODELS: dict[str, Callable[..., Sequential]] = {
 
 
 #: Per-model training recipes: the settings of ``scratchcnn train`` that differ from its
-#: defaults (which are lenet5's). resnet8's is the benchmark's (benchmarks/resnet_fashion_mnist.py).
+#: defaults (which are lenet5's). resnet8's is the benchmark's (benchmarks/resnet_fashion_mnist.py):
+#: 30 epochs reach 93.35 % test accuracy on full Fashion-MNIST (PyTorch, same run: 93.22 %).
 RECIPES: dict[str, dict[str, Any]] = {
     "resnet8": {
-        "epochs": 4,
+        "epochs": 30,
         "batch_size": 128,
         "lr": 0.1,
         "momentum": 0.9,
