@@ -64,6 +64,11 @@ class _BatchNorm(Layer):
         self.buffers["running_mean"] = np.zeros(c, dtype=self.dtype)
         self.buffers["running_var"] = np.ones(c, dtype=self.dtype)
         self.buffers["num_batches_tracked"] = np.zeros((), dtype=np.int64)
+        #: While a batch is split over threads (``scratchcnn.parallel.BatchSplit``), an object
+        #: whose ``total(v)`` sums a per-channel vector over every slice of the batch (the same
+        #: result in every thread) and whose ``lead`` is True in one thread only; the
+        #: statistics are then the whole batch's. None: this layer sees the whole batch.
+        self.sync: Any = None
 
     def config(self) -> dict[str, Any]:
         return {
@@ -95,22 +100,26 @@ class _BatchNorm(Layer):
         # Work on x's memory as (A, C, B), C-contiguous: every pass below is one contiguous
         # sweep, and the output keeps x's layout (a Conv2D's (H, C, W, N) stays as it is).
         x3, order = channel_view(x)
-        m = x.size // x.shape[1]
+        m = x3.size // x3.shape[1]
         if self.training:
+            # Sums over this slice of the batch, totalled over all slices when split.
+            sums = self._total(np.append(x3.sum(axis=(0, 2)), m))
+            m = int(sums[-1])
             if m < 2:
                 raise ShapeError(
                     f"{who} needs more than one value per channel in training, got input shape "
                     f"{x.shape}; use a larger batch or eval()"
                 )
-            mean = x3.sum(axis=(0, 2)) / x.dtype.type(m)
+            mean = (sums[:-1] / m).astype(self.dtype)
             centered = x3 - mean[:, None]
-            var = channel_dot(centered, centered) / x.dtype.type(m)
-            mom = self.momentum
-            self.buffers["running_mean"] *= 1 - mom
-            self.buffers["running_mean"] += mom * mean
-            self.buffers["running_var"] *= 1 - mom
-            self.buffers["running_var"] += (mom * m / (m - 1)) * var
-            self.buffers["num_batches_tracked"] += 1
+            var = (self._total(channel_dot(centered, centered)) / m).astype(self.dtype)
+            if self.sync is None or self.sync.lead:  # replicas share the buffers: update once
+                mom = self.momentum
+                self.buffers["running_mean"] *= 1 - mom
+                self.buffers["running_mean"] += mom * mean
+                self.buffers["running_var"] *= 1 - mom
+                self.buffers["running_var"] += (mom * m / (m - 1)) * var
+                self.buffers["num_batches_tracked"] += 1
         else:
             mean, var = self.buffers["running_mean"], self.buffers["running_var"]
             centered = None  # backward recomputes it from x, if it is ever called
@@ -126,14 +135,19 @@ class _BatchNorm(Layer):
                 y += self.params["bias"][:, None]
         # Backward needs x - mean: kept from training, recomputed after an eval forward.
         kept = x3 if centered is None else centered
-        self._cache = (kept, mean, inv_std, self.training, order, x.shape)
+        self._cache = (kept, mean, inv_std, self.training, order, x.shape, m)
         return from_channel_view(y, order, x.shape)
+
+    def _total(self, v: np.ndarray) -> np.ndarray:
+        """``v`` in float64, summed over the slices of a split batch."""
+        v = v.astype(np.float64)
+        return v if self.sync is None else self.sync.total(v)
 
     def _bias(self) -> np.ndarray:
         return self.params["bias"] if self.affine else np.zeros(self.num_features, self.dtype)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        kept, mean, inv_std, training, order, shape = self._require_cache()
+        kept, mean, inv_std, training, order, shape, m = self._require_cache()
         dy = check_grad(dy, shape, self.dtype, type(self).__name__)
         # dy in x's memory order: free when it has that layout (what the next layer returns).
         dy3 = np.ascontiguousarray(dy.transpose(order)).reshape(kept.shape)
@@ -143,15 +157,17 @@ class _BatchNorm(Layer):
             centered = kept if training else kept - mean[:, None]
             sum_dy = dy3.sum(axis=(0, 2))
             sum_dy_xhat = channel_dot(dy3, centered) * inv_std
-        if self.affine:
+        if self.affine:  # this slice's share (BatchSplit adds the slices' gradients up)
             self.grads["weight"] = sum_dy_xhat
             self.grads["bias"] = sum_dy
         dx = dy3 * a[:, None]
         if training:
-            # dx = a*dy - a*mean(dy) - a*xhat*mean(dy*xhat), with xhat = (x - mean)*inv_std.
-            m = self.dtype.type(kept.size // kept.shape[1])
-            dx -= centered * (a * inv_std * sum_dy_xhat / m)[:, None]
-            dx -= (a * sum_dy / m)[:, None]
+            # dx = a*dy - a*mean(dy) - a*xhat*mean(dy*xhat), with xhat = (x - mean)*inv_std,
+            # the means over the whole batch.
+            c = self.num_features
+            sums = (self._total(np.concatenate([sum_dy, sum_dy_xhat])) / m).astype(self.dtype)
+            dx -= centered * (a * inv_std * sums[c:])[:, None]
+            dx -= (a * sums[:c])[:, None]
         return from_channel_view(dx, order, shape)
 
 
