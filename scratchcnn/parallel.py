@@ -19,10 +19,12 @@ BatchNorm2D/BatchNorm1D in training use the statistics of the *whole* batch, not
 slice: the replicas' BatchNorm layers total their per-channel sums over the slices
 (``SliceSync``: a barrier per sum, the slices' parts added in slice order, the same bits in
 every thread) before they normalise, and again for the two sums of their backward pass.
-The step is then the whole-batch step, up to float rounding. Models with Dropout (whose
-masks come from one random generator) are not split in training mode: ``BatchSplit`` then
-runs the model whole, in the calling thread, so results never change meaning. In eval mode
-every model can be split.
+The step is then the whole-batch step, up to float rounding. (Every replica must reach its
+BatchNorm layers in the same order, which holds for any model whose layers do not branch on
+the data; an exception in one slice aborts the barrier, so it never hangs.) Models with
+Dropout (whose masks come from one random generator) are not split in training mode:
+``BatchSplit`` then runs the model whole, in the calling thread, so results never change
+meaning. In eval mode every model can be split.
 """
 
 from __future__ import annotations
