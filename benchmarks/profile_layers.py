@@ -1,10 +1,13 @@
-"""Where a LeNet-5 training step spends its time: forward and backward per layer.
+"""Where a training step spends its time: forward and backward per layer.
 
-    python benchmarks/profile_layers.py [--batch 64] [--threads 2] [--steps 50] [--eval]
+    python benchmarks/profile_layers.py [--net lenet5|cifar|resnet8] [--batch 64]
+                                        [--threads 2] [--steps 50] [--eval]
     python benchmarks/profile_layers.py --pyinstrument     # call tree instead of the table
 
-Each layer's forward and backward is timed separately over ``--steps`` steps (median, ms).
-``--eval`` times inference (forward only, eval mode).
+Each leaf layer's forward and backward (inside Residual blocks too) is timed separately
+over ``--steps`` steps (median, ms), then summed per layer type; the last line gives the
+share of the step spent in Conv2D's matrix products (``np.matmul``). ``--eval`` times
+inference (forward only, eval mode).
 """
 
 from __future__ import annotations
@@ -15,15 +18,58 @@ from _threads import THREADS  # first: pins the BLAS thread count before NumPy l
 
 import argparse
 import time
+import types
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 import scratchcnn as sc
-from scratchcnn.models import lenet5
+from scratchcnn import models
+from scratchcnn.layers import conv as conv_module
+
+INPUTS = {"lenet5": (1, 28, 28), "cifar": (3, 32, 32), "resnet8": (1, 28, 28)}
+
+
+def build(net: str) -> sc.Sequential:
+    if net == "cifar":
+        from bench_speed import cifar_net
+
+        return cifar_net()
+    return getattr(models, net)(seed=0)
+
+
+def _timed(fn: Callable, into: list[float]) -> Callable:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t = time.perf_counter()
+        out = fn(*args, **kwargs)
+        into.append(time.perf_counter() - t)
+        return out
+
+    return wrapper
+
+
+class _CountingNumpy(types.ModuleType):
+    """numpy for conv.py, with ``matmul`` timed (everything else passed through)."""
+
+    def __init__(self) -> None:
+        super().__init__("numpy")
+        self.seconds = 0.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(np, name)
+
+    def matmul(self, *args: Any, **kwargs: Any) -> Any:
+        t = time.perf_counter()
+        out = np.matmul(*args, **kwargs)
+        self.seconds += time.perf_counter() - t
+        return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--net", choices=list(INPUTS), default="lenet5")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=50)
@@ -31,14 +77,21 @@ def main() -> None:
     p.add_argument("--pyinstrument", action="store_true", help="print a pyinstrument profile")
     args = p.parse_args()
 
-    model = lenet5(seed=0)
+    model = build(args.net)
     opt = sc.optim.SGD(model, lr=0.01, momentum=0.9)
     loss_fn = sc.CrossEntropyLoss()
     rng = np.random.default_rng(0)
-    x = rng.uniform(0, 1, (args.batch, 1, 28, 28)).astype(np.float32)
+    x = rng.uniform(0, 1, (args.batch, *INPUTS[args.net])).astype(np.float32)
     y = rng.integers(0, 10, args.batch)
     if args.eval:
         model.eval()
+
+    def step() -> None:
+        out = model.forward(x)
+        if not args.eval:
+            loss_fn.forward(out, y)
+            model.backward(loss_fn.backward(), input_grad=False)
+            opt.step()
 
     if args.pyinstrument:
         from pyinstrument import Profiler
@@ -46,59 +99,53 @@ def main() -> None:
         profiler = Profiler(interval=0.0002)
         profiler.start()
         for _ in range(args.steps):
-            out = model.forward(x)
-            if not args.eval:
-                loss_fn.forward(out, y)
-                model.backward(loss_fn.backward(), input_grad=False)
-                opt.step()
+            step()
         profiler.stop()
         print(profiler.output_text(unicode=True, color=False))
         return
 
-    n = len(model.layers)
-    fwd: list[list[float]] = [[] for _ in range(n)]
-    bwd: list[list[float]] = [[] for _ in range(n)]
-    rest: list[float] = []
-    for _ in range(args.steps):
-        h = x
-        for i, layer in enumerate(model.layers):
+    leaves = list(model.named_layers())
+    fwd: list[list[float]] = [[] for _ in leaves]
+    bwd: list[list[float]] = [[] for _ in leaves]
+    for i, (_, layer) in enumerate(leaves):
+        layer.forward = _timed(layer.forward, fwd[i])  # instance attributes shadow the class
+        layer.backward = _timed(layer.backward, bwd[i])
+    counting = _CountingNumpy()
+    conv_module.np = counting
+    steps, gemm = [], []
+    try:
+        step()  # warm-up: buffers allocated, BLAS threads started
+        for lst in (*fwd, *bwd):
+            lst.clear()
+        for _ in range(args.steps):
+            counting.seconds = 0.0
             t = time.perf_counter()
-            h = layer.forward(h)
-            fwd[i].append(time.perf_counter() - t)
-        if args.eval:
-            continue
-        t = time.perf_counter()
-        loss_fn.forward(h, y)
-        d = loss_fn.backward()
-        rest.append(time.perf_counter() - t)
-        for i in reversed(range(n)):
-            t = time.perf_counter()
-            d = (
-                model.layers[i].backward(d, input_grad=False)
-                if i == 0
-                else model.layers[i].backward(d)
-            )
-            bwd[i].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        opt.step()
-        rest[-1] += time.perf_counter() - t
+            step()
+            steps.append(time.perf_counter() - t)
+            gemm.append(counting.seconds)
+    finally:
+        conv_module.np = np
 
     def ms(v: list[float]) -> float:
         return float(np.median(v)) * 1e3 if v else 0.0
 
+    total = ms(steps)
     mode = "inference" if args.eval else "training step"
-    print(f"LeNet-5 {mode}, batch {args.batch}, {THREADS} threads, median of {args.steps} (ms)")
-    wid = max(len(repr(la)) for la in model.layers) + 2
-    print(f"{'#':>2}  {'layer':<{wid}}{'forward':>9}{'backward':>10}")
-    total = 0.0
-    for i, layer in enumerate(model.layers):
+    print(f"{args.net} {mode}, batch {args.batch}, {THREADS} threads, median of {args.steps} (ms)")
+    names = [f"{key:<14}{layer!r}"[:64] for key, layer in leaves]
+    wid = max(len(n) for n in names) + 2
+    print(f"{'layer':<{wid}}{'forward':>9}{'backward':>10}{'share':>8}")
+    by_type: dict[str, float] = defaultdict(float)
+    for i, (_, layer) in enumerate(leaves):
         f, b = ms(fwd[i]), ms(bwd[i])
-        total += f + b
-        print(f"{i:>2}  {layer!r:<{wid}}{f:>9.3f}{b:>10.3f}")
-    if not args.eval:
-        print(f"    {'loss + optimiser step':<{wid}}{ms(rest):>9.3f}")
-        total += ms(rest)
-    print(f"    {'total':<{wid}}{total:>9.3f}   ({args.batch / total * 1e3:,.0f} images/s)")
+        by_type[type(layer).__name__] += f + b
+        print(f"{names[i]:<{wid}}{f:>9.3f}{b:>10.3f}{(f + b) / total:>8.1%}")
+    rest = total - sum(by_type.values())
+    print(f"{'loss, optimiser, Python':<{wid}}{rest:>9.3f}{'':>10}{rest / total:>8.1%}")
+    print(f"{'step':<{wid}}{total:>9.3f}   ({args.batch / total * 1e3:,.0f} images/s)")
+    print("per layer type: " + ", ".join(f"{k} {v / total:.0%}" for k, v in by_type.items()))
+    share = ms(gemm) / total
+    print(f"Conv2D matrix products (np.matmul): {ms(gemm):.3f} ms = {share:.0%} of the step")
 
 
 if __name__ == "__main__":

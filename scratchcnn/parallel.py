@@ -15,8 +15,14 @@ The slices and the order of the sum are fixed, so results are deterministic for 
 number of threads; they differ from a single-threaded step in the last bits only (float
 sums in another order).
 
-Models whose training step depends on the whole batch or on a random generator
-(BatchNorm2D/BatchNorm1D batch statistics, Dropout masks) are not split in training mode:
+BatchNorm2D/BatchNorm1D in training use the statistics of the *whole* batch, not of each
+slice: the replicas' BatchNorm layers total their per-channel sums over the slices
+(``SliceSync``: a barrier per sum, the slices' parts added in slice order, the same bits in
+every thread) before they normalise, and again for the two sums of their backward pass.
+The step is then the whole-batch step, up to float rounding. (Every replica must reach its
+BatchNorm layers in the same order, which holds for any model whose layers do not branch on
+the data; an exception in one slice aborts the barrier, so it never hangs.) Models with
+Dropout (whose masks come from one random generator) are not split in training mode:
 ``BatchSplit`` then runs the model whole, in the calling thread, so results never change
 meaning. In eval mode every model can be split.
 """
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -34,6 +41,7 @@ import numpy as np
 from . import init as _init
 from .errors import ConfigError
 from .layers.base import Layer
+from .layers.normalization import _BatchNorm
 from .losses import Loss
 from .model import Sequential
 
@@ -41,7 +49,7 @@ from .model import Sequential
 #: smaller GEMMs cost more than the second core gives back.
 MIN_ITEMS_PER_THREAD = 8
 
-_BATCH_DEPENDENT = ("BatchNorm1D", "BatchNorm2D", "Dropout")
+_BATCH_DEPENDENT = ("Dropout",)
 
 
 def _leaves(model: Sequential) -> Iterator[Layer]:
@@ -64,6 +72,44 @@ def _replica(model: Sequential) -> Sequential:
         mine.buffers = theirs.buffers
         mine.grads = {k: np.zeros_like(v) for k, v in theirs.params.items()}
     return twin
+
+
+class SliceSync:
+    """Sums of per-channel vectors over the ``parts`` slices of one split batch.
+
+    Thread k's BatchNorm layers call ``member(k).total(v)`` with their slice's sums; each
+    call returns sum_k v_k to every thread, added in slice order. One barrier per call: the
+    slots alternate between two sets, so a thread that races ahead to its next call cannot
+    overwrite a slot that another thread is still reading. ``abort()`` (a thread failed)
+    wakes every waiting thread with ``threading.BrokenBarrierError``.
+    """
+
+    def __init__(self, parts: int) -> None:
+        self._barrier = threading.Barrier(parts)
+        self._slots: list[list[Any]] = [[None] * parts, [None] * parts]
+
+    def member(self, k: int) -> _SliceMember:
+        return _SliceMember(self, k)
+
+    def abort(self) -> None:
+        self._barrier.abort()
+
+
+class _SliceMember:
+    """Thread k's side of a ``SliceSync`` (what ``_BatchNorm.sync`` holds)."""
+
+    def __init__(self, group: SliceSync, k: int) -> None:
+        self.group, self.k, self.lead, self.calls = group, k, k == 0, 0
+
+    def total(self, v: np.ndarray) -> np.ndarray:
+        slots = self.group._slots[self.calls % 2]
+        self.calls += 1
+        slots[self.k] = v
+        self.group._barrier.wait()
+        total = slots[0].copy()
+        for part in slots[1:]:
+            total += part
+        return total
 
 
 class BatchSplit:
@@ -127,17 +173,42 @@ class BatchSplit:
         for replica in self._replicas[1:parts]:
             replica.train(self.model.training)
         err = np.geterr()  # np.errstate is per thread: the workers follow the caller's
+        sync = SliceSync(parts)
+        norms = [
+            [layer for layer in _leaves(r) if isinstance(layer, _BatchNorm)]
+            for r in self._replicas[:parts]
+        ]
+        if self.model.training:
+            for k, layers in enumerate(norms):
+                member = sync.member(k)
+                for layer in layers:
+                    layer.sync = member
 
-        def job_in_errstate(k: int, s: slice) -> Any:
-            with np.errstate(**err):
-                return job(k, s)
+        def guarded(k: int, s: slice) -> Any:
+            try:
+                with np.errstate(**err):
+                    return job(k, s)
+            except BaseException:
+                sync.abort()  # never leave the other threads waiting at a barrier
+                raise
 
-        with self._blas_limit.limit(limits=1, user_api="blas"):
-            futures = [
-                self._pool.submit(job_in_errstate, k, s) for k, s in enumerate(slices) if k > 0
-            ]
-            first = job(0, slices[0])
-            return [first, *(f.result() for f in futures)]
+        results, errors = [], []
+        try:
+            with self._blas_limit.limit(limits=1, user_api="blas"):
+                futures = [self._pool.submit(guarded, k, s) for k, s in enumerate(slices) if k]
+                for outcome in [lambda: guarded(0, slices[0]), *(f.result for f in futures)]:
+                    try:
+                        results.append(outcome())
+                    except BaseException as exc:
+                        errors.append(exc)
+        finally:
+            for layers in norms:
+                for layer in layers:
+                    layer.sync = None
+        if errors:  # the first real error, not the broken barrier it caused elsewhere
+            first = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
+            raise (first or errors)[0]
+        return results
 
     @staticmethod
     def _slices(n: int, parts: int) -> list[slice]:

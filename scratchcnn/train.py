@@ -227,8 +227,9 @@ def fit(
     shows a tqdm bar with running loss and accuracy (None: only on a terminal).
     ``on_epoch_end`` receives each epoch's metrics (the command line prints them).
     ``threads``: split each batch over this many threads, each running a replica of the
-    model on its slice with one BLAS thread (``scratchcnn.parallel.BatchSplit``; models with
-    BatchNorm or Dropout are not split in training). Default None: no splitting. Results are
+    model on its slice with one BLAS thread (``scratchcnn.parallel.BatchSplit``; BatchNorm
+    uses the whole batch's statistics; models with Dropout are not split in training).
+    Default None: no splitting. Results are
     bit-identical for a given thread count.
     A NaN or infinite loss stops training with ``TrainingDiverged``; the checkpoint of the
     last good epoch stays on disk.

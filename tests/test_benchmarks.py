@@ -105,6 +105,11 @@ def test_profile_layers_prints_every_layer():
     assert "MaxPool2D" in out and "images/s" in out
 
 
+def test_profile_layers_walks_into_residual_blocks():
+    out = run("profile_layers.py", "--net", "resnet8", "--steps", "1", "--batch", "4")
+    assert "3.body.0" in out and "5.shortcut.1" in out and "matrix products" in out
+
+
 def test_thread_benchmark_reports_all_four_settings(tmp_path):
     out = run(
         "bench_threads.py", "--rounds", "1", "--steps", "2", "--json", str(tmp_path / "t.json")

@@ -29,7 +29,9 @@ class _BatchNorm(Layer):
 
     Backward (training), M = values per channel, g = dy * weight:
     dL/dx = (1/M) / sqrt(var + eps) * (M g - sum g - xhat * sum(g * xhat));
-    dL/dweight = sum dy * xhat;  dL/dbias = sum dy.
+    dL/dweight = sum dy * xhat;  dL/dbias = sum dy. The code evaluates dL/dx as
+    a*dy - a*mean(dy) - (x - mean) * a*inv_std*mean(dy*xhat), a = weight*inv_std: four
+    passes over the data, each over x's own memory layout (``channel_view``).
     """
 
     #: (ndim of the input, its layout for messages)
@@ -62,6 +64,11 @@ class _BatchNorm(Layer):
         self.buffers["running_mean"] = np.zeros(c, dtype=self.dtype)
         self.buffers["running_var"] = np.ones(c, dtype=self.dtype)
         self.buffers["num_batches_tracked"] = np.zeros((), dtype=np.int64)
+        #: While a batch is split over threads (``scratchcnn.parallel.BatchSplit``), an object
+        #: whose ``total(v)`` sums a per-channel vector over every slice of the batch (the same
+        #: result in every thread) and whose ``lead`` is True in one thread only; the
+        #: statistics are then the whole batch's. None: this layer sees the whole batch.
+        self.sync: Any = None
 
     def config(self) -> dict[str, Any]:
         return {
@@ -87,58 +94,107 @@ class _BatchNorm(Layer):
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(input_shape)
 
-    def _axes(self) -> tuple[int, ...]:
-        return (0, *range(2, self._ndim))
-
-    def _col(self, v: np.ndarray) -> np.ndarray:
-        """A per-channel vector shaped to broadcast against the input: (C, 1, 1) or (C,)."""
-        return v.reshape(-1, *(1,) * (self._ndim - 2))
-
     def forward(self, x: np.ndarray) -> np.ndarray:
         who = f"{type(self).__name__}({self.num_features})"
         x = check_input(x, who, self._ndim, self._layout, self.dtype, self.num_features)
-        axes = self._axes()
+        # Work on x's memory as (A, C, B), C-contiguous: every pass below is one contiguous
+        # sweep, and the output keeps x's layout (a Conv2D's (H, C, W, N) stays as it is).
+        x3, order = channel_view(x)
+        m = x3.size // x3.shape[1]
         if self.training:
-            m = x.size // x.shape[1]
+            # Sums over this slice of the batch, totalled over all slices when split.
+            sums = self._total(np.append(x3.sum(axis=(0, 2)), m))
+            m = int(sums[-1])
             if m < 2:
                 raise ShapeError(
                     f"{who} needs more than one value per channel in training, got input shape "
                     f"{x.shape}; use a larger batch or eval()"
                 )
-            mean = x.mean(axis=axes)
-            var = x.var(axis=axes)
-            mom = self.momentum
-            self.buffers["running_mean"] *= 1 - mom
-            self.buffers["running_mean"] += mom * mean
-            self.buffers["running_var"] *= 1 - mom
-            self.buffers["running_var"] += (mom * m / (m - 1)) * var
-            self.buffers["num_batches_tracked"] += 1
+            mean = (sums[:-1] / m).astype(self.dtype)
+            centered = x3 - mean[:, None]
+            var = (self._total(channel_dot(centered, centered)) / m).astype(self.dtype)
+            if self.sync is None or self.sync.lead:  # replicas share the buffers: update once
+                mom = self.momentum
+                self.buffers["running_mean"] *= 1 - mom
+                self.buffers["running_mean"] += mom * mean
+                self.buffers["running_var"] *= 1 - mom
+                self.buffers["running_var"] += (mom * m / (m - 1)) * var
+                self.buffers["num_batches_tracked"] += 1
         else:
-            mean = self.buffers["running_mean"]
-            var = self.buffers["running_var"]
+            mean, var = self.buffers["running_mean"], self.buffers["running_var"]
+            centered = None  # backward recomputes it from x, if it is ever called
         inv_std = (1.0 / np.sqrt(var + self.eps)).astype(self.dtype)
-        xhat = (x - self._col(mean)) * self._col(inv_std)
-        self._cache = (xhat, inv_std, self.training)
-        if not self.affine:
-            return xhat
-        return xhat * self._col(self.params["weight"]) + self._col(self.params["bias"])
+        scale = inv_std * self.params["weight"] if self.affine else inv_std
+        # y = (x - mean) * scale + bias, two passes over the data.
+        if centered is None:
+            y = x3 * scale[:, None]
+            y += (self._bias() - mean * scale)[:, None]
+        else:
+            y = centered * scale[:, None]
+            if self.affine:
+                y += self.params["bias"][:, None]
+        # Backward needs x - mean: kept from training, recomputed after an eval forward.
+        kept = x3 if centered is None else centered
+        self._cache = (kept, mean, inv_std, self.training, order, x.shape, m)
+        return from_channel_view(y, order, x.shape)
+
+    def _total(self, v: np.ndarray) -> np.ndarray:
+        """``v`` in float64, summed over the slices of a split batch."""
+        v = v.astype(np.float64)
+        return v if self.sync is None else self.sync.total(v)
+
+    def _bias(self) -> np.ndarray:
+        return self.params["bias"] if self.affine else np.zeros(self.num_features, self.dtype)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        xhat, inv_std, training = self._require_cache()
-        dy = check_grad(dy, xhat.shape, self.dtype, type(self).__name__)
-        axes = self._axes()
-        if self.affine:
-            self.grads["weight"] = (dy * xhat).sum(axis=axes)
-            self.grads["bias"] = dy.sum(axis=axes)
-            g = dy * self._col(self.params["weight"])
-        else:
-            g = dy
-        if not training:
-            return g * self._col(inv_std)
-        m = xhat.size // xhat.shape[1]
-        g_sum = self._col(g.sum(axis=axes))
-        gx_sum = self._col((g * xhat).sum(axis=axes))
-        return (self._col(inv_std) / m) * (m * g - g_sum - xhat * gx_sum)
+        kept, mean, inv_std, training, order, shape, m = self._require_cache()
+        dy = check_grad(dy, shape, self.dtype, type(self).__name__)
+        # dy in x's memory order: free when it has that layout (what the next layer returns).
+        dy3 = np.ascontiguousarray(dy.transpose(order)).reshape(kept.shape)
+        a = inv_std * self.params["weight"] if self.affine else inv_std
+        if self.affine or training:
+            # In eval mode xhat uses the running statistics.
+            centered = kept if training else kept - mean[:, None]
+            sum_dy = dy3.sum(axis=(0, 2))
+            sum_dy_xhat = channel_dot(dy3, centered) * inv_std
+        if self.affine:  # this slice's share (BatchSplit adds the slices' gradients up)
+            self.grads["weight"] = sum_dy_xhat
+            self.grads["bias"] = sum_dy
+        dx = dy3 * a[:, None]
+        if training:
+            # dx = a*dy - a*mean(dy) - a*xhat*mean(dy*xhat), with xhat = (x - mean)*inv_std,
+            # the means over the whole batch.
+            c = self.num_features
+            sums = (self._total(np.concatenate([sum_dy, sum_dy_xhat])) / m).astype(self.dtype)
+            dx -= centered * (a * inv_std * sums[c:])[:, None]
+            dx -= (a * sums[:c])[:, None]
+        return from_channel_view(dx, order, shape)
+
+
+def channel_view(x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
+    """x's memory as a C-contiguous (A, C, B) array, C = axis 1 (copied to C order first if
+    its axes are not a permutation of a contiguous array), and the axis ``order`` such that
+    ``x.transpose(order)`` is that memory with axis 1 between A's axes and B's."""
+    order = tuple(int(i) for i in np.argsort([-st for st in x.strides], kind="stable"))
+    xt = x.transpose(order)
+    if not xt.flags.c_contiguous:
+        order = tuple(range(x.ndim))
+        xt = np.ascontiguousarray(x)
+    k = order.index(1)
+    a = int(np.prod(xt.shape[:k], dtype=np.int64))
+    return xt.reshape(a, x.shape[1], -1), order
+
+
+def from_channel_view(y3: np.ndarray, order: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of :func:`channel_view`: the logical ``shape`` over y3's memory."""
+    return y3.reshape([shape[i] for i in order]).transpose(np.argsort(order))
+
+
+def channel_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """sum over A and B of a * b for (A, C, B) arrays, per channel, without a temporary."""
+    if a.shape[2] >= a.shape[0]:
+        return np.vecdot(a, b).sum(axis=0)
+    return np.vecdot(a, b, axis=0).sum(axis=-1)
 
 
 class BatchNorm2D(_BatchNorm):

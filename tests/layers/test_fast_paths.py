@@ -1,0 +1,134 @@
+"""The speed paths of Conv2D and BatchNorm against the reference paths and PyTorch.
+
+Conv2D computes dL/dx at stride 1 (O <= 2C) as a correlation of dy with the rotated kernel;
+the col2im route it replaces stays the reference. BatchNorm works on its input's memory
+layout (``channel_view``); the reference is PyTorch on a contiguous copy.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+import scratchcnn as sc
+from scratchcnn.layers import conv as conv_module
+from scratchcnn.layers.normalization import channel_view, from_channel_view
+
+DTYPES = [(np.float64, 1e-10), (np.float32, 2e-4)]
+
+CORRELATION_CASES = [
+    # cin, cout, kernel, padding, hw
+    (4, 4, 3, 1, (7, 6)),  # 3x3 "same"
+    (3, 6, 3, 0, (6, 7)),  # valid, O = 2C
+    (2, 3, 5, 2, (6, 6)),
+    (3, 2, (2, 3), ((1, 0), (0, 2)), (5, 4)),  # even kernel, asymmetric padding
+    (2, 2, 1, 0, (3, 3)),  # 1x1
+]
+
+
+def _torch_conv_grads(conv, x, dy):
+    (pt, pb), (pl, pr) = conv.pad
+    xt = torch.tensor(np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr))), requires_grad=True)
+    wt = torch.tensor(conv.params["weight"], requires_grad=True)
+    bt = torch.tensor(conv.params["bias"], requires_grad=True)
+    torch.nn.functional.conv2d(xt, wt, bt, stride=conv.stride).backward(torch.tensor(dy))
+    h, w = x.shape[2:]
+    return xt.grad.numpy()[:, :, pt : pt + h, pl : pl + w], wt.grad.numpy(), bt.grad.numpy()
+
+
+@pytest.mark.parametrize("dtype, tol", DTYPES)
+@pytest.mark.parametrize("cin, cout, k, pad, hw", CORRELATION_CASES)
+def test_conv_input_grad_by_correlation_matches_col2im_and_torch(
+    cin, cout, k, pad, hw, dtype, tol, rng, monkeypatch
+):
+    conv = sc.Conv2D(cin, cout, k, padding=pad, dtype=dtype, rng=1)
+    assert conv._transposable
+    x = rng.standard_normal((3, cin, *hw)).astype(dtype)
+    y = conv.forward(x)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    fast = conv.backward(dy)
+    fast_w = conv.grads["weight"].copy()
+    assert fast.dtype == dtype and fast.shape == x.shape
+    monkeypatch.setattr(conv_module.Conv2D, "_transposable", property(lambda self: False))
+    reference = conv.backward(dy)
+    np.testing.assert_allclose(fast, reference, rtol=tol, atol=tol)
+    np.testing.assert_array_equal(conv.grads["weight"], fast_w)  # shared code
+    tx, tw, tb = _torch_conv_grads(conv, x, dy)
+    np.testing.assert_allclose(fast, tx, rtol=tol, atol=tol)
+    np.testing.assert_allclose(fast_w, tw, rtol=tol, atol=tol)
+    np.testing.assert_allclose(conv.grads["bias"], tb, rtol=tol, atol=tol)
+
+
+def test_conv_correlation_path_passes_gradcheck(rng):
+    conv = sc.Conv2D(3, 3, 3, padding="same", dtype=np.float64, rng=0)
+    assert conv._transposable
+    assert sc.gradcheck(conv, rng.standard_normal((2, 3, 5, 4))).ok
+
+
+@pytest.mark.parametrize(
+    "cin, cout, stride, expected", [(4, 8, 1, True), (4, 9, 1, False), (4, 4, 2, False)]
+)
+def test_conv_takes_the_correlation_route_only_where_it_is_faster(cin, cout, stride, expected):
+    assert sc.Conv2D(cin, cout, 3, stride=stride, padding=1)._transposable is expected
+
+
+def _layouts(x):
+    """x as NCHW, as a Conv2D output's (H, C, W, N) memory, and as a strided slice."""
+    hcwn = np.ascontiguousarray(x.transpose(2, 1, 3, 0)).transpose(3, 1, 0, 2)
+    wide = np.zeros((x.shape[0], x.shape[1], x.shape[2], 2 * x.shape[3]), x.dtype)
+    wide[..., ::2] = x
+    return {"nchw": np.ascontiguousarray(x), "hcwn": hcwn, "strided": wide[..., ::2]}
+
+
+@pytest.mark.parametrize("layout", ["nchw", "hcwn", "strided"])
+def test_channel_view_round_trip(layout, rng):
+    x = _layouts(rng.standard_normal((3, 4, 5, 2)))[layout]
+    x3, order = channel_view(x)
+    assert x3.flags.c_contiguous and x3.shape[1] == 4
+    back = from_channel_view(x3, order, x.shape)
+    np.testing.assert_array_equal(back, x)
+    if layout != "strided":  # a permutation of contiguous memory: viewed, not copied
+        assert np.shares_memory(x3, x)
+
+
+@pytest.mark.parametrize("dtype, tol", DTYPES)
+@pytest.mark.parametrize("layout", ["nchw", "hcwn", "strided"])
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm2d_matches_torch_in_every_layout(layout, training, dtype, tol, rng):
+    x0 = rng.standard_normal((4, 3, 5, 6)) * 2 + 1
+    dy0 = rng.standard_normal(x0.shape)
+    x, dy = _layouts(x0.astype(dtype))[layout], _layouts(dy0.astype(dtype))[layout]
+    bn = sc.BatchNorm2D(3, momentum=0.3, dtype=dtype)
+    ref = torch.nn.BatchNorm2d(3, momentum=0.3).to(torch.float64)
+    w, b = rng.uniform(0.5, 2, 3), rng.standard_normal(3)
+    mean, var = rng.standard_normal(3), rng.uniform(0.5, 2, 3)
+    bn.params["weight"][:], bn.params["bias"][:] = w, b
+    bn.buffers["running_mean"][:], bn.buffers["running_var"][:] = mean, var
+    with torch.no_grad():
+        ref.weight[:], ref.bias[:] = torch.tensor(w), torch.tensor(b)
+        ref.running_mean[:], ref.running_var[:] = torch.tensor(mean), torch.tensor(var)
+    bn.train(training)
+    ref.train(training)
+    xt = torch.tensor(x0.astype(dtype).astype(np.float64), requires_grad=True)
+    yt = ref(xt)
+    yt.backward(torch.tensor(dy0.astype(dtype).astype(np.float64)))
+    y = bn.forward(x)
+    dx = bn.backward(dy)
+    assert y.dtype == dx.dtype == dtype
+    assert y.strides == x.strides or layout == "strided"  # the output keeps x's layout
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(bn.grads["weight"], ref.weight.grad.numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(bn.grads["bias"], ref.bias.grad.numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(bn.buffers["running_mean"], ref.running_mean.numpy(), rtol=tol)
+    np.testing.assert_allclose(bn.buffers["running_var"], ref.running_var.numpy(), rtol=tol)
+
+
+@pytest.mark.parametrize("dtype, tol", DTYPES)
+def test_batchnorm1d_matches_torch(dtype, tol, rng):
+    x0, dy0 = rng.standard_normal((7, 5)) * 3 - 2, rng.standard_normal((7, 5))
+    bn, ref = sc.BatchNorm1D(5, dtype=dtype), torch.nn.BatchNorm1d(5).to(torch.float64)
+    xt = torch.tensor(x0.astype(dtype).astype(np.float64), requires_grad=True)
+    ref(xt).backward(torch.tensor(dy0.astype(dtype).astype(np.float64)))
+    bn.forward(x0.astype(dtype))
+    np.testing.assert_allclose(bn.backward(dy0.astype(dtype)), xt.grad.numpy(), rtol=tol, atol=tol)
+    np.testing.assert_allclose(bn.buffers["running_var"], ref.running_var.numpy(), rtol=tol)
