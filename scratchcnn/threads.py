@@ -18,6 +18,7 @@ choice, which never exceeds what the BLAS was started with (``OPENBLAS_NUM_THREA
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from .errors import ConfigError
 from .model import Sequential
@@ -42,21 +43,37 @@ ENV_VAR = "SCRATCHCNN_NUM_THREADS"
 
 def model_macs(model: Sequential) -> int:
     """Multiply-adds of one forward pass for one image, counted over Conv2D and Dense (the
-    layers that call BLAS); 0 if the model does not know its input shape."""
+    layers that call BLAS), inside blocks too; 0 if the model does not know its input shape."""
     if model.input_shape is None:
         return 0
-    total = 0
-    shapes = [(1, *model.input_shape), *model.output_shapes()]
-    for layer, shape_out in zip(model.layers, shapes[1:], strict=False):
-        weight = getattr(layer, "params", {}).get("weight")
-        if weight is None or weight.ndim not in (2, 4):
-            continue
-        per_output = int(weight[0].size)  # C/groups*KH*KW for a conv, in_features for Dense
-        outputs = 1
-        for d in shape_out[1:]:
-            outputs *= int(d)
-        total += per_output * outputs
+    total, shape = 0, (1, *model.input_shape)
+    for layer in model.layers:
+        macs, shape = _layer_macs(layer, shape)
+        total += macs
     return total
+
+
+def _layer_macs(layer: Any, shape: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
+    """(multiply-adds, output shape) of ``layer`` for an input of ``shape``. A block's
+    children (a Residual's body and shortcut, a Parallel's branches) all take its input."""
+    out = tuple(layer.output_shape(shape))
+    children = layer.named_children() if hasattr(layer, "named_children") else None
+    if children is not None:
+        total = 0
+        for _, child in children:
+            sub = shape
+            for inner in getattr(child, "layers", [child]):
+                macs, sub = _layer_macs(inner, sub)
+                total += macs
+        return total, out
+    weight = getattr(layer, "params", {}).get("weight")
+    if weight is None or weight.ndim not in (2, 4):
+        return 0, out
+    per_output = int(weight[0].size)  # C/groups*KH*KW for a conv, in_features for Dense
+    outputs = 1
+    for d in out[1:]:
+        outputs *= int(d)
+    return per_output * outputs, out
 
 
 def auto_threads(model: Sequential, batch_size: int, available: int | None = None) -> int:

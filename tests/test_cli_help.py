@@ -11,7 +11,7 @@ import pytest
 
 import scratchcnn as sc
 from scratchcnn.cli import build_parser, main
-from scratchcnn.models import lenet5
+from scratchcnn.models import lenet5, resnet8
 from scratchcnn.threads import MACS_PER_THREAD, auto_threads, model_macs, resolve_threads
 
 
@@ -112,6 +112,12 @@ def test_threads_are_chosen_per_workload(monkeypatch):
     assert resolve_threads(3, model, 32) == 3  # --threads wins
     monkeypatch.setenv("SCRATCHCNN_NUM_THREADS", "2")
     assert resolve_threads(None, model, 32) == 2
+    # Convolutions inside blocks count too: resnet8's 9.35 M multiply-adds per image, by hand.
+    stem, stage1 = 28 * 28 * 16 * 9, 2 * 28 * 28 * 16 * 16 * 9
+    stage2 = 14 * 14 * 32 * (16 * 9 + 32 * 9 + 16)  # two 3x3 convs and the 1x1 projection
+    stage3 = 7 * 7 * 64 * (32 * 9 + 64 * 9 + 32)
+    assert model_macs(resnet8(seed=0)) == stem + stage1 + stage2 + stage3 + 64 * 10
+    assert auto_threads(resnet8(seed=0), 128, available=2) == 2  # its recipe's batch
     monkeypatch.setenv("SCRATCHCNN_NUM_THREADS", "many")
     with pytest.raises(sc.ConfigError, match="SCRATCHCNN_NUM_THREADS='many'"):
         resolve_threads(None, model, 32)
