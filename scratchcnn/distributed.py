@@ -291,12 +291,21 @@ class _Heartbeat:
         now = time.monotonic()
         self.seen = dict.fromkeys(self.peers, now)  # watched peer -> when last heard
         self.inbox = {p: np.zeros(1, dtype=np.uint8) for p in self.peers}
-        self.recv = {p: comm.Irecv(self.inbox[p], source=p, tag=_PULSE_TAG) for p in self.peers}
+        self.recv = {p: self._listen(p) for p in self.peers}
         self.sending: list[tuple[Any, np.ndarray]] = []
         self.last_sent = -math.inf
         self.said: int = _ALIVE
         self.all_done = threading.Event()  # every watched peer said DONE
         self.lock = threading.RLock()
+
+    def _listen(self, peer: int) -> Any:
+        """The receive request for ``peer``'s next byte (into ``inbox[peer]``)."""
+        return self.comm.Irecv(self.inbox[peer], source=peer, tag=_PULSE_TAG)
+
+    def _prune(self) -> bool:
+        """Forget the sends that have completed; True when none is left."""
+        self.sending = [(r, b) for r, b in self.sending if not r.Test()]
+        return not self.sending
 
     def _send(self, what: int, to: Sequence[int]) -> None:
         buf = np.full(1, what, dtype=np.uint8)
@@ -313,8 +322,7 @@ class _Heartbeat:
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             with self.lock:
-                self.sending = [(r, b) for r, b in self.sending if not r.Test()]
-                if not self.sending:
+                if self._prune():
                     return
             time.sleep(0.01)
 
@@ -330,7 +338,7 @@ class _Heartbeat:
                         if int(self.inbox[p][0]) == _FAILED:
                             pending.discard(p)
                         else:
-                            self.recv[p] = self.comm.Irecv(self.inbox[p], source=p, tag=_PULSE_TAG)
+                            self.recv[p] = self._listen(p)
             time.sleep(0.01)
 
     def tick(self) -> tuple[str, int] | None:
@@ -341,7 +349,7 @@ class _Heartbeat:
             if self.said == _ALIVE and now - self.last_sent >= self.period:
                 self._send(_ALIVE, list(self.seen))
                 self.last_sent = now
-            self.sending = [(r, b) for r, b in self.sending if not r.Test()]
+            self._prune()
             for p in list(self.seen):
                 while self.recv[p].Test():
                     what = int(self.inbox[p][0])
@@ -351,7 +359,7 @@ class _Heartbeat:
                     if what == _DONE:
                         del self.seen[p]
                         break
-                    self.recv[p] = self.comm.Irecv(self.inbox[p], source=p, tag=_PULSE_TAG)
+                    self.recv[p] = self._listen(p)
             if not self.seen:
                 self.all_done.set()
             for p, heard in self.seen.items():
@@ -372,13 +380,17 @@ _WORLD: World | None = None
 
 
 def _seconds(var: str, default: float, zero_ok: bool = False) -> float:
+    """The number of seconds in environment variable ``var`` (``default`` when unset)."""
     raw = os.environ.get(var, "")
+    problem = ConfigError(
+        f"{var} must be a number of seconds {'>= 0' if zero_ok else '> 0'}, got {raw!r}"
+    )
     try:
         value = float(raw) if raw else default
     except ValueError:
-        raise ConfigError(f"{var} must be a number of seconds, got {raw!r}") from None
+        raise problem from None
     if not (math.isfinite(value) and (value > 0 or (zero_ok and value == 0))):
-        raise ConfigError(f"{var} must be a positive number of seconds, got {raw!r}")
+        raise problem
     return value
 
 

@@ -35,6 +35,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 
 __all__ = ["CLEANUP_STATUS", "attach_worker", "should_supervise", "supervise"]
 
@@ -47,7 +48,7 @@ _PR_SET_PDEATHSIG = 1
 _FORWARDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
 
 
-def _pmi_fd(environ: dict[str, str]) -> int | None:
+def _pmi_fd(environ: Mapping[str, str]) -> int | None:
     raw = environ.get("PMI_FD", "")
     if not raw.isdigit():
         return None
@@ -59,7 +60,7 @@ def _pmi_fd(environ: dict[str, str]) -> int | None:
     return fd
 
 
-def should_supervise(environ: dict[str, str] | None = None) -> bool:
+def should_supervise(environ: Mapping[str, str] | None = None) -> bool:
     """True in the process an mpich-style launcher started for a job of more than one
     process (and not in the worker a supervisor started)."""
     env = os.environ if environ is None else environ
@@ -111,9 +112,9 @@ def _finalize_pmi(fd: int, wait: float = 2.0) -> None:
 
 def supervise() -> int:
     """Run this very command line again as the worker, wait for it, and end as described in
-    the module docstring. Returns the status for this process (it never returns normally
-    when the launcher must not clean up: it exits)."""
-    fd = _pmi_fd(dict(os.environ))
+    the module docstring. Returns 0 when the worker succeeded; otherwise ends this process
+    here (``os._exit``) with the status described there."""
+    fd = _pmi_fd(os.environ)
     env = dict(os.environ, **{WORKER_VAR: str(os.getpid())})
     # The worker inherits PMI_FD (pass_fds keeps it open across exec) and our stdio.
     worker = subprocess.Popen(
@@ -127,12 +128,7 @@ def supervise() -> int:
     for name in _FORWARDED:
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), forward)
-    while True:
-        try:
-            status = worker.wait()
-            break
-        except KeyboardInterrupt:  # pragma: no cover - SIGINT is forwarded, not raised
-            continue
+    status = worker.wait()  # SIGINT is forwarded (above), so this wait is not interrupted
     if status == 0:
         return 0
     if status == CLEANUP_STATUS:

@@ -85,6 +85,30 @@ def test_mpiexec_without_mpi4py_is_one_line_naming_the_extra(tmp_path):
     assert not (tmp_path / "model.npz").exists()
 
 
+@pytest.mark.parametrize(
+    "var,raw,least",
+    [
+        ("SCRATCHCNN_MPI_TIMEOUT", "soon", "> 0"),
+        ("SCRATCHCNN_MPI_TIMEOUT", "0", "> 0"),
+        ("SCRATCHCNN_MPI_HEARTBEAT", "-1", ">= 0"),
+        ("SCRATCHCNN_MPI_HEARTBEAT", "nan", ">= 0"),
+    ],
+)
+def test_bad_mpi_time_limits_are_one_clear_error(monkeypatch, var, raw, least):
+    monkeypatch.setattr(distributed, "_WORLD", None)  # init() reads the variables again
+    monkeypatch.setenv(var, raw)
+    with pytest.raises(sc.ConfigError, match=f"{var} must be a number of seconds {least}"):
+        distributed.init()
+
+
+def test_a_heartbeat_of_0_is_accepted(monkeypatch):
+    monkeypatch.setattr(distributed, "_WORLD", None)
+    monkeypatch.setenv("SCRATCHCNN_MPI_HEARTBEAT", "0")
+    for var in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    assert distributed.init().size == 1
+
+
 def test_launch_size_from_the_launchers_environment():
     assert distributed.launch_size({}) == 1
     assert distributed.launch_size({"PMI_SIZE": "4", "PMI_RANK": "1"}) == 4
