@@ -9,9 +9,9 @@ Why each rule exists:
   reverse order, so neither always runs "warm" after the other.
 * **Foreign load per window.** The machine is shared: during each window we read the
   whole machine's busy CPU time (``/proc/stat``) and subtract this process's own CPU time
-  (``/proc/self/stat``, every thread). What remains is other processes' work, in cores. A
-  round in which any window saw more than ``MAX_FOREIGN`` cores of foreign load is dropped
-  (and counted).
+  (every thread, and its live child processes: the workers of a split batch). What remains
+  is other processes' work, in cores. A round in which any window saw more than
+  ``MAX_FOREIGN`` cores of foreign load is dropped (and counted).
 * **Medians of per-round ratios.** Speed drifts from minute to minute on a virtual machine;
   two contenders timed back to back in the same round see the same drift, so the ratio of a
   round is stable where the rates are not. The reported ratio is the median over rounds.
@@ -41,9 +41,26 @@ def _machine_busy_s() -> float:
 
 
 def _own_cpu_s() -> float:
-    """CPU seconds used by this process, every thread included."""
+    """CPU seconds used by this process, every thread included, and by its live child
+    processes (the workers of a batch split over processes are part of what is timed)."""
     t = os.times()
-    return t.user + t.system
+    return t.user + t.system + _children_cpu_s()
+
+
+def _children_cpu_s() -> float:
+    me, total = str(os.getpid()), 0
+    for entry in os.scandir("/proc") if available() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as fh:
+                # The command name may hold spaces: the fields start after its ")".
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:  # it ended meanwhile
+            continue
+        if fields[1] == me:  # ppid
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _TICK
 
 
 def available() -> bool:

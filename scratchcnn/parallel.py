@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import os
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -112,6 +113,42 @@ class _SliceMember:
         return total
 
 
+def _builtin_only(config: Any) -> bool:
+    """Whether every layer type in a model config (blocks walked into) is built in: a
+    custom type's saved name is qualified with its module ("mymodule.MyLayer")."""
+    if isinstance(config, dict):
+        kind = config.get("type")
+        if isinstance(kind, str) and "." in kind:
+            return False
+        return all(_builtin_only(v) for v in config.values())
+    if isinstance(config, list):
+        return all(_builtin_only(v) for v in config)
+    return True
+
+
+#: How BatchSplit runs its slices: ``SCRATCHCNN_SPLIT`` = auto (processes where they work:
+#: x86-64 Linux; threads elsewhere), threads, or processes (``scratchcnn.procsplit``).
+SPLIT_ENV = "SCRATCHCNN_SPLIT"
+BACKENDS = ("auto", "threads", "processes")
+
+
+def resolve_backend(backend: str | None = None) -> str:
+    """``threads`` or ``processes``: ``backend`` if given, else ``SCRATCHCNN_SPLIT``, else
+    auto (processes where ``scratchcnn.procsplit.available()``)."""
+    from . import procsplit
+
+    where = "backend" if backend is not None else SPLIT_ENV
+    raw = backend if backend is not None else os.environ.get(SPLIT_ENV, "auto") or "auto"
+    text = str(raw).strip().lower()
+    if text not in BACKENDS:
+        raise ConfigError(f"{where} must be one of {', '.join(BACKENDS)}, got {raw!r}")
+    if text == "processes" and not procsplit.available():
+        raise ConfigError("the processes backend needs x86-64 Linux; use threads")
+    if text == "auto":
+        return "processes" if procsplit.available() else "threads"
+    return text
+
+
 class BatchSplit:
     """Forward/backward of ``model`` with each batch split over ``threads`` threads.
 
@@ -122,10 +159,18 @@ class BatchSplit:
     or 1: no splitting, the model runs whole in the calling thread.
     """
 
-    def __init__(self, model: Sequential, loss_fn: Loss, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model: Sequential,
+        loss_fn: Loss,
+        threads: int | None = None,
+        backend: str | None = None,
+    ) -> None:
         threads = 1 if threads is None else threads
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ConfigError(f"threads must be a positive int, got {threads!r}")
+        self.backend = resolve_backend(backend)
+        self._procs: Any = None
         self.model = model
         self.loss_fn = loss_fn
         self.threads = threads
@@ -133,6 +178,9 @@ class BatchSplit:
         self._losses: list[Loss] = [loss_fn]
         self._pool: ThreadPoolExecutor | None = None
         self._blas_limit: Any = None
+        # A worker process rebuilds the model from its config: only scratchcnn's own layer
+        # classes are sure to exist there (a custom layer may live in the user's __main__).
+        self._rebuildable = _builtin_only(model.config())
         self._splittable_in_training = not any(
             type(layer).__name__ in _BATCH_DEPENDENT for layer in _leaves(model)
         )
@@ -154,7 +202,23 @@ class BatchSplit:
             return 1
         return max(1, min(self.threads, n // MIN_ITEMS_PER_THREAD))
 
+    def _process_split(self, parts: int) -> Any:
+        """The process backend for ``parts`` slices (started on first use), or None."""
+        if self.backend != "processes" or not self._rebuildable:
+            return None
+        if self._procs is None or self._procs.parts != parts:
+            if self._procs is not None:
+                self._procs.close()
+            from .procsplit import ProcessSplit
+
+            self._ensure(1)  # the BLAS limiter
+            self._procs = ProcessSplit(self.model, self.loss_fn, parts)
+        return self._procs
+
     def close(self) -> None:
+        if self._procs is not None:
+            self._procs.close()
+            self._procs = None
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -231,6 +295,10 @@ class BatchSplit:
             if np.isfinite(loss):
                 self.model.backward(self.loss_fn.backward(), input_grad=False)
             return loss, logits
+        procs = self._process_split(parts)
+        if procs is not None:
+            with self._blas_limit.limit(limits=1, user_api="blas"):
+                return procs.step(x, y, targets, self._slices(n, parts))
         mean = self.loss_fn.reduction == "mean"
 
         def job(k: int, s: slice) -> tuple[float, np.ndarray]:
@@ -261,5 +329,9 @@ class BatchSplit:
         if parts == 1:
             return self.model.forward(x)
         slices = self._slices(len(x), parts)
+        procs = self._process_split(parts)
+        if procs is not None:
+            with self._blas_limit.limit(limits=1, user_api="blas"):
+                return procs.forward(x, slices)
         outs = self._run(parts, lambda k, s: self._replicas[k].forward(x[s]), slices)
         return np.concatenate(outs)

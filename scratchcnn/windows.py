@@ -22,6 +22,7 @@ channels or batch items.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -250,3 +251,45 @@ def window_views(
             r0, c0 = u * dh, v * dw
             rows, cols = slice(r0, r0 + sh * oh, sh), slice(c0, c0 + sw * ow, sw)
             yield u * kw + v, xp[_index(xp.ndim, {ah: rows, aw: cols})]
+
+
+def memory_order(a: np.ndarray) -> tuple[int, ...]:
+    """The axes of ``a`` from the largest stride to the smallest (ties keep their order):
+    ``a.transpose(memory_order(a))`` walks memory forwards when ``a`` is dense."""
+    if a.flags.c_contiguous:
+        return tuple(range(a.ndim))
+    strides = a.strides
+    return tuple(sorted(range(a.ndim), key=lambda i: -strides[i]))
+
+
+def inverse_order(order: tuple[int, ...]) -> tuple[int, ...]:
+    """The permutation that undoes ``order``."""
+    inv = [0] * len(order)
+    for i, o in enumerate(order):
+        inv[o] = i
+    return tuple(inv)
+
+
+def spatial_view(x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]] | None:
+    """NCHW ``x``'s memory as a C-contiguous (P, H, Q, W, R) array and the axis ``order``
+    with ``x.transpose(order)`` that memory, when it has such a form: x is a permutation of a
+    contiguous array in which H comes before W (P, Q, R are the products of the axes before
+    H, between H and W, and after W). None otherwise. (N, C, H, W) memory gives
+    (N*C, H, 1, W, 1); Conv2D's (H, C, W, N) gives (1, H, C, W, N)."""
+    order = memory_order(x)
+    xt = x.transpose(order)
+    if not xt.flags.c_contiguous:
+        return None
+    ih, iw = order.index(2), order.index(3)
+    if ih > iw:
+        return None
+    dims = xt.shape
+    p = math.prod(dims[:ih])
+    q = math.prod(dims[ih + 1 : iw])
+    r = math.prod(dims[iw + 1 :])
+    return xt.reshape(p, dims[ih], q, dims[iw], r), order
+
+
+def from_spatial_view(y5: np.ndarray, order: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """The logical NCHW ``shape`` over the memory of y5, laid out in ``order``."""
+    return y5.reshape([shape[i] for i in order]).transpose(inverse_order(order))

@@ -78,6 +78,9 @@ if os.environ.get("AUDIT_FILE") and not should_supervise():
     written: list[str] = []
 
     def audit(event: str, args: tuple) -> None:
+        # Compile caches (Python's .pyc, numba's kernels) are not the run's output.
+        if args and isinstance(args[0], (str, bytes)) and "__pycache__" in os.fsdecode(args[0]):
+            return
         if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
             mode, flags = args[1] or "", args[2] or 0
             if any(c in str(mode) for c in "wax+") or flags & (os.O_WRONLY | os.O_RDWR):

@@ -6,7 +6,9 @@ from typing import Any
 
 import numpy as np
 
+from .. import kernels
 from ..errors import ConfigError, ShapeError
+from ..windows import memory_order
 from .base import Layer, check_array, check_grad, finite_float
 
 
@@ -39,6 +41,14 @@ class ReLU(_Elementwise):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = self._check(x)
+        fast = kernels.for_dtype(x.dtype)
+        flat = dense_flat(x) if fast else None
+        if flat is not None:
+            y = np.empty_like(x)  # a dense x's layout is kept
+            if y.strides == x.strides:
+                fast.relu(flat, dense_flat(y))
+                self._cache = y
+                return y
         # np.maximum against a zero array of the same layout runs vectorised; against the
         # scalar 0 it is several times slower. The zeros are kept for the next step.
         zeros = self._zeros
@@ -57,6 +67,13 @@ class ReLU(_Elementwise):
     def backward(self, dy: np.ndarray) -> np.ndarray:
         y = self._require_cache()
         dy = self._check_dy(dy, y)
+        fast = kernels.for_dtype(y.dtype)
+        if fast and dy.strides == y.strides and dy.dtype == y.dtype:
+            dx = np.empty_like(y)
+            flats = dense_flat(dy), dense_flat(y), dense_flat(dx)
+            if all(f is not None for f in flats):
+                fast.relu_grad(*flats)
+                return dx
         return dy * (y > 0)
 
 
@@ -176,3 +193,12 @@ def softmax(x: np.ndarray, axis: int = 1) -> np.ndarray:
     np.exp(z, out=z)
     z /= z.sum(axis=axis, keepdims=True)
     return z
+
+
+def dense_flat(a: np.ndarray) -> np.ndarray | None:
+    """A 1-D view of all of ``a``'s memory, in memory order, when ``a`` is a permutation of a
+    contiguous array (so element-wise work can run over it straight); else None."""
+    if a.flags.c_contiguous:
+        return a.reshape(-1)
+    at = a.transpose(memory_order(a))
+    return at.reshape(-1) if at.flags.c_contiguous else None

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import kernels
 from ..errors import ConfigError, ShapeError
 from ..init import Initializer, get_rng, initialize
 from ..windows import (
@@ -360,10 +361,17 @@ def _row_correlate(
     returns Y as (OH, O, OW*N) and the row blocks (a view of ``r``, the (Hp, C, KW, OW, N)
     window buffer, which this fills)."""
     (kh, kw), (sh, sw) = kernel, stride
-    # (Hp, C, Wp, N): one copy that transposes and pads; when x already has this memory
-    # layout (the output of a Conv2D, or a ReLU/pool after one) it is a straight copy.
-    xh = pad2d(x.transpose(2, 1, 3, 0), pad, axes=(0, 2), copy=True)
     rows, c, _, ow, n = r.shape
-    np.copyto(r, sliding_windows(xh, kw, sw, axis=2))
+    xt = x.transpose(2, 1, 3, 0)
+    # The compiled copy reads along N; when N is not x's innermost axis (an NCHW network
+    # input), NumPy's copy, which follows the source's memory order, is faster.
+    fast = kernels.for_dtype(x.dtype) if xt.strides[3] == x.itemsize else None
+    if fast:  # padding, transpose and window copy in one compiled pass
+        fast.gather_rows(xt, pad[0][0], pad[1][0], sw, r)
+    else:
+        # (Hp, C, Wp, N): one copy that transposes and pads; when x already has this memory
+        # layout (the output of a Conv2D, or a ReLU/pool after one) it is a straight copy.
+        xh = pad2d(xt, pad, axes=(0, 2), copy=True)
+        np.copyto(r, sliding_windows(xh, kw, sw, axis=2))
     blocks = row_blocks(r.reshape(rows, c * kw, ow * n), kh, sh, oh)
     return np.matmul(wr, blocks), blocks

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
+from .. import kernels
 from ..errors import ConfigError, ShapeError
 from ..init import get_rng
+from ..windows import inverse_order, memory_order
 from .base import (
     Layer,
     check_array,
@@ -101,9 +104,11 @@ class _BatchNorm(Layer):
         # sweep, and the output keeps x's layout (a Conv2D's (H, C, W, N) stays as it is).
         x3, order = channel_view(x)
         m = x3.size // x3.shape[1]
+        fast = kernels.active()
         if self.training:
             # Sums over this slice of the batch, totalled over all slices when split.
-            sums = self._total(np.append(x3.sum(axis=(0, 2)), m))
+            s1 = fast.channel_sum(x3) if fast else x3.sum(axis=(0, 2))
+            sums = self._total(np.append(s1, m))
             m = int(sums[-1])
             if m < 2:
                 raise ShapeError(
@@ -111,8 +116,13 @@ class _BatchNorm(Layer):
                     f"{x.shape}; use a larger batch or eval()"
                 )
             mean = (sums[:-1] / m).astype(self.dtype)
-            centered = x3 - mean[:, None]
-            var = (self._total(channel_dot(centered, centered)) / m).astype(self.dtype)
+            if fast:
+                centered = None
+                s2 = fast.channel_sqdev(x3, mean)
+            else:
+                centered = x3 - mean[:, None]
+                s2 = channel_dot(centered, centered)
+            var = (self._total(s2) / m).astype(self.dtype)
             if self.sync is None or self.sync.lead:  # replicas share the buffers: update once
                 mom = self.momentum
                 self.buffers["running_mean"] *= 1 - mom
@@ -125,17 +135,21 @@ class _BatchNorm(Layer):
             centered = None  # backward recomputes it from x, if it is ever called
         inv_std = (1.0 / np.sqrt(var + self.eps)).astype(self.dtype)
         scale = inv_std * self.params["weight"] if self.affine else inv_std
-        # y = (x - mean) * scale + bias, two passes over the data.
-        if centered is None:
+        # y = (x - mean) * scale + bias: one compiled pass, or two NumPy passes.
+        if fast:
+            y = np.empty_like(x3)
+            fast.channel_affine(x3, mean.astype(self.dtype), scale, self._bias(), y)
+        elif centered is None:
             y = x3 * scale[:, None]
             y += (self._bias() - mean * scale)[:, None]
         else:
             y = centered * scale[:, None]
             if self.affine:
                 y += self.params["bias"][:, None]
-        # Backward needs x - mean: kept from training, recomputed after an eval forward.
-        kept = x3 if centered is None else centered
-        self._cache = (kept, mean, inv_std, self.training, order, x.shape, m)
+        # Backward needs x - mean: kept from a NumPy training pass, else recomputed from x
+        # (the compiled kernels never store it: they read x and subtract on the fly).
+        kept, is_centered = (x3, False) if centered is None else (centered, True)
+        self._cache = (kept, is_centered, mean, inv_std, self.training, order, x.shape, m)
         return from_channel_view(y, order, x.shape)
 
     def _total(self, v: np.ndarray) -> np.ndarray:
@@ -147,14 +161,27 @@ class _BatchNorm(Layer):
         return self.params["bias"] if self.affine else np.zeros(self.num_features, self.dtype)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
-        kept, mean, inv_std, training, order, shape, m = self._require_cache()
+        kept, is_centered, mean, inv_std, training, order, shape, m = self._require_cache()
         dy = check_grad(dy, shape, self.dtype, type(self).__name__)
         # dy in x's memory order: free when it has that layout (what the next layer returns).
         dy3 = np.ascontiguousarray(dy.transpose(order)).reshape(kept.shape)
         a = inv_std * self.params["weight"] if self.affine else inv_std
+        c = self.num_features
+        fast = kernels.active() if training and not is_centered else None
+        if fast:
+            mean = mean.astype(self.dtype)
+            s = fast.channel_grad_sums(dy3, kept, mean)  # float64 (sum dy, sum dy*(x-mean))
+            sum_dy, sum_dy_xhat = s[0], s[1] * inv_std
+            if self.affine:
+                self.grads["weight"] = sum_dy_xhat.astype(self.dtype)
+                self.grads["bias"] = sum_dy.astype(self.dtype)
+            sums = (self._total(np.concatenate([sum_dy, sum_dy_xhat])) / m).astype(self.dtype)
+            dx = np.empty_like(dy3)
+            fast.channel_grad_input(dy3, kept, mean, a, a * inv_std * sums[c:], a * sums[:c], dx)
+            return from_channel_view(dx, order, shape)
         if self.affine or training:
             # In eval mode xhat uses the running statistics.
-            centered = kept if training else kept - mean[:, None]
+            centered = kept if is_centered else kept - mean[:, None]
             sum_dy = dy3.sum(axis=(0, 2))
             sum_dy_xhat = channel_dot(dy3, centered) * inv_std
         if self.affine:  # this slice's share (BatchSplit adds the slices' gradients up)
@@ -164,7 +191,6 @@ class _BatchNorm(Layer):
         if training:
             # dx = a*dy - a*mean(dy) - a*xhat*mean(dy*xhat), with xhat = (x - mean)*inv_std,
             # the means over the whole batch.
-            c = self.num_features
             sums = (self._total(np.concatenate([sum_dy, sum_dy_xhat])) / m).astype(self.dtype)
             dx -= centered * (a * inv_std * sums[c:])[:, None]
             dx -= (a * sums[:c])[:, None]
@@ -175,19 +201,19 @@ def channel_view(x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
     """x's memory as a C-contiguous (A, C, B) array, C = axis 1 (copied to C order first if
     its axes are not a permutation of a contiguous array), and the axis ``order`` such that
     ``x.transpose(order)`` is that memory with axis 1 between A's axes and B's."""
-    order = tuple(int(i) for i in np.argsort([-st for st in x.strides], kind="stable"))
+    order = memory_order(x)
     xt = x.transpose(order)
     if not xt.flags.c_contiguous:
         order = tuple(range(x.ndim))
         xt = np.ascontiguousarray(x)
     k = order.index(1)
-    a = int(np.prod(xt.shape[:k], dtype=np.int64))
+    a = math.prod(xt.shape[:k])
     return xt.reshape(a, x.shape[1], -1), order
 
 
 def from_channel_view(y3: np.ndarray, order: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
     """Inverse of :func:`channel_view`: the logical ``shape`` over y3's memory."""
-    return y3.reshape([shape[i] for i in order]).transpose(np.argsort(order))
+    return y3.reshape([shape[i] for i in order]).transpose(inverse_order(order))
 
 
 def channel_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:

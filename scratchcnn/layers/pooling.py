@@ -6,13 +6,16 @@ from typing import Any
 
 import numpy as np
 
+from .. import kernels
 from ..errors import ConfigError, ShapeError
 from ..windows import (
     Padding,
     as_padding,
     as_pair,
     first_inside,
+    from_spatial_view,
     pad2d,
+    spatial_view,
     window_counts,
     window_output_shape,
     window_views,
@@ -134,6 +137,14 @@ class MaxPool2D(_Pool2D):
     """
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        if self._tiles and kernels.active():
+            x = check_input(x, "MaxPool2D", 4, "(N, C, H, W)")
+            fast = kernels.for_dtype(x.dtype)
+            view = spatial_view(x) if fast else None
+            # The kernels vectorise over the innermost memory axis (the batch, after a
+            # Conv2D); shorter than MIN_VECTOR it runs branchy scalar code, slower than NumPy.
+            if view is not None and view[0].shape[4] >= kernels.MIN_VECTOR:
+                return self._forward_compiled(fast, x, *view)
         xp, out_hw = self._input(x, -np.inf)
         views = self._views(xp, out_hw)
         _, best = next(views)
@@ -161,7 +172,48 @@ class MaxPool2D(_Pool2D):
             best = np.maximum(best, view)
         return better
 
+    # --- compiled path: windows that tile the input (stride = kernel, no padding) ---------
+    # One pass finds each window's maximum and the offset that won (u*KW + v, as uint8);
+    # backward writes dy at that offset and 0 elsewhere, in x's own memory layout.
+
+    @property
+    def _tiles(self) -> bool:
+        return (
+            self.stride == self.kernel_size
+            and self.pad == ((0, 0), (0, 0))
+            and self.dilation == (1, 1)
+            and not self.ceil_mode
+            and self.kernel_size[0] * self.kernel_size[1] <= 256
+        )
+
+    def _forward_compiled(
+        self, fast: Any, x: np.ndarray, x5: np.ndarray, order: tuple[int, ...]
+    ) -> np.ndarray:
+        kh, kw = self.kernel_size
+        oh, ow = self._out_hw(x.shape[2:], "MaxPool2D")
+        p, _, q, _, r = x5.shape
+        y5 = np.empty((p, oh, q, ow, r), dtype=x.dtype)
+        idx = np.empty(y5.shape, dtype=np.uint8)
+        if (kh, kw) == (2, 2):
+            fast.maxpool2x2(x5, y5, idx)
+        else:
+            fast.maxpool(x5, kh, kw, y5, idx)
+        out_shape = (x.shape[0], x.shape[1], oh, ow)
+        self._cache = ("compiled", idx, order, x.shape, x5.shape, x.dtype)
+        return from_spatial_view(y5, order, out_shape)
+
+    def _backward_compiled(self, dy: np.ndarray) -> np.ndarray:
+        _, idx, order, x_shape, x5_shape, dtype = self._require_cache()
+        out_shape = (*x_shape[:2], idx.shape[1], idx.shape[3])
+        dy = check_grad(dy, out_shape, dtype, "MaxPool2D")
+        dy5 = np.ascontiguousarray(dy.transpose(order)).reshape(idx.shape)
+        dx5 = np.empty(x5_shape, dtype=dy.dtype)
+        kernels.compiled().maxpool_grad(dy5, idx, self.kernel_size[0], self.kernel_size[1], dx5)
+        return from_spatial_view(dx5, order, x_shape)
+
     def backward(self, dy: np.ndarray) -> np.ndarray:
+        if self._require_cache()[0] == "compiled":
+            return self._backward_compiled(dy)
         better, x_shape, dtype, xp, y = self._require_cache()
         out_hw = y.shape[2:]
         # After an eval-mode forward (rare: gradients of a frozen model) recompute the masks;

@@ -1,0 +1,217 @@
+"""The compiled kernels (numba). Imported only through ``scratchcnn.kernels.active()``.
+
+Each function is a plain loop nest over C-contiguous arrays laid out as the layers keep
+their activations in memory: (A, C, B) for per-channel work (C the channel axis, A and B
+everything before and after it), (P, H, Q, W, R) for pooling (H and W the spatial axes).
+Every kernel releases the GIL (``nogil``), so the threads of a split batch run them side by
+side. Sums accumulate in float64 per channel, in a fixed order: the same input gives the
+same bits every time. ``reassoc`` lets LLVM vectorise those sums (it changes only the
+order of additions, not which values are added).
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+_LOOP = {"nogil": True, "cache": True, "boundscheck": False}
+_SUM = {**_LOOP, "fastmath": {"reassoc"}}
+
+
+# --- BatchNorm: sums over (A, B) per channel, and the two element-wise passes -------------
+@nb.njit(**_SUM)
+def channel_sum(x):
+    """s[c] = sum_{a,b} x[a,c,b], in float64."""
+    na, nc, nb_ = x.shape
+    out = np.zeros(nc, np.float64)
+    for a in range(na):
+        for c in range(nc):
+            s = 0.0
+            for b in range(nb_):
+                s += np.float64(x[a, c, b])
+            out[c] += s
+    return out
+
+
+@nb.njit(**_SUM)
+def channel_sqdev(x, mean):
+    """s[c] = sum_{a,b} (x[a,c,b] - mean[c])^2, the difference in x's dtype."""
+    na, nc, nb_ = x.shape
+    out = np.zeros(nc, np.float64)
+    for a in range(na):
+        for c in range(nc):
+            m = mean[c]
+            s = 0.0
+            for b in range(nb_):
+                d = np.float64(x[a, c, b] - m)
+                s += d * d
+            out[c] += s
+    return out
+
+
+@nb.njit(**_LOOP)
+def channel_affine(x, mean, scale, bias, out):
+    """out = (x - mean[c]) * scale[c] + bias[c]."""
+    na, nc, nb_ = x.shape
+    for a in range(na):
+        for c in range(nc):
+            m, s, t = mean[c], scale[c], bias[c]
+            for b in range(nb_):
+                out[a, c, b] = (x[a, c, b] - m) * s + t
+
+
+@nb.njit(**_SUM)
+def channel_grad_sums(dy, x, mean):
+    """(sum dy, sum dy * (x - mean)) per channel, in float64: one pass over dy and x."""
+    na, nc, nb_ = x.shape
+    out = np.zeros((2, nc), np.float64)
+    for a in range(na):
+        for c in range(nc):
+            m = mean[c]
+            s0 = 0.0
+            s1 = 0.0
+            for b in range(nb_):
+                g = np.float64(dy[a, c, b])
+                s0 += g
+                s1 += g * np.float64(x[a, c, b] - m)
+            out[0, c] += s0
+            out[1, c] += s1
+    return out
+
+
+@nb.njit(**_LOOP)
+def channel_grad_input(dy, x, mean, a_, k1, k2, out):
+    """out = a[c] * dy - k1[c] * (x - mean[c]) - k2[c] (BatchNorm's dL/dx in training)."""
+    na, nc, nb_ = x.shape
+    for a in range(na):
+        for c in range(nc):
+            m, s, u, v = mean[c], a_[c], k1[c], k2[c]
+            for b in range(nb_):
+                out[a, c, b] = s * dy[a, c, b] - u * (x[a, c, b] - m) - v
+
+
+# --- ReLU over flat memory ------------------------------------------------------------------
+@nb.njit(**_LOOP)
+def relu(x, out):
+    """out = max(x, 0), NaN kept (as np.maximum and torch do)."""
+    zero = x.dtype.type(0)
+    for i in range(x.size):
+        v = x[i]
+        out[i] = v if (v > zero or v != v) else zero
+
+
+@nb.njit(**_LOOP)
+def relu_grad(dy, y, out):
+    """out = dy where y > 0, else 0."""
+    zero = dy.dtype.type(0)
+    for i in range(y.size):
+        out[i] = dy[i] if y[i] > 0 else zero
+
+
+# --- max pooling, windows that tile (stride = kernel, no padding or dilation) --------------
+@nb.njit(**_LOOP)
+def maxpool(x, kh, kw, y, idx):
+    """y[p,i,q,j,r] = max_{u,v} x[p, i*kh+u, q, j*kw+v, r]; idx = u*kw + v of the winner:
+    the first maximum in row-major order, the last NaN if the window holds NaN (torch's
+    rule). Offsets are visited one at a time over the innermost axis, which vectorises."""
+    np_, oh, nq, ow, nr = y.shape
+    for p in range(np_):
+        for i in range(oh):
+            for q in range(nq):
+                for j in range(ow):
+                    for r in range(nr):
+                        y[p, i, q, j, r] = x[p, i * kh, q, j * kw, r]
+                        idx[p, i, q, j, r] = 0
+                    for u in range(kh):
+                        for v in range(kw):
+                            if u == 0 and v == 0:
+                                continue
+                            k = u * kw + v
+                            for r in range(nr):
+                                val = x[p, i * kh + u, q, j * kw + v, r]
+                                if val > y[p, i, q, j, r] or val != val:
+                                    y[p, i, q, j, r] = val
+                                    idx[p, i, q, j, r] = k
+
+
+@nb.njit(**_LOOP)
+def maxpool2x2(x, y, idx):  # noqa: ANN001, ANN201
+    """``maxpool`` for 2x2 windows, the common case, with the four taps compared in registers.
+    Over a long innermost axis r (the batch, in Conv2D's layout) LLVM turns the comparisons
+    into vector blends. Over a short one they stay branches, which mispredict on real data
+    (measured 10x slower at r = 8): the caller keeps those cases on NumPy."""
+    np_, oh, nq, ow, nr = y.shape
+    for p in range(np_):
+        for i in range(oh):
+            for q in range(nq):
+                for j in range(ow):
+                    for r in range(nr):
+                        best = x[p, 2 * i, q, 2 * j, r]
+                        k = 0
+                        v = x[p, 2 * i, q, 2 * j + 1, r]
+                        if v > best or v != v:
+                            best, k = v, 1
+                        v = x[p, 2 * i + 1, q, 2 * j, r]
+                        if v > best or v != v:
+                            best, k = v, 2
+                        v = x[p, 2 * i + 1, q, 2 * j + 1, r]
+                        if v > best or v != v:
+                            best, k = v, 3
+                        y[p, i, q, j, r] = best
+                        idx[p, i, q, j, r] = k
+
+
+@nb.njit(**_LOOP)
+def maxpool_grad(dy, idx, kh, kw, dx):
+    """dx[p, i*kh+u, q, j*kw+v, r] = dy[p,i,q,j,r] where idx says (u, v) won, else 0; rows
+    and columns that no window covers are 0."""
+    np_, oh, nq, ow, nr = dy.shape
+    _, h, _, w, _ = dx.shape
+    zero = dx.dtype.type(0)
+    for p in range(np_):
+        for i in range(oh):
+            for q in range(nq):
+                for j in range(ow):
+                    for u in range(kh):
+                        for v in range(kw):
+                            k = u * kw + v
+                            for r in range(nr):
+                                g = dy[p, i, q, j, r]
+                                dx[p, i * kh + u, q, j * kw + v, r] = (
+                                    g if idx[p, i, q, j, r] == k else zero
+                                )
+                for jj in range(ow * kw, w):
+                    for r in range(nr):
+                        dx[p, i * kh, q, jj, r] = zero
+                        for u in range(1, kh):
+                            dx[p, i * kh + u, q, jj, r] = zero
+        for ii in range(oh * kh, h):
+            for q in range(nq):
+                for jj in range(w):
+                    for r in range(nr):
+                        dx[p, ii, q, jj, r] = zero
+
+
+# --- the convolution's window copy ------------------------------------------------------------
+@nb.njit(**_LOOP)
+def gather_rows(xt, pt, pl, sw, r):
+    """r[h, c, v, j, n] = xpad[h, c, j*sw + v, n] for the (H, C, W, N) view ``xt`` (any
+    strides), zero-padded by pt rows on top and pl columns on the left (and as many at the
+    bottom and right as r's shape needs): Conv2D's row windows, padding included, in one pass.
+    """
+    hp, nc, kw, ow, nn = r.shape
+    h, _, w, _ = xt.shape
+    zero = r.dtype.type(0)
+    for hh in range(hp):
+        src = hh - pt
+        inside_row = 0 <= src < h
+        for c in range(nc):
+            for v in range(kw):
+                for j in range(ow):
+                    col = j * sw + v - pl
+                    if inside_row and 0 <= col < w:
+                        for n in range(nn):
+                            r[hh, c, v, j, n] = xt[src, c, col, n]
+                    else:
+                        for n in range(nn):
+                            r[hh, c, v, j, n] = zero

@@ -1,0 +1,248 @@
+"""The compiled kernels (numba) against the NumPy reference, layer by layer and whole steps.
+
+numba is a test dependency, so CI runs both paths: the rest of the suite runs the default
+(``auto``: compiled), and every test here runs the same computation under ``numpy`` and
+``numba`` and compares outputs and gradients.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import scratchcnn as sc
+from scratchcnn import kernels, models
+from scratchcnn.errors import ConfigError
+from scratchcnn.layers import BatchNorm1D, BatchNorm2D, Conv2D, MaxPool2D, ReLU
+from scratchcnn.parallel import BatchSplit
+
+
+def hcwn(a: np.ndarray) -> np.ndarray:
+    """The same NCHW values over (H, C, W, N) memory: the layout Conv2D produces."""
+    return np.ascontiguousarray(a.transpose(2, 1, 3, 0)).transpose(3, 1, 0, 2)
+
+
+LAYOUTS = {"nchw": np.ascontiguousarray, "hcwn": hcwn}
+
+
+def both(make, x, dy, train=True):
+    """Forward and backward of a fresh layer from ``make()`` under each mode."""
+    out = {}
+    for mode in ("numpy", "numba"):
+        with kernels.using(mode):
+            layer = make()
+            layer.train(train)
+            y = layer.forward(x)
+            dx = layer.backward(dy(y) if callable(dy) else dy)
+            out[mode] = (y, dx, {k: v.copy() for k, v in layer.grads.items()}, layer)
+    return out["numpy"], out["numba"]
+
+
+def close(a, b, dtype):
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    np.testing.assert_allclose(a, b, rtol=tol, atol=tol * max(1.0, float(np.abs(a).max())))
+
+
+def test_numba_is_installed_for_the_tests():
+    # CI installs the test extra, which has numba: the compiled path must really be tested.
+    assert kernels.available()
+
+
+def test_mode_from_environment_and_bad_values(monkeypatch):
+    monkeypatch.setattr(kernels, "_mode", None)
+    monkeypatch.setenv(kernels.ENV, "NumPy ")
+    assert kernels.mode() == "numpy"
+    assert kernels.active() is None
+    monkeypatch.setattr(kernels, "_mode", None)
+    monkeypatch.setenv(kernels.ENV, "fast")
+    with pytest.raises(ConfigError, match="SCRATCHCNN_KERNELS must be one of auto, numpy, numba"):
+        kernels.mode()
+    with pytest.raises(ConfigError, match="kernel mode must be one of"):
+        kernels.set_mode("gpu")
+
+
+def test_missing_numba_names_the_extra(monkeypatch):
+    monkeypatch.setattr(kernels, "_compiled", None)
+    monkeypatch.setattr(kernels, "_missing", "No module named 'numba'")
+    with pytest.raises(ConfigError, match=r"scratchcnn\[fast\]"):
+        kernels.set_mode("numba")
+    monkeypatch.setattr(kernels, "_mode", "auto")
+    assert kernels.active() is None  # auto falls back to NumPy without a word
+
+
+def test_using_restores_the_mode():
+    before = kernels.mode()
+    with kernels.using("numpy"):
+        assert kernels.active() is None
+    assert kernels.mode() == before
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("affine", [True, False])
+def test_batchnorm2d(rng, dtype, layout, train, affine):
+    x = LAYOUTS[layout]((rng.standard_normal((6, 5, 7, 3)) * 3 + 2).astype(dtype))
+    dy = LAYOUTS[layout](rng.standard_normal(x.shape).astype(dtype))
+
+    weight, bias = rng.uniform(0.5, 2, 5), rng.uniform(-1, 1, 5)
+
+    def make():
+        bn = BatchNorm2D(5, affine=affine, dtype=dtype)
+        if affine:
+            bn.params["weight"][:] = weight
+            bn.params["bias"][:] = bias
+        bn.buffers["running_mean"][:] = np.arange(5) * 0.1
+        bn.buffers["running_var"][:] = 1 + np.arange(5) * 0.2
+        return bn
+
+    ref, new = both(make, x, dy, train)
+    for a, b in zip(ref[:2], new[:2], strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype == dtype
+        close(a, b, dtype)
+    for k in ref[2]:
+        assert new[2][k].dtype == dtype
+        close(ref[2][k], new[2][k], dtype)
+    for k in ("running_mean", "running_var"):
+        close(ref[3].buffers[k], new[3].buffers[k], dtype)
+    # Output and input gradient keep x's memory layout on both paths.
+    assert new[0].strides == x.strides and new[1].strides == x.strides
+
+
+def test_batchnorm1d(rng):
+    x = rng.standard_normal((9, 4)) + 5
+    dy = rng.standard_normal((9, 4))
+    ref, new = both(lambda: BatchNorm1D(4, dtype=np.float64), x, dy)
+    for a, b in zip(ref[:2], new[:2], strict=True):
+        close(a, b, np.float64)
+
+
+def test_batchnorm_backward_after_switching_mode(rng):
+    # A forward under the compiled kernels caches x, not x - mean: a NumPy backward must
+    # still get it right (someone switches the mode between the two calls).
+    x = rng.standard_normal((4, 3, 5, 5))
+    dy = rng.standard_normal(x.shape)
+    ref, _ = both(lambda: BatchNorm2D(3, dtype=np.float64), x, dy)
+    with kernels.using("numba"):
+        bn = BatchNorm2D(3, dtype=np.float64)
+        bn.forward(x)
+    with kernels.using("numpy"):
+        close(ref[1], bn.backward(dy), np.float64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize(
+    ("kernel", "hw"), [(2, (8, 6)), (2, (9, 7)), (3, (9, 10)), ((2, 3), (5, 7))]
+)
+def test_maxpool_tiles(rng, dtype, layout, kernel, hw):
+    # Batch 17: in Conv2D's layout the batch is the innermost axis, which the kernels need
+    # to be at least kernels.MIN_VECTOR long.
+    x = rng.standard_normal((17, 4, *hw)).astype(dtype)
+    x[0, 0, :2, :2] = 1.5  # a tie: the first maximum wins
+    x[1, 1, :2, :2] = np.nan  # NaN wins, the last NaN for the index
+    x[1, 1, 0, 0] = 7
+    x[2, 2, :2, :2] = -np.inf
+    x = LAYOUTS[layout](x)
+    for train in (True, False):
+
+        def dy(y):
+            return LAYOUTS[layout]((np.ones(y.shape) + np.arange(y.shape[-1])).astype(dtype))
+
+        ref, new = both(lambda: MaxPool2D(kernel), x, dy, train)
+        np.testing.assert_array_equal(ref[0], new[0])
+        np.testing.assert_array_equal(ref[1], new[1])
+        assert new[0].dtype == dtype
+
+
+def test_maxpool_outside_the_tiling_case_uses_numpy(rng):
+    x = rng.standard_normal((2, 3, 7, 7))
+    for pool in (MaxPool2D(3, stride=2), MaxPool2D(2, padding=1), MaxPool2D(2, ceil_mode=True)):
+        with kernels.using("numba"):
+            y = pool.forward(x)
+            dx = pool.backward(np.ones_like(y))
+        with kernels.using("numpy"):
+            np.testing.assert_array_equal(pool.forward(x), y)
+            np.testing.assert_array_equal(pool.backward(np.ones_like(y)), dx)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_relu(rng, layout):
+    x = rng.standard_normal((4, 3, 5, 6)).astype(np.float32)
+    x[0, 0, 0, :3] = [np.nan, 0.0, -0.0]
+    x = LAYOUTS[layout](x)
+    dy = LAYOUTS[layout](rng.standard_normal(x.shape).astype(np.float32))
+    ref, new = both(ReLU, x, dy)
+    np.testing.assert_array_equal(ref[0], new[0])
+    np.testing.assert_array_equal(ref[1], new[1])
+    assert new[0].strides == x.strides
+    # dy in another layout than y: the NumPy route, same answer.
+    ref2, new2 = both(ReLU, x, np.ascontiguousarray(dy) if layout == "hcwn" else hcwn(dy))
+    np.testing.assert_array_equal(ref2[1], new2[1])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize(
+    ("cin", "cout", "kernel", "stride", "padding"),
+    [(3, 4, 3, 1, 1), (4, 4, 3, 2, 1), (2, 5, (3, 2), 1, ((2, 0), (1, 1))), (3, 6, 5, 1, 0)],
+)
+def test_conv2d(rng, layout, cin, cout, kernel, stride, padding):
+    x = LAYOUTS[layout](rng.standard_normal((5, cin, 9, 8)))
+
+    def make():
+        return Conv2D(cin, cout, kernel, stride=stride, padding=padding, dtype=np.float64, rng=3)
+
+    y0 = make().forward(x)
+    dy = LAYOUTS[layout](rng.standard_normal(y0.shape))
+    ref, new = both(make, x, dy)
+    for a, b in zip(ref[:2], new[:2], strict=True):
+        close(a, b, np.float64)
+    for k in ref[2]:
+        close(ref[2][k], new[2][k], np.float64)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_resnet8_step_matches(rng, threads):
+    x = rng.standard_normal((24, 1, 28, 28))
+    y = rng.integers(0, 10, 24)
+    out = {}
+    for mode in ("numpy", "numba"):
+        with kernels.using(mode):
+            model = models.resnet8(seed=0, dtype=np.float64)
+            with BatchSplit(model, sc.CrossEntropyLoss(), threads) as split:
+                loss, logits = split.step(x, y)
+            grads = [g.copy() for _, layer in model.named_layers() for g in layer.grads.values()]
+            out[mode] = loss, logits, grads
+    (la, ya, ga), (lb, yb, gb) = out["numpy"], out["numba"]
+    assert abs(la - lb) < 1e-12
+    close(ya, yb, np.float64)
+    for a, b in zip(ga, gb, strict=True):
+        close(a, b, np.float64)
+
+
+def test_compiled_step_is_deterministic(rng):
+    x = rng.standard_normal((16, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, 16)
+    runs = []
+    with kernels.using("numba"):
+        for _ in range(2):
+            model = models.resnet8(seed=0)
+            with BatchSplit(model, sc.CrossEntropyLoss(), 2) as split:
+                runs.append(split.step(x, y)[1])
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_compiled_paths_are_taken(rng):
+    # Guards the comparisons above: under "numba" the layers really run the kernels.
+    x = hcwn(rng.standard_normal((kernels.MIN_VECTOR, 3, 6, 6)).astype(np.float32))
+    with kernels.using("numba"):
+        pool, bn = MaxPool2D(2), BatchNorm2D(3)
+        pool.forward(x)
+        bn.forward(x)
+        assert pool._cache[0] == "compiled"
+        assert bn._cache[1] is False  # x kept, not x - mean
+    with kernels.using("numpy"):
+        pool.forward(x)
+        bn.forward(x)
+        assert pool._cache[0] != "compiled"
+        assert bn._cache[1] is True
