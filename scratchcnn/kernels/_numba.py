@@ -135,7 +135,7 @@ def maxpool(x, kh, kw, y, idx):
 
 
 @nb.njit(**_LOOP)
-def maxpool2x2(x, y, idx):  # noqa: ANN001, ANN201
+def maxpool2x2(x, y, idx):
     """``maxpool`` for 2x2 windows, the common case, with the four taps compared in registers.
     Over a long innermost axis r (the batch, in Conv2D's layout) LLVM turns the comparisons
     into vector blends. Over a short one they stay branches, which mispredict on real data
