@@ -45,10 +45,12 @@ import torch
 
 import scratchcnn as sc
 from scratchcnn import models
-from scratchcnn.parallel import MIN_ITEMS_PER_THREAD, BatchSplit
+from scratchcnn.parallel import MIN_ITEMS_PER_THREAD
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import MAX_FOREIGN, compare
+from _nets import batch as _batch
+from _nets import build, ours_step
 from _torch_twin import twin as to_torch
 
 torch.set_num_threads(THREADS)
@@ -58,57 +60,10 @@ WORKLOADS: dict[str, list[tuple[str, int]]] = {
     "cifar": [("train", 8), ("train", 64), ("infer", 8), ("infer", 256)],
     "resnet8": [("train", 64), ("infer", 256)],
 }
-INPUTS = {"lenet5": (1, 28, 28), "cifar": (3, 32, 32), "resnet8": (1, 28, 28)}
-
-
-def cifar_net(seed: int = 0) -> sc.Sequential:
-    """The CIFAR-shaped network of the speed issue."""
-    rng = np.random.default_rng(seed)
-    layers: list[sc.Layer] = []
-    for c_in, c_out in ((3, 32), (32, 64), (64, 128)):
-        layers += [sc.Conv2D(c_in, c_out, 3, padding=1, rng=rng), sc.ReLU(), sc.MaxPool2D(2)]
-    layers += [sc.Flatten(), sc.Dense(2048, 256, rng=rng), sc.ReLU(), sc.Dense(256, 10, rng=rng)]
-    return sc.Sequential(layers, input_shape=(3, 32, 32))
-
-
-def build(net: str) -> sc.Sequential:
-    if net == "lenet5":
-        return models.lenet5(seed=0)
-    if net == "cifar":
-        return cifar_net()
-    if net == "resnet8":
-        return models.resnet8(seed=0)
-    raise SystemExit(f"unknown net {net!r}")
 
 
 def available_nets() -> list[str]:
     return [n for n in WORKLOADS if n != "resnet8" or hasattr(models, "resnet8")]
-
-
-def _batch(net: str, batch: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 1, (batch, *INPUTS[net])).astype(np.float32)
-    return x, rng.integers(0, 10, batch)
-
-
-def ours_step(
-    model: sc.Sequential, kind: str, x: np.ndarray, y: np.ndarray, threads: int = 1
-) -> Callable:
-    """One batch as ``scratchcnn.train.fit`` / ``evaluate`` run it with ``threads``: 1 = the
-    model whole (BLAS with its own threads), more = the batch split over that many threads
-    (``scratchcnn.parallel.BatchSplit``, one BLAS thread each); then the optimiser step."""
-    splitter = BatchSplit(model, sc.CrossEntropyLoss(), threads=threads)
-    if kind == "infer":
-        model.eval()
-        return lambda: splitter.forward(x)
-    model.train()
-    opt = sc.optim.SGD(model, lr=0.01, momentum=0.9)
-
-    def step() -> None:
-        splitter.step(x, y)
-        opt.step()
-
-    return step
 
 
 def torch_step(model: torch.nn.Module, kind: str, x: np.ndarray, y: np.ndarray) -> Callable:
@@ -189,44 +144,12 @@ def run_workload(net: str, kind: str, batch: int, rounds: int, seconds: float) -
     return row
 
 
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field):
-                return int(line.split()[1])
-    raise RuntimeError(field)
-
-
-def memory_child(net: str, framework: str, batch: int, steps: int) -> dict:
-    """Run in a child process: peak RSS and working memory of ``steps`` training steps."""
-    x, y = _batch(net, batch)
-    ours = build(net)
-    step = (
-        ours_step(ours, "train", x, y)
-        if framework == "scratchcnn"
-        else torch_step(to_torch(ours), "train", x, y)
-    )
-    step()
-    base = _rss_kib("VmRSS:")
-    with open("/proc/self/clear_refs", "w") as fh:  # reset the peak (VmHWM) to now
-        fh.write("5")
-    for _ in range(steps):
-        step()
-    peak = _rss_kib("VmHWM:")
-    return {
-        "net": net,
-        "framework": framework,
-        "batch": batch,
-        "peak_rss_mib": peak / 1024,
-        "working_mib": (peak - base) / 1024,
-    }
-
-
 def measure_memory(net: str, batch: int, steps: int = 10) -> list[dict]:
     out = []
-    for fw in ("scratchcnn", "pytorch"):
-        cmd = [sys.executable, os.path.abspath(__file__), "--threads", str(THREADS)]
-        cmd += ["--memory-child", fw, "--net", net, "--batch", str(batch), "--steps", str(steps)]
+    for fw in ("scratchcnn", "scratchcnn-split", "pytorch"):
+        here = os.path.dirname(os.path.abspath(__file__))
+        cmd = [sys.executable, os.path.join(here, "_memory.py"), "--threads", str(THREADS)]
+        cmd += [fw, net, str(batch), str(steps)]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         out.append(json.loads(res.stdout.strip().splitlines()[-1]))
     return out
@@ -240,14 +163,8 @@ def main(default_nets: list[str] | None = None) -> None:
     p.add_argument("--seconds", type=float, default=0.5)
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--only", choices=["train", "infer", "memory"], action="append")
-    p.add_argument("--memory-child", choices=["scratchcnn", "pytorch"], help=argparse.SUPPRESS)
-    p.add_argument("--batch", type=int, default=256, help=argparse.SUPPRESS)
-    p.add_argument("--steps", type=int, default=10, help=argparse.SUPPRESS)
     args = p.parse_args()
     nets = args.net or available_nets()
-    if args.memory_child:
-        print(json.dumps(memory_child(nets[0], args.memory_child, args.batch, args.steps)))
-        return
     only = set(args.only or ["train", "infer", "memory"])
     print(
         f"float32, {THREADS} threads, numpy {np.__version__}, torch {torch.__version__}; "
@@ -279,7 +196,7 @@ def main(default_nets: list[str] | None = None) -> None:
             for m in measure_memory(net, batch):
                 memory.append(m)
                 print(
-                    f"memory  {net} {m['framework']:<11} train batch {batch}: peak RSS "
+                    f"memory  {net} {m['framework']:<16} train batch {batch}: peak RSS "
                     f"{m['peak_rss_mib']:.0f} MiB, working {m['working_mib']:.1f} MiB"
                 )
     if args.json:
