@@ -34,7 +34,7 @@ INPUTS = {"lenet5": (1, 28, 28), "cifar": (3, 32, 32), "resnet8": (1, 28, 28)}
 
 def build(net: str) -> sc.Sequential:
     if net == "cifar":
-        from bench_speed import cifar_net
+        from _nets import cifar_net
 
         return cifar_net()
     return getattr(models, net)(seed=0)

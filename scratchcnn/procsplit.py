@@ -38,6 +38,7 @@ import json
 import os
 import pickle
 import platform
+import signal
 import subprocess
 import sys
 import threading
@@ -476,6 +477,8 @@ def _worker_main(fd: int, k: int, parent: int) -> None:
     import mmap
 
     _die_with_parent()
+    # Ctrl-C reaches the whole process group: the caller handles it (and closes us).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     header = json.loads(sys.stdin.buffer.read().decode())
     from .model import Sequential
 

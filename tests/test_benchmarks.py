@@ -33,7 +33,12 @@ def test_bench_lenet_reports_ratios_and_memory(tmp_path):
     for r in data["speed"]:
         assert r["scratchcnn_img_s"] > 0 and r["pytorch_img_s"] > 0
         assert r["rounds"] == 1 and r["dropped_rounds"] >= 0
-    assert [m["framework"] for m in data["memory"]] == ["scratchcnn", "pytorch"]
+    frameworks = [m["framework"] for m in data["memory"]]
+    assert frameworks == ["scratchcnn", "scratchcnn-split", "pytorch"]
+    for m in data["memory"]:
+        assert m["peak_rss_mib"] > 20 and m["working_mib"] >= 0
+    # The split's workers are counted: two processes with NumPy each hold more than one.
+    assert data["memory"][1]["peak_rss_mib"] > data["memory"][0]["peak_rss_mib"]
 
 
 def test_bench_speed_cifar_net_runs(tmp_path):
@@ -79,8 +84,8 @@ def test_harness_reports_least_loaded_round_when_all_are_loaded(monkeypatch):
 def test_torch_twin_of_the_cifar_net_matches_scratchcnn_outputs():
     import numpy as np
     import torch
+    from _nets import cifar_net
     from _torch_twin import twin as to_torch
-    from bench_speed import cifar_net
 
     ours = cifar_net().eval()
     x = np.random.default_rng(1).uniform(0, 1, (2, 3, 32, 32)).astype(np.float32)
