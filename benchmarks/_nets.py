@@ -11,6 +11,16 @@ import scratchcnn as sc
 from scratchcnn import models
 from scratchcnn.parallel import BatchSplit
 
+#: Every BatchSplit that ``ours_step`` made; ``close_all`` ends their worker processes, so
+#: that idle workers of one workload never share the machine with the next one's timing.
+OPEN: list[BatchSplit] = []
+
+
+def close_all() -> None:
+    while OPEN:
+        OPEN.pop().close()
+
+
 INPUTS = {"lenet5": (1, 28, 28), "cifar": (3, 32, 32), "resnet8": (1, 28, 28)}
 
 
@@ -47,6 +57,7 @@ def ours_step(
     model whole (BLAS with its own threads), more = the batch split over that many threads
     (``scratchcnn.parallel.BatchSplit``, one BLAS thread each); then the optimiser step."""
     splitter = BatchSplit(model, sc.CrossEntropyLoss(), threads=threads)
+    OPEN.append(splitter)
     if kind == "infer":
         model.eval()
         return lambda: splitter.forward(x)

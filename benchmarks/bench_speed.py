@@ -50,7 +50,7 @@ from scratchcnn.parallel import MIN_ITEMS_PER_THREAD
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import MAX_FOREIGN, compare
 from _nets import batch as _batch
-from _nets import build, ours_step
+from _nets import build, close_all, ours_step
 from _torch_twin import twin as to_torch
 
 torch.set_num_threads(THREADS)
@@ -122,7 +122,10 @@ def steps_for(net: str, kind: str, batch: int) -> dict[str, Callable]:
 
 
 def run_workload(net: str, kind: str, batch: int, rounds: int, seconds: float) -> dict:
-    result = compare(steps_for(net, kind, batch), batch, rounds, seconds)
+    try:
+        result = compare(steps_for(net, kind, batch), batch, rounds, seconds)
+    finally:
+        close_all()
     row = {
         "net": net,
         "kind": kind,

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from . import kernels
 from .errors import ConfigError, ShapeError
 from .model import Sequential
 
@@ -200,6 +201,15 @@ class SGD(Optimizer):
         }
 
     def _update(self, p, g, state):
+        if self.momentum and not (self.weight_decay or self.nesterov):
+            fast = kernels.for_dtype(p.dtype)
+            buf = state["momentum_buffer"]
+            if fast and p.flags.c_contiguous and g.flags.c_contiguous and g.dtype == p.dtype:
+                t = p.dtype.type  # the scalars in p's dtype, as NumPy's arithmetic takes them
+                fast.sgd_momentum(
+                    p.reshape(-1), g.reshape(-1), buf.reshape(-1), t(self.lr), t(self.momentum)
+                )
+                return
         if self.weight_decay:
             g = g + self.weight_decay * p
         if self.momentum:

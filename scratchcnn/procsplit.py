@@ -206,23 +206,45 @@ class ProcessSplit:
         self._key: Any = None
         self._cap = 0
         self._views: dict[str, np.ndarray] = {}
+        self._leaf_list: list[Any] = []
+        self._norm_list: list[Any] = []
+        self._grad_list: list[tuple[Any, str]] = []
         self._lock = threading.Lock()
         self._finalizer: Any = None
 
     # --- workers --------------------------------------------------------------------------
     def _signature(self, x: np.ndarray) -> Any:
-        arrays = _state_arrays(self.model)
-        return (
-            tuple(id(la) for la in _leaves(self.model)),
-            tuple((a.shape, a.dtype.str) for a in arrays),
-            x.shape[1:],
-            x.dtype.str,
-        )
+        """What the workers were built for: the leaf layers, every state array's shape and
+        dtype, the input's item shape and dtype; checked on every call."""
+        leaves = tuple(map(id, _leaves(self.model)))
+        if leaves != tuple(map(id, self._leaf_list)):
+            return None  # a layer was replaced: rebuild
+        arrays = tuple((a.shape, a.dtype.str) for a in self._arrays())
+        return leaves, arrays, x.shape[1:], x.dtype.str
+
+    def _arrays(self) -> list[np.ndarray]:
+        return [store[key] for store, key in self._slots()]
+
+    def _slots(self) -> list[tuple[dict, str]]:
+        """(dict, key) of every parameter and buffer, in ``_state_arrays`` order."""
+        return [
+            (getattr(layer, kind), key)
+            for layer in self._leaf_list
+            for kind in ("params", "buffers")
+            for key in sorted(getattr(layer, kind))
+        ]
 
     def _ensure(self, x: np.ndarray, cap: int) -> None:
+        if self._procs and cap <= self._cap:
+            key = self._signature(x)
+            if key is not None and key == self._key:
+                return
+        self._leaf_list = list(_leaves(self.model))
+        self._norm_list = _norms(self.model)
+        self._grad_list = [
+            (layer, name) for layer in self._leaf_list for name in sorted(layer.params)
+        ]
         key = self._signature(x)
-        if self._procs and key == self._key and cap <= self._cap:
-            return
         self.close()
         cap = max(cap, self._cap)
         lay = _plan(self.model, self.parts, x.shape[1:], x.dtype, cap)
@@ -233,6 +255,11 @@ class ProcessSplit:
         self._fd, self._mm = fd, mmap.mmap(fd, lay.size)
         self._views = lay.views(self._mm)
         self._views["ctl"][:] = 0
+        self._state_views = [self._views[f"state{j}"] for j in range(len(self._arrays()))]
+        self._grad_views = [
+            [self._views[f"g{k}.{i}.{name}"] for i, name in _grad_names(self.model)]
+            for k in range(1, self.parts)
+        ]
         header = json.dumps(
             {"config": self.model.config(), "layout": lay.entries, "parts": self.parts}
         )
@@ -322,7 +349,7 @@ class ProcessSplit:
         # may still be on their way out of it).
         self._wait(_DONE, int(ctl[0, _JOB]))
         ctl[:, _ARRIVE] = 0
-        for a, shared in zip(_state_arrays(self.model), self._state_views(), strict=True):
+        for a, shared in zip(self._arrays(), self._state_views, strict=True):
             np.copyto(shared, a)
         seq = int(ctl[0, _JOB]) + 1
         ctl[0, _ABORT] = 0
@@ -334,10 +361,6 @@ class ProcessSplit:
             ctl[k, _STATUS] = 0
         ctl[0, _JOB] = seq  # last: workers start when they see it
         return seq
-
-    def _state_views(self) -> list[np.ndarray]:
-        n = len(_state_arrays(self.model))
-        return [self._views[f"state{j}"] for j in range(n)]
 
     def _wait(self, col: int, seq: int) -> None:
         ctl = self._views["ctl"]
@@ -361,7 +384,7 @@ class ProcessSplit:
 
         spin = _Spin(check)
         member = self._member(spin)
-        norms = _norms(self.model)
+        norms = self._norm_list
         for layer in norms:
             layer.sync = member
         try:
@@ -423,11 +446,9 @@ class ProcessSplit:
             for k in range(1, self.parts):
                 self._raise_worker_error(k)
             if finite:
-                names = _grad_names(self.model)
-                leaves = list(_leaves(self.model))
-                for k in range(1, self.parts):
-                    for i, name in names:
-                        leaves[i].grads[name] += self._views[f"g{k}.{i}.{name}"]
+                for views in self._grad_views:
+                    for (layer, name), g in zip(self._grad_list, views, strict=True):
+                        layer.grads[name] += g
             return loss, logits
 
     def _finish_failed(self, seq: int, k: int) -> None:

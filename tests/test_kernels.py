@@ -246,3 +246,25 @@ def test_compiled_paths_are_taken(rng):
         bn.forward(x)
         assert pool._cache[0] != "compiled"
         assert bn._cache[1] is True
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sgd_momentum_is_bit_identical(rng, dtype):
+    # The same grads each step, from a fixed list: only the update itself is compared.
+    grads = [
+        {k: rng.standard_normal(v.shape).astype(dtype) for k, v in layer.params.items()}
+        for _, layer in models.lenet5(seed=0, dtype=dtype).named_layers()
+    ]
+    out = {}
+    for mode in ("numpy", "numba"):
+        with kernels.using(mode):
+            model = models.lenet5(seed=0, dtype=dtype)
+            opt = sc.optim.SGD(model, lr=0.05, momentum=0.9)
+            for _ in range(3):
+                for (_, layer), g in zip(model.named_layers(), grads, strict=True):
+                    layer.grads = {k: v.copy() for k, v in g.items()}
+                opt.step()
+            out[mode] = model.state_dict(), opt.state_dict()
+    for key, value in out["numpy"][0].items():
+        np.testing.assert_array_equal(value, out["numba"][0][key])
+    assert out["numpy"][0]["0.weight"].dtype == dtype

@@ -90,6 +90,18 @@ def channel_grad_input(dy, x, mean, a_, k1, k2, out):
                 out[a, c, b] = s * dy[a, c, b] - u * (x[a, c, b] - m) - v
 
 
+# --- SGD with momentum, in place over flat memory -----------------------------------------
+@nb.njit(**_LOOP)
+def sgd_momentum(p, g, buf, lr, mu):
+    """buf = mu * buf + g;  p -= lr * buf. The same float operations, in the same order, as
+    the NumPy update (no fused multiply-add), so the same bits in one pass instead of
+    three."""
+    for i in range(p.size):
+        b = buf[i] * mu + g[i]
+        buf[i] = b
+        p[i] -= lr * b
+
+
 # --- ReLU over flat memory ------------------------------------------------------------------
 @nb.njit(**_LOOP)
 def relu(x, out):
