@@ -33,6 +33,7 @@ import copy
 import itertools
 import os
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -45,6 +46,7 @@ from .layers.base import Layer
 from .layers.normalization import _BatchNorm
 from .losses import Loss
 from .model import Sequential
+from .procsplit import SplitStartError
 
 #: Smallest slice worth a thread: below this the hand-off (tens of microseconds) and the
 #: smaller GEMMs cost more than the second core gives back.
@@ -215,6 +217,15 @@ class BatchSplit:
             self._procs = ProcessSplit(self.model, self.loss_fn, parts)
         return self._procs
 
+    def _fall_back(self, exc: Exception) -> None:
+        """Worker processes cannot start here (no memfd, no fork/exec, a sandbox): say so
+        once and split over threads from now on."""
+        warnings.warn(f"{exc}; splitting over threads instead", RuntimeWarning, stacklevel=3)
+        self.backend = "threads"
+        if self._procs is not None:
+            self._procs.close()
+            self._procs = None
+
     def close(self) -> None:
         if self._procs is not None:
             self._procs.close()
@@ -297,8 +308,11 @@ class BatchSplit:
             return loss, logits
         procs = self._process_split(parts)
         if procs is not None:
-            with self._blas_limit.limit(limits=1, user_api="blas"):
-                return procs.step(x, y, targets, self._slices(n, parts))
+            try:
+                with self._blas_limit.limit(limits=1, user_api="blas"):
+                    return procs.step(x, y, targets, self._slices(n, parts))
+            except SplitStartError as exc:
+                self._fall_back(exc)
         mean = self.loss_fn.reduction == "mean"
 
         def job(k: int, s: slice) -> tuple[float, np.ndarray]:
@@ -331,7 +345,10 @@ class BatchSplit:
         slices = self._slices(len(x), parts)
         procs = self._process_split(parts)
         if procs is not None:
-            with self._blas_limit.limit(limits=1, user_api="blas"):
-                return procs.forward(x, slices)
+            try:
+                with self._blas_limit.limit(limits=1, user_api="blas"):
+                    return procs.forward(x, slices)
+            except SplitStartError as exc:
+                self._fall_back(exc)
         outs = self._run(parts, lambda k, s: self._replicas[k].forward(x[s]), slices)
         return np.concatenate(outs)

@@ -69,6 +69,11 @@ class SplitWorkerError(ScratchCNNError):
     """A worker process of a split batch died or could not start."""
 
 
+class SplitStartError(SplitWorkerError):
+    """The first workers of a split could not start here (``BatchSplit`` then uses
+    threads)."""
+
+
 def available() -> bool:
     """Whether the process backend can run here (x86-64 Linux with memfd)."""
     return (
@@ -211,6 +216,7 @@ class ProcessSplit:
         self._grad_list: list[tuple[Any, str]] = []
         self._lock = threading.Lock()
         self._finalizer: Any = None
+        self._started = False  # workers have started once (a later failure is an error)
 
     # --- workers --------------------------------------------------------------------------
     def _signature(self, x: np.ndarray) -> Any:
@@ -247,6 +253,16 @@ class ProcessSplit:
         key = self._signature(x)
         self.close()
         cap = max(cap, self._cap)
+        try:
+            self._start(x, cap)
+        except (OSError, SplitWorkerError) as exc:
+            self.close()
+            if self._started:
+                raise
+            raise SplitStartError(f"split workers could not start: {exc}") from exc
+        self._key, self._cap, self._started = key, cap, True
+
+    def _start(self, x: np.ndarray, cap: int) -> None:
         lay = _plan(self.model, self.parts, x.shape[1:], x.dtype, cap)
         import mmap
 
@@ -291,7 +307,6 @@ class ProcessSplit:
                 proc.stdin.close()
             except BrokenPipeError:  # it died at once: reported below
                 pass
-        self._key, self._cap = key, cap
         self._finalizer = weakref.finalize(self, _stop, self._procs, self._views["ctl"])
         ctl = self._views["ctl"]
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -206,3 +206,18 @@ def test_custom_layers_stay_on_threads(rng):
         x = rng.standard_normal((16, 1, 28, 28)).astype(np.float32)
         np.testing.assert_allclose(bs.forward(x), model.forward(x), rtol=1e-5, atol=1e-6)
         assert bs._procs is None  # no worker started
+
+
+def test_workers_that_cannot_start_fall_back_to_threads(rng, monkeypatch):
+    def no_memfd(*args):
+        raise OSError("memfd_create: function not implemented")
+
+    monkeypatch.setattr(os, "memfd_create", no_memfd)
+    model = models.lenet5(seed=0, dtype=np.float64)
+    x = rng.standard_normal((16, 1, 28, 28))
+    y = rng.integers(0, 10, 16)
+    with BatchSplit(model, sc.CrossEntropyLoss(), 2, backend="processes") as bs:
+        with pytest.warns(RuntimeWarning, match="could not start: memfd_create.*threads instead"):
+            loss, _ = bs.step(x, y)
+        assert bs.backend == "threads" and np.isfinite(loss)
+        bs.step(x, y)  # no second warning: pytest's default would show it; and it works

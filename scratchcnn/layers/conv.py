@@ -365,7 +365,7 @@ def _row_correlate(
     xt = x.transpose(2, 1, 3, 0)
     # The compiled copy reads along N; when N is not x's innermost axis (an NCHW network
     # input), NumPy's copy, which follows the source's memory order, is faster.
-    fast = kernels.for_dtype(x.dtype) if xt.strides[3] == x.itemsize else None
+    fast = kernels.for_dtype(x.dtype) if n == 1 or xt.strides[3] == x.itemsize else None
     if fast:  # padding, transpose and window copy in one compiled pass
         fast.gather_rows(xt, pad[0][0], pad[1][0], sw, r)
     else:
