@@ -192,10 +192,9 @@ def maxpool_grad(dy, idx, kh, kw, dx):
                                 dx[p, i * kh + u, q, j * kw + v, r] = (
                                     g if idx[p, i, q, j, r] == k else zero
                                 )
-                for jj in range(ow * kw, w):
-                    for r in range(nr):
-                        dx[p, i * kh, q, jj, r] = zero
-                        for u in range(1, kh):
+                for u in range(kh):  # columns right of the last window
+                    for jj in range(ow * kw, w):
+                        for r in range(nr):
                             dx[p, i * kh + u, q, jj, r] = zero
         for ii in range(oh * kh, h):
             for q in range(nq):
