@@ -420,6 +420,9 @@ class ProcessSplit:
                 self._wait(_DONE, seq)
             except _PeerFailed as exc:
                 self._finish_failed(seq, exc.k)
+            except BaseException:
+                self._release(seq)
+                raise
             outs = [mine]
             for k in range(1, self.parts):
                 self._raise_worker_error(k)
@@ -458,6 +461,9 @@ class ProcessSplit:
                 self._wait(_DONE, seq)
             except _PeerFailed as exc:
                 self._finish_failed(seq, exc.k)
+            except BaseException:
+                self._release(seq)
+                raise
             for k in range(1, self.parts):
                 self._raise_worker_error(k)
             if finite:
@@ -465,6 +471,16 @@ class ProcessSplit:
                     for (layer, name), g in zip(self._grad_list, views, strict=True):
                         layer.grads[name] += g
             return loss, logits
+
+    def _release(self, seq: int) -> None:
+        """An error (or Ctrl-C) here, mid-call: let every worker stop waiting for us; the
+        next call waits until they have."""
+        ctl = self._views.get("ctl")
+        if ctl is None:  # closed meanwhile (a worker died)
+            return
+        ctl[0, _ABORT] = 1
+        for j in range(1, self.parts):
+            ctl[j, _DY] = -seq
 
     def _finish_failed(self, seq: int, k: int) -> None:
         ctl = self._views["ctl"]
