@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from . import init as _init
+from . import procsplit
 from .errors import ConfigError
 from .layers.base import Layer
 from .layers.normalization import _BatchNorm
@@ -210,11 +211,9 @@ class BatchSplit:
             return None
         if self._procs is None or self._procs.parts != parts:
             if self._procs is not None:
-                self._procs.close()
-            from .procsplit import ProcessSplit
-
+                procsplit.release(self._procs)
             self._ensure(1)  # the BLAS limiter
-            self._procs = ProcessSplit(self.model, self.loss_fn, parts)
+            self._procs = procsplit.acquire(self.model, self.loss_fn, parts)
         return self._procs
 
     def _fall_back(self, exc: Exception) -> None:
@@ -227,8 +226,10 @@ class BatchSplit:
             self._procs = None
 
     def close(self) -> None:
+        """Release the threads; worker processes are parked for the next BatchSplit of the
+        same model (``scratchcnn.procsplit.shutdown()`` ends them at once)."""
         if self._procs is not None:
-            self._procs.close()
+            procsplit.release(self._procs)
             self._procs = None
         if self._pool is not None:
             self._pool.shutdown(wait=True)

@@ -217,6 +217,7 @@ class ProcessSplit:
         self._lock = threading.Lock()
         self._finalizer: Any = None
         self._started = False  # workers have started once (a later failure is an error)
+        self._model_ref: Any = None  # while parked (``release``): the model, weakly
 
     # --- workers --------------------------------------------------------------------------
     def _signature(self, x: np.ndarray) -> Any:
@@ -492,6 +493,60 @@ class ProcessSplit:
         raise SplitWorkerError(f"split worker {k} failed")
 
 
+# --- reuse across BatchSplits ------------------------------------------------------------------
+# ``fit`` makes a BatchSplit per epoch and ``evaluate`` one per call; starting workers takes
+# about a second each time. A closed BatchSplit therefore parks its workers here, keyed by
+# its model, for the next BatchSplit of that model; parked workers nap, hold only a weak
+# reference to the model, and end when the model is garbage-collected, at ``shutdown()``,
+# or at exit.
+_IDLE: dict[tuple[int, int], ProcessSplit] = {}
+_IDLE_LOCK = threading.Lock()
+
+
+def acquire(model: Any, loss_fn: Any, parts: int) -> ProcessSplit:
+    """Parked workers for ``model`` and ``parts``, or a new (not yet started) split."""
+    with _IDLE_LOCK:
+        ps = _IDLE.pop((id(model), parts), None)
+    if ps is not None:
+        if ps._model_ref is not None and ps._model_ref() is model:
+            ps.model, ps.loss_fn, ps._model_ref = model, loss_fn, None
+            return ps
+        ps.close()  # the id of a model that is gone, reused
+    return ProcessSplit(model, loss_fn, parts)
+
+
+def release(ps: ProcessSplit) -> None:
+    """Park ``ps``'s workers (or close it, if it has none running)."""
+    if not ps._procs:
+        ps.close()
+        return
+    model = ps.model
+    key = (id(model), ps.parts)
+    ps._model_ref, ps.model = weakref.ref(model, lambda _ref: _discard(key, ps)), None
+    with _IDLE_LOCK:
+        old = _IDLE.pop(key, None)
+        _IDLE[key] = ps
+    if old is not None and old is not ps:
+        old.close()
+
+
+def _discard(key: tuple[int, int], ps: ProcessSplit) -> None:
+    with _IDLE_LOCK:
+        if _IDLE.get(key) is not ps:
+            return
+        del _IDLE[key]
+    ps.close()
+
+
+def shutdown() -> None:
+    """End every parked worker now."""
+    with _IDLE_LOCK:
+        parked = list(_IDLE.values())
+        _IDLE.clear()
+    for ps in parked:
+        ps.close()
+
+
 class _PeerFailed(Exception):
     def __init__(self, k: int) -> None:
         super().__init__(k)
@@ -569,8 +624,8 @@ def _worker_main(fd: int, k: int, parent: int) -> None:
         t0, nap = time.monotonic(), 1e-4
         while int(ctl[0, _JOB]) <= seen:
             if time.monotonic() - t0 > IDLE_SPIN_S:
-                time.sleep(nap)  # naps grow to 5 ms: a few hundred wake-ups a second at most
-                nap = min(2 * nap, 0.005)
+                time.sleep(nap)  # naps grow to 20 ms: 50 wake-ups a second when parked
+                nap = min(2 * nap, 0.02)
                 if os.getppid() != parent:
                     os._exit(3)
             else:

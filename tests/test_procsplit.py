@@ -147,8 +147,23 @@ def test_close_ends_the_workers_and_so_does_our_death(tmp_path):
     model.eval()
     bs.forward(np.zeros((16, 1, 28, 28), np.float32))
     procs = list(bs._procs._procs)
+    bs.close()  # parked for the next split of this model (fit makes one per epoch)
+    assert all(p.poll() is None for p in procs)
+    with BatchSplit(model, sc.CrossEntropyLoss(), 2, backend="processes") as again:
+        again.forward(np.zeros((16, 1, 28, 28), np.float32))
+        assert again._procs._procs == procs  # the same workers, no new start
+    procsplit.shutdown()
+    assert all(p.wait(timeout=5) is not None for p in procs)
+    # Parked workers end with their model.
+    bs = BatchSplit(model, sc.CrossEntropyLoss(), 2, backend="processes")
+    bs.forward(np.zeros((16, 1, 28, 28), np.float32))
+    procs = list(bs._procs._procs)
     bs.close()
-    assert all(p.poll() is not None for p in procs)
+    del bs, model, again
+    import gc
+
+    gc.collect()
+    assert all(p.wait(timeout=5) is not None for p in procs)
     # A parent killed outright takes its workers with it.
     script = textwrap.dedent(
         """
