@@ -45,6 +45,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -412,66 +413,61 @@ class ProcessSplit:
             for layer in norms:
                 layer.sync = None
 
-    def forward(self, x: np.ndarray, slices: list[slice]) -> np.ndarray:
+    @contextmanager
+    def _call(self, kind: int, x: np.ndarray, slices: list[slice]) -> Iterator[int]:
+        """One call: workers (re)started if needed, the job posted; a worker's failure is
+        raised here, and an error here (or Ctrl-C) releases the workers."""
         with self._lock:
             self._ensure(x, max(s.stop - s.start for s in slices[1:]))
-            seq = self._post(_KIND_FORWARD, slices, x)
+            seq = self._post(kind, slices, x)
             try:
-                mine = self._run_local(lambda spin: self.model.forward(x[slices[0]]))
-                self._wait(_DONE, seq)
+                yield seq
             except _PeerFailed as exc:
                 self._finish_failed(seq, exc.k)
             except BaseException:
                 self._release(seq)
                 raise
-            outs = [mine]
             for k in range(1, self.parts):
                 self._raise_worker_error(k)
-                outs.append(self._views[f"out{k}"][: slices[k].stop - slices[k].start].copy())
-            return np.concatenate(outs)
+
+    def _outputs(self, slices: list[slice]) -> list[np.ndarray]:
+        """The workers' logits, as views of the shared memory."""
+        return [
+            self._views[f"out{k}"][: slices[k].stop - slices[k].start] for k in range(1, self.parts)
+        ]
+
+    def forward(self, x: np.ndarray, slices: list[slice]) -> np.ndarray:
+        with self._call(_KIND_FORWARD, x, slices) as seq:
+            mine = self._run_local(lambda spin: self.model.forward(x[slices[0]]))
+            self._wait(_DONE, seq)
+        return np.concatenate([mine, *self._outputs(slices)])
 
     def step(self, x: np.ndarray, y: Any, targets: Any, slices: list[slice]) -> tuple[float, Any]:
-        with self._lock:
-            self._ensure(x, max(s.stop - s.start for s in slices[1:]))
-            seq = self._post(_KIND_STEP, slices, x)
+        with self._call(_KIND_STEP, x, slices) as seq:
             ctl = self._views["ctl"]
-            try:
-                mine = self._run_local(lambda spin: self.model.forward(x[slices[0]]))
-                self._wait(_FWD, seq)
-                for k in range(1, self.parts):
-                    self._raise_worker_error(k)
-                logits = np.concatenate(
-                    [mine]
-                    + [
-                        self._views[f"out{k}"][: slices[k].stop - slices[k].start]
-                        for k in range(1, self.parts)
-                    ]
-                )
-                loss = self.loss_fn.forward(logits, targets(logits, y))
-                finite = bool(np.isfinite(loss))
-                if finite:
-                    dy = self.loss_fn.backward()
-                    for k in range(1, self.parts):
-                        s = slices[k]
-                        np.copyto(self._views[f"dy{k}"][: s.stop - s.start], dy[s])
-                for k in range(1, self.parts):
-                    ctl[k, _DY] = seq if finite else -seq
-                if finite:
-                    d0 = dy[slices[0]]
-                    self._run_local(lambda spin: self.model.backward(d0, input_grad=False))
-                self._wait(_DONE, seq)
-            except _PeerFailed as exc:
-                self._finish_failed(seq, exc.k)
-            except BaseException:
-                self._release(seq)
-                raise
+            mine = self._run_local(lambda spin: self.model.forward(x[slices[0]]))
+            self._wait(_FWD, seq)
             for k in range(1, self.parts):
                 self._raise_worker_error(k)
+            logits = np.concatenate([mine, *self._outputs(slices)])
+            loss = self.loss_fn.forward(logits, targets(logits, y))
+            finite = bool(np.isfinite(loss))
             if finite:
-                for views in self._grad_views:
-                    for (layer, name), g in zip(self._grad_list, views, strict=True):
-                        layer.grads[name] += g
-            return loss, logits
+                dy = self.loss_fn.backward()
+                for k in range(1, self.parts):
+                    s = slices[k]
+                    np.copyto(self._views[f"dy{k}"][: s.stop - s.start], dy[s])
+            for k in range(1, self.parts):
+                ctl[k, _DY] = seq if finite else -seq
+            if finite:
+                d0 = dy[slices[0]]
+                self._run_local(lambda spin: self.model.backward(d0, input_grad=False))
+            self._wait(_DONE, seq)
+        if finite:
+            for views in self._grad_views:
+                for (layer, name), g in zip(self._grad_list, views, strict=True):
+                    layer.grads[name] += g
+        return loss, logits
 
     def _release(self, seq: int) -> None:
         """An error (or Ctrl-C) here, mid-call: let every worker stop waiting for us; the
