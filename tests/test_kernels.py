@@ -268,3 +268,26 @@ def test_sgd_momentum_is_bit_identical(rng, dtype):
     for key, value in out["numpy"][0].items():
         np.testing.assert_array_equal(value, out["numba"][0][key])
     assert out["numpy"][0]["0.weight"].dtype == dtype
+
+
+def test_a_numba_that_fails_to_load_falls_back_to_numpy(monkeypatch):
+    # numba raises RuntimeError, not ImportError, when it finds no writable cache directory.
+    import importlib.abc
+    import sys
+
+    class Boom(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "scratchcnn.kernels._numba":
+                raise RuntimeError("cannot cache function 'relu': no locator available")
+            return None
+
+    kernels.available()  # make sure the real module was imported once (then hide it)
+    monkeypatch.setattr(sys, "meta_path", [Boom(), *sys.meta_path])
+    monkeypatch.delitem(sys.modules, "scratchcnn.kernels._numba")
+    monkeypatch.delattr(kernels, "_numba")
+    monkeypatch.setattr(kernels, "_compiled", None)
+    monkeypatch.setattr(kernels, "_missing", None)
+    monkeypatch.setattr(kernels, "_mode", "auto")
+    assert kernels.active() is None
+    with pytest.raises(ConfigError, match="RuntimeError: cannot cache function"):
+        kernels.set_mode("numba")

@@ -91,6 +91,8 @@ def _load(required: bool) -> ModuleType | None:
                     from . import _numba
                 except ImportError as exc:  # numba absent, or too old for this NumPy
                     _missing = str(exc)
+                except Exception as exc:  # e.g. numba finds no writable cache directory
+                    _missing = f"{type(exc).__name__}: {exc}"
                 else:
                     _compiled = _numba
     if _compiled is None and required:
