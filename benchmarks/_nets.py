@@ -8,7 +8,7 @@ from collections.abc import Callable
 import numpy as np
 
 import scratchcnn as sc
-from scratchcnn import models
+from scratchcnn import models, procsplit
 from scratchcnn.parallel import BatchSplit
 
 #: Every BatchSplit that ``ours_step`` made; ``close_all`` ends their worker processes, so
@@ -19,6 +19,7 @@ OPEN: list[BatchSplit] = []
 def close_all() -> None:
     while OPEN:
         OPEN.pop().close()
+    procsplit.shutdown()  # closing parks a split's workers for reuse: end them here
 
 
 INPUTS = {"lenet5": (1, 28, 28), "cifar": (3, 32, 32), "resnet8": (1, 28, 28)}
