@@ -138,8 +138,6 @@ BACKENDS = ("auto", "threads", "processes")
 def resolve_backend(backend: str | None = None) -> str:
     """``threads`` or ``processes``: ``backend`` if given, else ``SCRATCHCNN_SPLIT``, else
     auto (processes where ``scratchcnn.procsplit.available()``)."""
-    from . import procsplit
-
     where = "backend" if backend is not None else SPLIT_ENV
     raw = backend if backend is not None else os.environ.get(SPLIT_ENV, "auto") or "auto"
     text = str(raw).strip().lower()

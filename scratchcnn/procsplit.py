@@ -84,25 +84,21 @@ def available() -> bool:
     )
 
 
-def _sched_yield() -> None:
-    os.sched_yield()
-
-
 def _leaves(model: Any) -> Iterator[Any]:
     return (layer for _, layer in model.named_layers())
 
 
-def _state_arrays(model: Any) -> list[np.ndarray]:
+def _state_arrays(leaves: list[Any]) -> list[np.ndarray]:
     """Every parameter and buffer, in a fixed order (the layout of the shared copy)."""
     out = []
-    for layer in _leaves(model):
+    for layer in leaves:
         out += [layer.params[k] for k in sorted(layer.params)]
         out += [layer.buffers[k] for k in sorted(layer.buffers)]
     return out
 
 
-def _grad_names(model: Any) -> list[tuple[int, str]]:
-    return [(i, k) for i, layer in enumerate(_leaves(model)) for k in sorted(layer.params)]
+def _grad_names(leaves: list[Any]) -> list[tuple[int, str]]:
+    return [(i, k) for i, layer in enumerate(leaves) for k in sorted(layer.params)]
 
 
 class _Layout:
@@ -128,27 +124,26 @@ class _Layout:
 
 def _plan(model: Any, parts: int, item_shape: tuple[int, ...], dtype: Any, cap: int) -> _Layout:
     """The shared file for ``parts`` slices of at most ``cap`` items each."""
+    leaves = list(_leaves(model))
+    arrays = _state_arrays(leaves)
     lay = _Layout()
     lay.add("ctl", (parts, _CTL_COLS), np.int64)
     widths = [2 * layer.num_features + 1 for layer in _norms(model)] or [1]
     lay.add("sync", (2, parts, max(widths)), np.float64)
-    for j, a in enumerate(_state_arrays(model)):
+    for j, a in enumerate(arrays):
         lay.add(f"state{j}", a.shape, a.dtype)
     out_shape = tuple(model.output_shapes(item_shape)[-1][1:])
+    # Logits come out in the model's float dtype (the first float parameter's).
+    out_dtype = next((a.dtype for a in arrays if a.dtype.kind == "f"), np.dtype(dtype))
     for k in range(1, parts):
         lay.add(f"x{k}", (cap, *item_shape), dtype)
-        lay.add(f"out{k}", (cap, *out_shape), _out_dtype(model, dtype))
-        lay.add(f"dy{k}", (cap, *out_shape), _out_dtype(model, dtype))
-        for i, name in _grad_names(model):
-            layer = list(_leaves(model))[i]
-            lay.add(f"g{k}.{i}.{name}", layer.params[name].shape, layer.params[name].dtype)
+        lay.add(f"out{k}", (cap, *out_shape), out_dtype)
+        lay.add(f"dy{k}", (cap, *out_shape), out_dtype)
+        for i, name in _grad_names(leaves):
+            g = leaves[i].params[name]
+            lay.add(f"g{k}.{i}.{name}", g.shape, g.dtype)
         lay.add(f"err{k}", (1 << 16,), np.uint8)
     return lay
-
-
-def _out_dtype(model: Any, dtype: Any) -> np.dtype:
-    dtypes = [a.dtype for a in _state_arrays(model) if a.dtype.kind == "f"]
-    return dtypes[0] if dtypes else np.dtype(dtype)
 
 
 def _norms(model: Any) -> list[Any]:
@@ -169,7 +164,7 @@ class _Spin:
         while not ready():
             i += 1
             if i & 15 == 0:
-                _sched_yield()
+                os.sched_yield()
                 now = time.monotonic()
                 if now >= next_check:
                     self.check()
@@ -231,16 +226,7 @@ class ProcessSplit:
         return leaves, arrays, x.shape[1:], x.dtype.str
 
     def _arrays(self) -> list[np.ndarray]:
-        return [store[key] for store, key in self._slots()]
-
-    def _slots(self) -> list[tuple[dict, str]]:
-        """(dict, key) of every parameter and buffer, in ``_state_arrays`` order."""
-        return [
-            (getattr(layer, kind), key)
-            for layer in self._leaf_list
-            for kind in ("params", "buffers")
-            for key in sorted(getattr(layer, kind))
-        ]
+        return _state_arrays(self._leaf_list)
 
     def _ensure(self, x: np.ndarray, cap: int) -> None:
         if self._procs and cap <= self._cap:
@@ -249,9 +235,7 @@ class ProcessSplit:
                 return
         self._leaf_list = list(_leaves(self.model))
         self._norm_list = _norms(self.model)
-        self._grad_list = [
-            (layer, name) for layer in self._leaf_list for name in sorted(layer.params)
-        ]
+        self._grad_list = [(self._leaf_list[i], name) for i, name in _grad_names(self._leaf_list)]
         key = self._signature(x)
         self.close()
         cap = max(cap, self._cap)
@@ -275,12 +259,10 @@ class ProcessSplit:
         self._views["ctl"][:] = 0
         self._state_views = [self._views[f"state{j}"] for j in range(len(self._arrays()))]
         self._grad_views = [
-            [self._views[f"g{k}.{i}.{name}"] for i, name in _grad_names(self.model)]
+            [self._views[f"g{k}.{i}.{name}"] for i, name in _grad_names(self._leaf_list)]
             for k in range(1, self.parts)
         ]
-        header = json.dumps(
-            {"config": self.model.config(), "layout": lay.entries, "parts": self.parts}
-        )
+        header = json.dumps({"config": self.model.config(), "layout": lay.entries})
         env = dict(os.environ)
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = "1"
@@ -385,12 +367,9 @@ class ProcessSplit:
         spin = _Spin(self._check_alive)
         spin.until(lambda: rows.min() >= seq)
 
-    def _member(self, spin: _Spin) -> _ProcSync:
-        return _ProcSync(self._views["ctl"], self._views["sync"], 0, spin)
-
     def _run_local(self, fn: Any) -> Any:
-        """Run slice 0 here with BatchNorm totalled over the processes; on an error, tell
-        the workers (so none waits at a barrier) and wait for them to stop."""
+        """Run slice 0 here with BatchNorm totalled over the processes; on an error, set
+        the abort flag, so no worker keeps waiting for us at a barrier."""
         ctl = self._views["ctl"]
 
         def check() -> None:
@@ -399,13 +378,12 @@ class ProcessSplit:
                 if ctl[k, _STATUS] == 1:
                     raise _PeerFailed(k)
 
-        spin = _Spin(check)
-        member = self._member(spin)
+        member = _ProcSync(ctl, self._views["sync"], 0, _Spin(check))
         norms = self._norm_list
         for layer in norms:
             layer.sync = member
         try:
-            return fn(spin)
+            return fn()
         except BaseException:
             ctl[0, _ABORT] = 1
             raise
@@ -438,14 +416,14 @@ class ProcessSplit:
 
     def forward(self, x: np.ndarray, slices: list[slice]) -> np.ndarray:
         with self._call(_KIND_FORWARD, x, slices) as seq:
-            mine = self._run_local(lambda spin: self.model.forward(x[slices[0]]))
+            mine = self._run_local(lambda: self.model.forward(x[slices[0]]))
             self._wait(_DONE, seq)
         return np.concatenate([mine, *self._outputs(slices)])
 
     def step(self, x: np.ndarray, y: Any, targets: Any, slices: list[slice]) -> tuple[float, Any]:
         with self._call(_KIND_STEP, x, slices) as seq:
             ctl = self._views["ctl"]
-            mine = self._run_local(lambda spin: self.model.forward(x[slices[0]]))
+            mine = self._run_local(lambda: self.model.forward(x[slices[0]]))
             self._wait(_FWD, seq)
             for k in range(1, self.parts):
                 self._raise_worker_error(k)
@@ -461,7 +439,7 @@ class ProcessSplit:
                 ctl[k, _DY] = seq if finite else -seq
             if finite:
                 d0 = dy[slices[0]]
-                self._run_local(lambda spin: self.model.backward(d0, input_grad=False))
+                self._run_local(lambda: self.model.backward(d0, input_grad=False))
             self._wait(_DONE, seq)
         if finite:
             for views in self._grad_views:
@@ -480,10 +458,8 @@ class ProcessSplit:
             ctl[j, _DY] = -seq
 
     def _finish_failed(self, seq: int, k: int) -> None:
-        ctl = self._views["ctl"]
-        ctl[0, _ABORT] = 1
-        for j in range(1, self.parts):
-            ctl[j, _DY] = -seq
+        """Worker k failed mid-call: release the others, wait for all, raise k's error."""
+        self._release(seq)
         self._wait(_DONE, seq)
         self._raise_worker_error(k)
         raise SplitWorkerError(f"split worker {k} failed")
@@ -601,7 +577,7 @@ def _worker_main(fd: int, k: int, parent: int) -> None:
             layer.buffers[key] = v[f"state{j}"]
             j += 1
     leaves = list(_leaves(model))
-    names = _grad_names(model)
+    names = _grad_names(leaves)
 
     def check() -> None:
         if ctl[0, _ABORT]:
@@ -625,7 +601,7 @@ def _worker_main(fd: int, k: int, parent: int) -> None:
                 if os.getppid() != parent:
                     os._exit(3)
             else:
-                _sched_yield()
+                os.sched_yield()
         seq = seen = int(ctl[0, _JOB])
         kind = int(ctl[k, _KIND])
         if kind == _KIND_STOP:

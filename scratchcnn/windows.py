@@ -290,6 +290,7 @@ def spatial_view(x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]] | None:
     return xt.reshape(p, dims[ih], q, dims[iw], r), order
 
 
-def from_spatial_view(y5: np.ndarray, order: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
-    """The logical NCHW ``shape`` over the memory of y5, laid out in ``order``."""
-    return y5.reshape([shape[i] for i in order]).transpose(inverse_order(order))
+def from_memory_order(y: np.ndarray, order: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """The logical ``shape`` over the memory of ``y``, whose axes are laid out in ``order``
+    (the inverse of ``x.transpose(order)`` followed by a reshape of that memory)."""
+    return y.reshape([shape[i] for i in order]).transpose(inverse_order(order))

@@ -10,7 +10,7 @@ import numpy as np
 from .. import kernels
 from ..errors import ConfigError, ShapeError
 from ..init import get_rng
-from ..windows import inverse_order, memory_order
+from ..windows import from_memory_order, memory_order
 from .base import (
     Layer,
     check_array,
@@ -138,7 +138,7 @@ class _BatchNorm(Layer):
         # y = (x - mean) * scale + bias: one compiled pass, or two NumPy passes.
         if fast:
             y = np.empty_like(x3)
-            fast.channel_affine(x3, mean.astype(self.dtype), scale, self._bias(), y)
+            fast.channel_affine(x3, mean, scale, self._bias(), y)
         elif centered is None:
             y = x3 * scale[:, None]
             y += (self._bias() - mean * scale)[:, None]
@@ -169,7 +169,6 @@ class _BatchNorm(Layer):
         c = self.num_features
         fast = kernels.active() if training and not is_centered else None
         if fast:
-            mean = mean.astype(self.dtype)
             s = fast.channel_grad_sums(dy3, kept, mean)  # float64 (sum dy, sum dy*(x-mean))
             sum_dy, sum_dy_xhat = s[0], s[1] * inv_std
             if self.affine:
@@ -213,7 +212,7 @@ def channel_view(x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
 
 def from_channel_view(y3: np.ndarray, order: tuple[int, ...], shape: tuple[int, ...]) -> np.ndarray:
     """Inverse of :func:`channel_view`: the logical ``shape`` over y3's memory."""
-    return y3.reshape([shape[i] for i in order]).transpose(inverse_order(order))
+    return from_memory_order(y3, order, shape)
 
 
 def channel_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ from ..windows import (
     as_padding,
     as_pair,
     first_inside,
-    from_spatial_view,
+    from_memory_order,
     pad2d,
     spatial_view,
     window_counts,
@@ -200,7 +200,7 @@ class MaxPool2D(_Pool2D):
             fast.maxpool(x5, kh, kw, y5, idx)
         out_shape = (x.shape[0], x.shape[1], oh, ow)
         self._cache = ("compiled", idx, order, x.shape, x5.shape, x.dtype)
-        return from_spatial_view(y5, order, out_shape)
+        return from_memory_order(y5, order, out_shape)
 
     def _backward_compiled(self, dy: np.ndarray) -> np.ndarray:
         _, idx, order, x_shape, x5_shape, dtype = self._require_cache()
@@ -209,7 +209,7 @@ class MaxPool2D(_Pool2D):
         dy5 = np.ascontiguousarray(dy.transpose(order)).reshape(idx.shape)
         dx5 = np.empty(x5_shape, dtype=dy.dtype)
         kernels.compiled().maxpool_grad(dy5, idx, self.kernel_size[0], self.kernel_size[1], dx5)
-        return from_spatial_view(dx5, order, x_shape)
+        return from_memory_order(dx5, order, x_shape)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         if self._require_cache()[0] == "compiled":
