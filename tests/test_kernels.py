@@ -135,14 +135,20 @@ def test_batchnorm_backward_after_switching_mode(rng):
 @pytest.mark.parametrize(
     ("kernel", "hw"), [(2, (8, 6)), (2, (9, 7)), (3, (9, 10)), ((2, 3), (5, 7))]
 )
-def test_maxpool_tiles(rng, dtype, layout, kernel, hw):
-    # Batch 17: in Conv2D's layout the batch is the innermost axis, which the kernels need
-    # to be at least kernels.MIN_VECTOR long.
-    x = rng.standard_normal((17, 4, *hw)).astype(dtype)
+@pytest.mark.parametrize("batch", [17, 8, 1])
+def test_maxpool_tiles(rng, dtype, layout, kernel, hw, batch):
+    # In Conv2D's layout the batch is the innermost axis: 17 runs the vectorised kernels
+    # (at least kernels.MIN_VECTOR), 8 and 1 the branch-free 2x2 kernel (other tiles: NumPy).
+    x = rng.standard_normal((max(batch, 3), 4, *hw)).astype(dtype)
     x[0, 0, :2, :2] = 1.5  # a tie: the first maximum wins
+    x[0, 0, 2, 2:4] = 2.5  # a tie along the row, the other one down the column
+    x[0, 0, 3, 2] = 2.5
     x[1, 1, :2, :2] = np.nan  # NaN wins, the last NaN for the index
     x[1, 1, 0, 0] = 7
+    x[0, 2, 2:4, :2] = [[np.nan, 1], [2, 3]]  # a NaN first: still the NaN
     x[2, 2, :2, :2] = -np.inf
+    x[0, 3, :2, :2] = [[-np.inf, -np.inf], [-np.inf, 4]]
+    x = x[:batch]
     x = LAYOUTS[layout](x)
     for train in (True, False):
 
@@ -246,6 +252,23 @@ def test_compiled_paths_are_taken(rng):
         bn.forward(x)
         assert pool._cache[0] != "compiled"
         assert bn._cache[1] is True
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_a_short_innermost_axis_takes_the_branch_free_2x2_kernel(rng, batch, monkeypatch):
+    calls = []
+    module = kernels.compiled()
+    monkeypatch.setattr(module, "maxpool2x2", lambda *a: calls.append("vector"))
+    real = module.maxpool2x2_short
+    monkeypatch.setattr(module, "maxpool2x2_short", lambda *a: calls.append("short") or real(*a))
+    with kernels.using("numba"):
+        pool = MaxPool2D(2)
+        pool.forward(hcwn(rng.standard_normal((batch, 3, 6, 6))))
+        # NCHW, (N*C, H, 1, W, 1) in memory: rows of windows too short for it, so NumPy
+        assert pool.forward(rng.standard_normal((batch, 3, 6, 6))).shape[2] == 3
+        assert pool._cache[0] != "compiled"
+        assert MaxPool2D(3).forward(hcwn(rng.standard_normal((batch, 3, 6, 6)))).shape[2] == 2
+    assert calls == ["short"]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
