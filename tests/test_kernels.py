@@ -190,10 +190,17 @@ def test_relu(rng, layout):
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize(
     ("cin", "cout", "kernel", "stride", "padding"),
-    [(3, 4, 3, 1, 1), (4, 4, 3, 2, 1), (2, 5, (3, 2), 1, ((2, 0), (1, 1))), (3, 6, 5, 1, 0)],
+    [
+        (3, 4, 3, 1, 1),
+        (4, 4, 3, 2, 1),
+        (2, 5, (3, 2), 1, ((2, 0), (1, 1))),
+        (3, 6, 5, 1, 0),
+        (2, 3, 3, 3, 4),  # padding wider than the kernel: whole windows of zeros
+    ],
 )
-def test_conv2d(rng, layout, cin, cout, kernel, stride, padding):
-    x = LAYOUTS[layout](rng.standard_normal((5, cin, 9, 8)))
+@pytest.mark.parametrize("batch", [5, 1])
+def test_conv2d(rng, layout, cin, cout, kernel, stride, padding, batch):
+    x = LAYOUTS[layout](rng.standard_normal((batch, cin, 9, 8)))
 
     def make():
         return Conv2D(cin, cout, kernel, stride=stride, padding=padding, dtype=np.float64, rng=3)
@@ -205,6 +212,28 @@ def test_conv2d(rng, layout, cin, cout, kernel, stride, padding):
         close(a, b, np.float64)
     for k in ref[2]:
         close(ref[2][k], new[2][k], np.float64)
+
+
+@pytest.mark.parametrize(
+    ("pt", "pl", "sw", "kw", "extra_rows", "extra_cols"),
+    [
+        (0, 0, 1, 3, 0, 0),
+        (1, 1, 1, 3, 1, 1),
+        (2, 0, 2, 3, 0, 1),
+        (4, 5, 3, 2, 4, 3),  # padding wider than the kernel
+        (0, 2, 1, 5, 2, 2),
+    ],
+)
+def test_gather_rows_is_pad_then_windows(rng, pt, pl, sw, kw, extra_rows, extra_cols):
+    from scratchcnn.windows import pad2d, sliding_windows
+
+    xt = rng.standard_normal((6, 3, 7, 2))[:, :, :, ::-1]  # any strides
+    wp = pl + 7 + extra_cols
+    ow = (wp - kw) // sw + 1
+    r = np.full((pt + 6 + extra_rows, 3, kw, ow, 2), np.nan)
+    kernels.compiled().gather_rows(xt, pt, pl, sw, r)
+    xh = pad2d(xt, ((pt, extra_rows), (pl, extra_cols)), axes=(0, 2), copy=True)
+    np.testing.assert_array_equal(r, sliding_windows(xh, kw, sw, axis=2))
 
 
 @pytest.mark.parametrize("threads", [1, 2])

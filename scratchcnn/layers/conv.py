@@ -123,6 +123,7 @@ class Conv2D(Layer):
             )
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         self._r: np.ndarray | None = None  # window buffer, reused from step to step
+        self._last_hw: tuple[tuple[int, ...], tuple[int, int]] | None = None
 
     def config(self) -> dict[str, Any]:
         return {
@@ -195,7 +196,7 @@ class Conv2D(Layer):
             return self._forward_grouped(x, who)
         n, c = x.shape[:2]
         kw, o = self.kernel_size[1], self.out_channels
-        oh, ow = window_output_shape(x.shape[2:], self.kernel_size, self.stride, self.pad, who)
+        oh, ow = self._out_hw(x.shape[2:], who)
         r = self._buffer((x.shape[2] + sum(self.pad[0]), c, kw, ow, n), x.dtype)
         y, blocks = _row_correlate(x, self.pad, self._wr(), self.kernel_size, self.stride, oh, r)
         if self.use_bias:
@@ -339,6 +340,15 @@ class Conv2D(Layer):
             dilation=self.dilation[1],
         )
         return dxh[pt : pt + h, :, pl : pl + w].transpose(3, 1, 0, 2)
+
+    def _out_hw(self, hw: tuple[int, ...], who: str) -> tuple[int, int]:
+        """(OH, OW) for input size ``hw``, remembered for the last size seen (a few us that
+        count at batch 1)."""
+        if self._last_hw is not None and self._last_hw[0] == hw:
+            return self._last_hw[1]
+        out = window_output_shape(hw, self.kernel_size, self.stride, self.pad, who)
+        self._last_hw = (tuple(hw), out)
+        return out
 
     def _buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """The window buffer R, reused from step to step (same shape, same dtype)."""

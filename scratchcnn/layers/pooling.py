@@ -57,6 +57,7 @@ class _Pool2D(Layer):
         (pt, pb), (pl, pr) = self.pad
         # Symmetric padding keeps its old (ph, pw) form; asymmetric is ((t, b), (l, r)).
         self.padding = (pt, pl) if (pt, pl) == (pb, pr) else self.pad
+        self._last_hw: tuple[tuple[int, ...], tuple[int, int]] | None = None
 
     def config(self) -> dict[str, Any]:
         padding = self.padding if isinstance(self.padding[0], int) else self.pad
@@ -87,9 +88,16 @@ class _Pool2D(Layer):
         return (input_shape[0], input_shape[1], oh, ow)
 
     def _out_hw(self, hw: tuple[int, ...], who: str) -> tuple[int, int]:
-        return window_output_shape(
+        """(OH, OW) for input size ``hw``, remembered for the last size seen (it counts at
+        batch 1)."""
+        last = self._last_hw
+        if last is not None and last[0] == hw:
+            return last[1]
+        out = window_output_shape(
             hw, self.kernel_size, self.stride, self.pad, who, self.dilation, self.ceil_mode
         )
+        self._last_hw = (tuple(hw), out)
+        return out
 
     def _padded(self, hw: tuple[int, ...], out_hw: tuple[int, int]) -> Padding:
         """The padding, plus (in ceil mode) the rows/columns that the last window hangs over."""
