@@ -196,6 +196,7 @@ def test_relu(rng, layout):
         (2, 5, (3, 2), 1, ((2, 0), (1, 1))),
         (3, 6, 5, 1, 0),
         (2, 3, 3, 3, 4),  # padding wider than the kernel: whole windows of zeros
+        (2, 6, 5, 1, 2),  # O > 2C: dL/dx by GEMM and scatter_rows, as LeNet-5's second conv
     ],
 )
 @pytest.mark.parametrize("batch", [5, 1])
@@ -212,6 +213,28 @@ def test_conv2d(rng, layout, cin, cout, kernel, stride, padding, batch):
         close(a, b, np.float64)
     for k in ref[2]:
         close(ref[2][k], new[2][k], np.float64)
+
+
+@pytest.mark.parametrize("chunk", [1, 1 << 30])  # one output row per GEMM, or all at once
+def test_conv2d_input_grad_by_scatter_rows(rng, monkeypatch, chunk):
+    from scratchcnn.layers import conv
+
+    monkeypatch.setattr(conv, "_SCATTER_BYTES", chunk)
+    calls = []
+    module = kernels.compiled()
+    real = module.scatter_rows
+    monkeypatch.setattr(module, "scatter_rows", lambda *a: calls.append(a[1]) or real(*a))
+    x = hcwn(rng.standard_normal((3, 2, 9, 8)))
+    dy = hcwn(rng.standard_normal((3, 6, 9, 4)))
+
+    def make():
+        return Conv2D(
+            2, 6, (3, 2), stride=(1, 2), padding=((2, 0), (1, 0)), dtype=np.float64, rng=3
+        )
+
+    ref, new = both(make, x, dy)
+    close(ref[1], new[1], np.float64)
+    assert calls == (list(range(9)) if chunk == 1 else [0])  # the 9 output rows
 
 
 @pytest.mark.parametrize(

