@@ -208,7 +208,8 @@ class World:
             if since is not None and time.monotonic() - since > self.timeout:
                 self.die(
                     f"no answer from the other processes for {self.timeout:g} s (one hung, "
-                    f"or the network failed; the limit is {TIMEOUT_VAR})"
+                    f"or the network failed; the limit is {TIMEOUT_VAR})",
+                    hung=True,
                 )
 
     def _check_pulse(self) -> None:
@@ -246,10 +247,13 @@ class World:
         if self._watchdog is not None and self._watchdog is not threading.current_thread():
             self._watchdog.join(timeout=2.0)
 
-    def die(self, reason: str, *, quiet: bool = False, cleanup: bool = True) -> None:
+    def die(
+        self, reason: str, *, quiet: bool = False, cleanup: bool = True, hung: bool = False
+    ) -> None:
         """Print ``scratchcnn: error: rank R of N: REASON; ...checkpoint...`` (unless
         ``quiet``) and exit with status 2 now (MPI_Finalize would wait for the peer that is
-        gone). ``cleanup``: under the supervisor, let the launcher stop what is left."""
+        gone). ``cleanup``: under the supervisor, let the launcher stop what is left;
+        ``hung``: a peer is alive but stuck, so ask the launcher to abort the job."""
         if not quiet:
             text = f"scratchcnn: error: rank {self.rank} of {self.size}: {reason}"
             if self.checkpoint is not None and os.path.exists(self.checkpoint):
@@ -260,16 +264,34 @@ class World:
                 text += "; no checkpoint was written yet"
             # Straight to the file descriptor: the main thread may hold sys.stderr's lock.
             os.write(2, (text + "\n").encode())
-        self.announce_failure()
-        from .supervise import CLEANUP_STATUS
+        from .supervise import ABORT_STATUS, CLEANUP_STATUS
 
         cleanup = cleanup and self.supervised
+        status = (ABORT_STATUS if hung else CLEANUP_STATUS) if cleanup else 2
+        exit_within(EXIT_GRACE_S, status)
+        self.announce_failure()
         if cleanup and self._pulse is not None and self.size > 2:
             # The launcher is about to stop whatever is left: give the ranks that heard our
             # FAILED the time to end by themselves (they answer FAILED before they go).
             self._pulse.await_failed(wait=3.0)
             time.sleep(0.2)  # ...and their supervisors the time to exit
-        os._exit(CLEANUP_STATUS if cleanup else 2)
+        os._exit(status)
+
+
+#: Seconds a failing rank may spend telling the others before it exits regardless (the
+#: longest regular path: 1 s to flush FAILED, 3.2 s for the others to answer).
+EXIT_GRACE_S = 6.0
+
+
+def exit_within(seconds: float, status: int) -> None:
+    """End this process with ``status`` after ``seconds``, whatever the other threads do.
+
+    A failing rank tells the others through MPI before it exits, and an MPI call can block
+    when a peer is frozen (once in CI a job outlived its test's minute after rank 0 had
+    printed its line). MPI calls release the GIL, so this timer thread still runs."""
+    timer = threading.Timer(seconds, os._exit, args=(status,))
+    timer.daemon = True
+    timer.start()
 
 
 _ALIVE, _DONE, _FAILED = 0, 1, 2
@@ -655,5 +677,6 @@ def run_rank(world: World, main: Callable[[], int], report: Callable[[Any], int]
         traceback.print_exc()
         status = 1
     flush_std()
+    exit_within(EXIT_GRACE_S, status)
     world.announce_failure()  # the others stop too instead of waiting for this rank
     os._exit(status)
