@@ -4,8 +4,8 @@
 ``scratchcnn.cli.main(argv)`` for each with stdout/stderr captured and a per-command alarm
 (a command that blocks or loops is reported as ``"hang"``, not waited for), and prints one
 JSON object: ``{"results": [{"argv", "status", "stderr"}...], "peak_mb": ...}`` where
-``peak_mb`` is this process's peak resident memory (``ru_maxrss``) after all of them. One
-process instead of one per command: each start-up costs about a second of imports.
+``peak_mb`` is this process's own peak resident memory (``peak.own_peak_kib``) after all of
+them. One process instead of one per command: each start-up costs about a second of imports.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import resource
 import signal
 import sys
 import traceback
+
+from peak import own_peak_kib
 
 from scratchcnn.cli import main
 
@@ -56,5 +57,5 @@ if __name__ == "__main__":
     with open(sys.argv[1], encoding="utf-8") as fh:
         cases = json.load(fh)
     results = [run_one(argv) for argv in cases]
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    peak_kb = own_peak_kib()  # not ru_maxrss: see peak.py
     json.dump({"results": results, "peak_mb": peak_kb / 1024}, sys.stdout)

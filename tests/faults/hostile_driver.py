@@ -14,10 +14,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import resource
 import signal
 import sys
 import traceback
+
+from peak import own_peak_kib
 
 
 class Hang(Exception):
@@ -54,7 +55,7 @@ def main() -> int:
     with open(sys.argv[1], encoding="utf-8") as fh:
         cases = json.load(fh)
     results = [run_case(argv) for argv in cases]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    peak = own_peak_kib()  # not ru_maxrss: see peak.py
     with open(sys.argv[2], "w", encoding="utf-8") as fh:
         json.dump({"cases": results, "maxrss_kib": peak}, fh)
     return 0
