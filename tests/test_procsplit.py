@@ -238,9 +238,11 @@ def test_workers_that_cannot_start_fall_back_to_threads(rng, monkeypatch):
         bs.step(x, y)  # no second warning: pytest's default would show it; and it works
 
 
-def test_an_interrupt_between_the_phases_leaves_no_worker_waiting(rng):
-    # Ctrl-C in a notebook arrives anywhere, e.g. in the loss, while the worker waits for
-    # its rows of dL/dlogits. The next call must not hang on that worker.
+@pytest.mark.parametrize("where", ["loss", "backward"])
+def test_an_interrupt_between_the_phases_leaves_no_worker_waiting(rng, where):
+    # Ctrl-C in a notebook arrives anywhere: in the loss, while the worker waits for its
+    # rows of dL/dlogits, or in this process's own backward while the worker runs its
+    # rows. The next call must not hang on that worker.
     import faulthandler
 
     faulthandler.dump_traceback_later(120, exit=True)  # a hang fails loudly, not silently
@@ -248,16 +250,21 @@ def test_an_interrupt_between_the_phases_leaves_no_worker_waiting(rng):
         x = rng.standard_normal((16, 1, 28, 28)).astype(np.float32)
         y = rng.integers(0, 10, 16)
         loss_fn = sc.CrossEntropyLoss()
-        with BatchSplit(models.lenet5(seed=0), loss_fn, 2, backend="processes") as bs:
-            real = loss_fn.forward
+        model = models.lenet5(seed=0)
+        with BatchSplit(model, loss_fn, 2, backend="processes") as bs:
+            if where == "loss":
+                owner, name = loss_fn, "forward"
+            else:
+                owner, name = model.layers[-1], "backward"
+            real = getattr(owner, name)
 
-            def interrupted(*args):
+            def interrupted(*args, **kwargs):
                 raise KeyboardInterrupt
 
-            loss_fn.forward = interrupted
+            setattr(owner, name, interrupted)
             with pytest.raises(KeyboardInterrupt):
                 bs.step(x, y)
-            loss_fn.forward = real
+            setattr(owner, name, real)
             loss, _ = bs.step(x, y)
             assert np.isfinite(loss)
     finally:
