@@ -175,11 +175,12 @@ def maxpool2x2(x, y, idx):
 
 @nb.njit(**_LOOP)
 def maxpool2x2_short(x, y, idx):
-    """``maxpool2x2`` for a short innermost axis r (the batch of 1 to 15 images in Conv2D's
-    layout, or r = 1 in NCHW). Here nothing vectorises, so the comparisons must not be
-    branches: ``max`` becomes a max instruction and the winning offset is picked by integer
-    arithmetic (6x faster than ``maxpool2x2`` at r = 8). ``max`` does not follow torch's
-    rule for NaN, so a row of windows that holds one is redone by ``_nan_windows``."""
+    """``maxpool2x2`` for a short innermost axis r (a batch of 1 to 15 images in Conv2D's
+    layout; plain NCHW memory stays on NumPy, see MaxPool2D). Here nothing vectorises, so
+    the comparisons must not be branches: ``max`` becomes a max instruction and the winning
+    offset is picked by integer arithmetic (6x faster than ``maxpool2x2`` at r = 8). ``max``
+    does not follow torch's rule for NaN, so a row of windows that holds one is redone by
+    ``_nan_windows``."""
     np_, oh, nq, ow, nr = y.shape
     for p in range(np_):
         for i in range(oh):

@@ -224,8 +224,7 @@ class Conv2D(Layer):
         if self._transposable:
             return self._input_grad_by_correlation(dy, x_shape)
         # dL/dblock_i = Wr^T @ dy_i, undone in two steps: row u of every block goes back onto
-        # rows i*SH + u of R (one kernel row at a time, so each GEMM result is added while it
-        # is still in cache), then the KW window offsets fold back onto the columns.
+        # rows i*SH + u of R, then the KW window offsets fold back onto the columns.
         (pt, pb), (pl, pr) = self.pad
         fast = kernels.for_dtype(dyr.dtype)
         if fast:  # one GEMM for all kernel rows, then both steps in one compiled pass
@@ -238,6 +237,8 @@ class Conv2D(Layer):
                 part = np.matmul(wrt, dyr[i0 : i0 + step])
                 fast.scatter_rows(part.reshape(-1, kh, c, kw, ow, n), i0, sh, sw, pt, pl, dxh)
             return dxh.transpose(3, 1, 0, 2)
+        # NumPy: one kernel row at a time, so each GEMM result is added while it is still
+        # in cache, then the fold.
         wr = self._wr().reshape(o, kh, c * kw)
         dr = np.zeros((h + pt + pb, c * kw, ow * n), dtype=dyr.dtype)
         part = np.empty((oh, c * kw, ow * n), dtype=dyr.dtype)
