@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from . import kernels
 from .errors import ConfigError, DTypeError, ShapeError, StateError
 from .layers.activations import sigmoid
 from .layers.base import check_array
@@ -54,8 +55,11 @@ class Loss:
         return f"{type(self).__name__}(reduction={self.reduction!r})"
 
 
-def check_labels(labels: Any, n: int, num_classes: int, who: str) -> np.ndarray:
-    """Integer class labels of shape (n,), each in [0, num_classes)."""
+def check_labels(
+    labels: Any, n: int, num_classes: int, who: str, check_range: bool = True
+) -> np.ndarray:
+    """Integer class labels of shape (n,), each in [0, num_classes) (that last test left to
+    the caller with ``check_range=False``: see ``_label_out_of_range``)."""
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
         raise DTypeError(f"{who}: labels must be integers, got dtype {labels.dtype}")
@@ -65,14 +69,18 @@ def check_labels(labels: Any, n: int, num_classes: int, who: str) -> np.ndarray:
         raise ShapeError(
             f"{who}: batch size mismatch: logits have {n} rows but labels have {labels.shape[0]}"
         )
-    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-    if bad.size:
-        i = int(bad[0])
-        raise ShapeError(
-            f"{who}: label {int(labels[i])} at index {i} is out of range for {num_classes} "
-            f"classes (valid: 0..{num_classes - 1})"
-        )
+    if check_range:
+        bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+        if bad.size:
+            raise _label_out_of_range(who, labels, int(bad[0]), num_classes)
     return labels
+
+
+def _label_out_of_range(who: str, labels: np.ndarray, i: int, num_classes: int) -> ShapeError:
+    return ShapeError(
+        f"{who}: label {int(labels[i])} at index {i} is out of range for {num_classes} "
+        f"classes (valid: 0..{num_classes - 1})"
+    )
 
 
 class CrossEntropyLoss(Loss):
@@ -88,6 +96,15 @@ class CrossEntropyLoss(Loss):
         if logits.ndim != 2:
             raise ShapeError(f"{who} expects logits of shape (N, classes), got {logits.shape}")
         n, k = logits.shape
+        fast = kernels.for_dtype(logits.dtype)
+        if fast:  # one compiled pass instead of a dozen array operations (the NumPy path below)
+            labels = check_labels(labels, n, k, who, check_range=False)
+            e = np.empty_like(logits)
+            total, bad = fast.softmax_xent(logits, labels, e)
+            if bad >= 0:
+                raise _label_out_of_range(who, labels, bad, k)
+            self._cache = (e, labels)
+            return total / n if self.reduction == "mean" else total
         labels = check_labels(labels, n, k, who)
         top = logits.max(axis=1, keepdims=True)
         with np.errstate(over="ignore"):  # a logit far below the max: exp(-inf) = 0 is exact
@@ -104,6 +121,11 @@ class CrossEntropyLoss(Loss):
     def backward(self) -> np.ndarray:
         probs, labels = self._require_cache()
         n = probs.shape[0]
+        fast = kernels.for_dtype(probs.dtype)
+        if fast:
+            grad = np.empty_like(probs)
+            fast.softmax_xent_grad(probs, labels, n if self.reduction == "mean" else 1, grad)
+            return grad
         grad = probs.copy()
         grad[np.arange(n), labels] -= 1
         if self.reduction == "mean":

@@ -345,6 +345,42 @@ def test_sgd_momentum_is_bit_identical(rng, dtype):
     assert out["numpy"][0]["0.weight"].dtype == dtype
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_cross_entropy(rng, dtype, reduction):
+    """The compiled softmax cross-entropy against the NumPy path: loss and dL/dlogits, with
+    NaN, +inf and -inf rows, unsigned labels and strided logits."""
+    z = (rng.standard_normal((40, 2 * 7)) * 20).astype(dtype)[:, ::2]  # strided (40, 7)
+    z[3, 2], z[5, :], z[6, 1] = np.nan, -np.inf, np.inf
+    labels = rng.integers(0, 7, 40).astype(np.uint8)
+    out = {}
+    for mode in ("numpy", "numba"):
+        with kernels.using(mode), np.errstate(invalid="ignore"):
+            fn = sc.CrossEntropyLoss(reduction=reduction)
+            whole = fn.forward(z, labels)
+            finite = fn.forward(z[7:], labels[7:])
+            out[mode] = whole, finite, fn.backward()
+    (whole_np, finite_np, grad_np), (whole_nb, finite_nb, grad_nb) = out["numpy"], out["numba"]
+    assert np.isnan(whole_np) and np.isnan(whole_nb)  # a NaN logit makes the loss NaN
+    assert np.isfinite(finite_nb) and finite_nb > 0
+    tol = 1e-14 if dtype == np.float64 else 1e-6
+    assert abs(finite_nb - finite_np) <= tol * abs(finite_np)
+    assert grad_nb.dtype == dtype and grad_nb.shape == (33, 7)
+    close(grad_np, grad_nb, dtype)
+    np.testing.assert_allclose(grad_nb.sum(axis=1), 0, atol=1e-6)  # softmax - onehot
+
+
+def test_cross_entropy_refuses_a_bad_label_in_both_modes():
+    for mode in ("numpy", "numba"):
+        with kernels.using(mode):
+            fn = sc.CrossEntropyLoss()
+            with pytest.raises(sc.ShapeError, match="label 4 at index 1 is out of range"):
+                fn.forward(np.zeros((3, 4), np.float32), [0, 4, -1])
+            with pytest.raises(sc.ShapeError, match="label -1 at index 2 is out of range"):
+                fn.forward(np.zeros((3, 4), np.float32), [0, 3, -1])
+            assert fn._cache is None  # nothing kept from a refused call
+
+
 def test_a_numba_that_fails_to_load_falls_back_to_numpy(monkeypatch):
     # numba raises RuntimeError, not ImportError, when it finds no writable cache directory.
     import importlib.abc

@@ -82,3 +82,37 @@ def test_threads_are_validated():
     with pytest.raises(sc.ConfigError, match="threads"):
         BatchSplit(lenet5(), sc.CrossEntropyLoss(), threads=0)
     assert BatchSplit(lenet5(), sc.CrossEntropyLoss()).threads == 1  # default: no splitting
+
+
+def test_slices_are_linspace_rounded_half_to_even():
+    """The slice edges are those of np.linspace(0, n, parts + 1).round(), computed in
+    integers (cheaper per step), e.g. 5 items in 2 parts: 2.5 rounds to 2."""
+    import itertools
+
+    for n in range(130):
+        for parts in range(1, 9):
+            edges = np.linspace(0, n, parts + 1).round().astype(int)
+            expected = [slice(int(a), int(b)) for a, b in itertools.pairwise(edges)]
+            assert BatchSplit._slices(n, parts) == expected, (n, parts)
+    assert BatchSplit._slices(5, 2) == [slice(0, 2), slice(2, 5)]
+
+
+def test_one_blas_thread_limits_and_restores():
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from scratchcnn.parallel import OneBlasThread
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    assert blas_threads(), "NumPy's BLAS is not visible to threadpoolctl"
+    limit = OneBlasThread()
+    with threadpool_limits(limits=2, user_api="blas"):
+        with limit():
+            assert blas_threads() == [1] * len(blas_threads())
+        assert blas_threads() == [2] * len(blas_threads())
+        with pytest.raises(RuntimeError), limit():
+            raise RuntimeError("restored on the way out of an error too")
+        assert blas_threads() == [2] * len(blas_threads())
+        with threadpool_limits(limits=1, user_api="blas"), limit():  # already one: kept
+            assert blas_threads() == [1] * len(blas_threads())

@@ -88,6 +88,19 @@ def test_new_weights_and_bigger_batches_reach_the_workers(rng):
         np.testing.assert_allclose(bs.forward(x), model.forward(x), rtol=1e-12, atol=1e-12)
 
 
+def test_replaced_parameter_arrays_and_dicts_reach_the_workers(rng):
+    """The per-call copy looks parameters up by layer and name each call, so an array or a
+    whole ``params`` dict put in place of the old one is what the workers see."""
+    model = models.lenet5(seed=0, dtype=np.float64).eval()
+    x = rng.standard_normal((16, 1, 28, 28))
+    other = models.lenet5(seed=1, dtype=np.float64)
+    with BatchSplit(model, sc.CrossEntropyLoss(), 2, backend="processes") as bs:
+        bs.forward(x)
+        model.layers[0].params["weight"] = other.layers[0].params["weight"].copy()
+        model.layers[-1].params = {k: v.copy() for k, v in other.layers[-1].params.items()}
+        np.testing.assert_allclose(bs.forward(x), model.forward(x), rtol=1e-12, atol=1e-12)
+
+
 def test_an_error_in_a_worker_is_raised_here_and_the_next_call_works(rng, monkeypatch):
     x = rng.standard_normal((16, 1, 28, 28)).astype(np.float32)
     y = rng.integers(0, 10, 16)

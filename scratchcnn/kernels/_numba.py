@@ -305,3 +305,48 @@ def scatter_rows(cols, i0, sh, sw, pt, pl, dx):
                         if 0 <= b < w:
                             for n in range(nn):
                                 dx[a, c, b, n] += cols[ii, u, c, v, j, n]
+
+
+# --- Softmax cross-entropy over (N, K) logits ---------------------------------------------
+@nb.njit(**_LOOP)
+def softmax_xent(z, labels, probs):
+    """Row by row: probs = exp(z - max) / sum, in z's dtype; returns (sum over rows of
+    log(sum) - (z[label] - max) in float64, -1), or (0, n) for the first row n whose label
+    is outside [0, K), before anything is computed. The same formula, step by step, as the
+    NumPy path (CrossEntropyLoss), which does it in a dozen whole-array passes."""
+    nn, nk = z.shape
+    for n in range(nn):
+        y = labels[n]
+        if y < 0 or y >= nk:
+            return 0.0, n
+    total = 0.0
+    for n in range(nn):
+        row = z[n]
+        p = probs[n]
+        top = row[0]
+        for j in range(1, nk):
+            v = row[j]
+            if v > top or v != v:  # a NaN wins, as in np.max
+                top = v
+        s = row.dtype.type(0)
+        for j in range(nk):
+            e = np.exp(row[j] - top)
+            p[j] = e
+            s += e
+        for j in range(nk):
+            p[j] /= s
+        total += np.log(np.float64(s)) - (np.float64(row[labels[n]]) - np.float64(top))
+    return total, -1
+
+
+@nb.njit(**_LOOP)
+def softmax_xent_grad(probs, labels, divisor, out):
+    """out = (probs - onehot(labels)) / divisor (divisor 1 for a sum)."""
+    nn, nk = probs.shape
+    d = probs.dtype.type(divisor)
+    one = probs.dtype.type(1)
+    for n in range(nn):
+        for j in range(nk):
+            out[n, j] = probs[n, j] / d
+        y = labels[n]
+        out[n, y] = (probs[n, y] - one) / d

@@ -58,6 +58,44 @@ def test_conv_input_grad_by_correlation_matches_col2im_and_torch(
     np.testing.assert_allclose(conv.grads["bias"], tb, rtol=tol, atol=tol)
 
 
+WEIGHT_GRAD_CASES = [
+    # cin, cout, kernel, stride, padding, hw, batch: rows of OW*N columns
+    (4, 8, 3, 1, 1, (8, 8), 8),  # 64 columns: one GEMM (the CIFAR-shaped net's conv3 at b8)
+    (4, 8, 3, 1, 1, (8, 8), 9),  # 72 columns: one GEMM per row
+    (3, 5, (3, 2), 2, ((1, 0), (0, 1)), (7, 6), 2),  # stride, asymmetric padding
+    (2, 3, 5, 1, 0, (9, 5), 1),  # one column per row
+]
+
+
+@pytest.mark.parametrize("dtype, tol", DTYPES)
+@pytest.mark.parametrize("cin, cout, k, s, pad, hw, n", WEIGHT_GRAD_CASES)
+def test_conv_weight_grad_routes_agree_with_torch(
+    cin, cout, k, s, pad, hw, n, dtype, tol, rng, monkeypatch
+):
+    """dL/dW by one GEMM over all rows (full im2col) and by one GEMM per output row."""
+    conv = sc.Conv2D(cin, cout, k, stride=s, padding=pad, dtype=dtype, rng=1)
+    x = rng.standard_normal((n, cin, *hw)).astype(dtype)
+    dy = rng.standard_normal(conv.forward(x).shape).astype(dtype)
+    conv.backward(dy)
+    default = conv.grads["weight"].copy()
+    grads = {}
+    for limit in (0, 10**6):  # every row on its own, then all rows in one GEMM
+        monkeypatch.setattr(conv_module, "_ONE_GEMM_MAX_COLS", limit)
+        conv.forward(x)
+        conv.backward(dy)
+        grads[limit] = conv.grads["weight"].copy()
+    np.testing.assert_allclose(grads[10**6], grads[0], rtol=tol, atol=tol)
+    # The default route: one GEMM when a row has at most 64 columns (and there are rows
+    # to join), else one per row.
+    oh, ow = conv.forward(x).shape[2:]
+    one_gemm = ow * n <= 64 and oh > 1
+    np.testing.assert_array_equal(default, grads[10**6 if one_gemm else 0])
+    _, tw, _ = _torch_conv_grads(conv, x, dy)
+    for g in grads.values():
+        assert g.dtype == dtype and g.flags.c_contiguous
+        np.testing.assert_allclose(g, tw, rtol=tol, atol=tol)
+
+
 def test_conv_correlation_path_passes_gradcheck(rng):
     conv = sc.Conv2D(3, 3, 3, padding="same", dtype=np.float64, rng=0)
     assert conv._transposable
