@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -149,3 +150,47 @@ def compare(
             result.rates[n].append(least[1][n].rate)
         result.foreign.append(least[0])
     return result
+
+
+def alternate_blocks(
+    a: Callable[[], object],
+    b: Callable[[], object],
+    seconds: float,
+    block: float = 0.05,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Time ``a`` and ``b`` in alternating blocks of about ``block`` seconds for ``seconds``
+    (at least 5 pairs); the median over pairs of B's time / A's time (above 1: A is faster)
+    and a bootstrap 95 % interval of that median. For two versions of the same step: their
+    ratio within a pair of 50 ms blocks sees the same machine, while 0.5 s windows (``compare``)
+    see the machine drift by tens of percent (``ab.py``)."""
+
+    def timed(fn: Callable[[], object], k: int) -> float:
+        fn()  # untimed: the first step after a switch finds the other version's caches
+        t = time.perf_counter()
+        for _ in range(k):
+            fn()
+        return (time.perf_counter() - t) / k
+
+    k = max(1, round(block / max(timed(b, 2), timed(a, 2), 1e-6)))
+    ta: list[float] = []
+    tb: list[float] = []
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds or len(ta) < 5:
+        if len(ta) % 2:
+            ta.append(timed(a, k))
+            tb.append(timed(b, k))
+        else:
+            tb.append(timed(b, k))
+            ta.append(timed(a, k))
+    ratios = np.array(tb) / np.array(ta)
+    rng = np.random.default_rng(seed)
+    boot = [np.median(rng.choice(ratios, len(ratios))) for _ in range(1000)]
+    return {
+        "speedup_a_over_b": float(np.median(ratios)),
+        "interval95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+        "pairs": len(ratios),
+        "steps_per_block": k,
+        "ms_a": float(np.median(ta) * 1e3),
+        "ms_b": float(np.median(tb) * 1e3),
+    }

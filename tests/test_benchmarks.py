@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
@@ -162,3 +164,68 @@ def test_resnet_benchmark_runs_on_a_slice_and_combines(tmp_path):
     for name in ("scratchcnn", "pytorch"):
         (row,) = data[name]
         assert row["epoch"] == 1 and 0 <= row["test_accuracy"] <= 1 and row["seconds"] > 0
+
+
+def test_alternate_blocks_reports_the_ratio_of_two_steps(monkeypatch):
+    """On a fake clock where B takes 3 units a step and A 2, every pair says 1.5."""
+    import _harness
+
+    now = [0.0]
+    monkeypatch.setattr(_harness.time, "perf_counter", lambda: now[0])
+
+    def step(cost):
+        def run():
+            now[0] += cost
+
+        return run
+
+    calls = {"a": 0, "b": 0}
+
+    def a():
+        calls["a"] += 1
+        step(2e-3)()
+
+    def b():
+        calls["b"] += 1
+        step(3e-3)()
+
+    result = _harness.alternate_blocks(a, b, seconds=1.0, block=0.05)
+    assert result["speedup_a_over_b"] == pytest.approx(1.5)
+    assert result["interval95"] == pytest.approx([1.5, 1.5])
+    assert result["steps_per_block"] == 17  # 0.05 s / 3 ms per step of the slower one
+    assert result["ms_a"] == pytest.approx(2.0) and result["ms_b"] == pytest.approx(3.0)
+    assert result["pairs"] >= 5
+    # Each block starts with one untimed step; sizing the blocks took 3 steps of each.
+    assert calls["a"] == calls["b"] == 3 + result["pairs"] * (result["steps_per_block"] + 1)
+
+
+def test_ab_compares_two_versions_of_a_step():
+    out = run(
+        "ab.py",
+        *("--net", "lenet5", "--kind", "infer", "--batch", "2", "--threads", "1"),
+        *("--set", "scratchcnn.layers.conv._ONE_GEMM_MAX_COLS=0", "--kernels", "numpy"),
+        *("--seconds", "0.3", "--json"),
+    )
+    result = json.loads(out.strip().splitlines()[-1])
+    lo, hi = result["interval95"]
+    assert lo <= result["speedup_a_over_b"] <= hi
+    assert result["pairs"] >= 5 and result["ms_a"] > 0 and result["ms_b"] > 0
+    assert (result["net"], result["kind"], result["batch"]) == ("lenet5", "infer", 2)
+
+
+def test_ab_refuses_what_it_cannot_compare():
+    for args, message in [
+        ((), "nothing to compare"),
+        (("--set", "no_equals_sign"), "--set wants module.NAME=VALUE"),
+        (("--set", "scratchcnn.layers.conv._NO_SUCH=1"), "has no attribute '_NO_SUCH'"),
+        (("--set", "scratchcnn.layers.conv._ONE_GEMM_MAX_COLS=x+"), "must be a Python literal"),
+    ]:
+        result = subprocess.run(
+            [sys.executable, str(BENCH / "ab.py"), *args, "--seconds", "0.1"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode != 0
+        assert message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr

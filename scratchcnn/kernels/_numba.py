@@ -7,6 +7,11 @@ Every kernel releases the GIL (``nogil``), so the threads of a split batch run t
 side. Sums accumulate in float64 per channel, in a fixed order: the same input gives the
 same bits every time. ``reassoc`` lets LLVM vectorise those sums (it changes only the
 order of additions, not which values are added).
+
+A rule for writing them: inside an inner loop, index an array by the bare loop variable
+(take a slice first: ``row = a[i, k0 : k0 + n]``, then ``row[j]``). An index with an offset
+(``a[j + k]``) goes through numba's negative-index test on every access, and LLVM then does
+not vectorise the loop: 5-10x slower, measured on Winograd transforms (BENCHMARKS.md).
 """
 
 from __future__ import annotations
