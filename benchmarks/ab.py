@@ -15,6 +15,12 @@ of both versions drifts by 20-50 % within a minute, so a few windows of each giv
 that scatter by +-10 %. Blocks of 50 ms see the same drift as their neighbour, and a
 few hundred pairs give an interval of about +-1.5 %: enough to keep or drop a change worth
 3 %. Use ``bench_speed.py`` for the figures against PyTorch, this for deciding changes.
+
+Compare like with like: both versions whole, or both split (``--split``). A split version
+against a whole one is measured unfairly here: its worker naps between blocks (after
+``procsplit.IDLE_SPIN_S``) and the whole version's BLAS thread spins into the next block
+(CIFAR-shaped b8: the split 1.16x and 1.44x slower in two runs, where 0.5 s windows
+put it 6-7 % behind).
 """
 
 from __future__ import annotations

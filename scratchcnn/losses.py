@@ -99,6 +99,8 @@ class CrossEntropyLoss(Loss):
         fast = kernels.for_dtype(logits.dtype)
         if fast:  # one compiled pass instead of a dozen array operations (the NumPy path below)
             labels = check_labels(labels, n, k, who, check_range=False)
+            if not labels.dtype.isnative:  # e.g. read from a big-endian file: numba wants native
+                labels = labels.astype(labels.dtype.newbyteorder("="))
             e = np.empty_like(logits)
             total, bad = fast.softmax_xent(logits, labels, e)
             if bad >= 0:

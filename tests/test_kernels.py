@@ -370,6 +370,16 @@ def test_cross_entropy(rng, dtype, reduction):
     np.testing.assert_allclose(grad_nb.sum(axis=1), 0, atol=1e-6)  # softmax - onehot
 
 
+def test_cross_entropy_takes_big_endian_labels(rng):
+    z = rng.standard_normal((5, 3)).astype(np.float32)
+    labels = np.array([0, 2, 1, 1, 0], dtype=">i4")
+    with kernels.using("numpy"):
+        ref = sc.CrossEntropyLoss().forward(z, labels.astype(np.int64))
+    fn = sc.CrossEntropyLoss()
+    assert fn.forward(z, labels) == pytest.approx(ref, rel=1e-6)
+    assert fn.backward()[1, 2] < 0  # the label's entry: p - 1
+
+
 def test_cross_entropy_refuses_a_bad_label_in_both_modes():
     for mode in ("numpy", "numba"):
         with kernels.using(mode):
