@@ -48,7 +48,9 @@ class Loss:
         return output
 
     def _reduce(self, per_item: np.ndarray, count: int) -> float:
-        total = float(per_item.sum(dtype=np.float64))
+        return self._reduce_total(float(per_item.sum(dtype=np.float64)), count)
+
+    def _reduce_total(self, total: float, count: int) -> float:
         return total / count if self.reduction == "mean" else total
 
     def __repr__(self) -> str:
@@ -63,6 +65,8 @@ def check_labels(
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
         raise DTypeError(f"{who}: labels must be integers, got dtype {labels.dtype}")
+    if not labels.dtype.isnative:  # e.g. read from a big-endian file: the kernels want native
+        labels = labels.astype(labels.dtype.newbyteorder("="))
     if labels.ndim != 1:
         raise ShapeError(f"{who}: labels must be 1-D (N,), got shape {labels.shape}")
     if labels.shape[0] != n:
@@ -99,14 +103,12 @@ class CrossEntropyLoss(Loss):
         fast = kernels.for_dtype(logits.dtype)
         if fast:  # one compiled pass instead of a dozen array operations (the NumPy path below)
             labels = check_labels(labels, n, k, who, check_range=False)
-            if not labels.dtype.isnative:  # e.g. read from a big-endian file: numba wants native
-                labels = labels.astype(labels.dtype.newbyteorder("="))
             e = np.empty_like(logits)
             total, bad = fast.softmax_xent(logits, labels, e)
             if bad >= 0:
                 raise _label_out_of_range(who, labels, bad, k)
             self._cache = (e, labels)
-            return total / n if self.reduction == "mean" else total
+            return self._reduce_total(total, n)
         labels = check_labels(labels, n, k, who)
         top = logits.max(axis=1, keepdims=True)
         with np.errstate(over="ignore"):  # a logit far below the max: exp(-inf) = 0 is exact

@@ -88,13 +88,20 @@ def _leaves(model: Any) -> Iterator[Any]:
     return (layer for _, layer in model.named_layers())
 
 
+def _state_slots(leaves: list[Any]) -> list[tuple[Any, str, str]]:
+    """(layer, "params" or "buffers", key) of every parameter and buffer, in the fixed order
+    of the shared copy's ``state{j}`` arrays."""
+    return [
+        (layer, store, k)
+        for layer in leaves
+        for store in ("params", "buffers")
+        for k in sorted(getattr(layer, store))
+    ]
+
+
 def _state_arrays(leaves: list[Any]) -> list[np.ndarray]:
-    """Every parameter and buffer, in a fixed order (the layout of the shared copy)."""
-    out = []
-    for layer in leaves:
-        out += [layer.params[k] for k in sorted(layer.params)]
-        out += [layer.buffers[k] for k in sorted(layer.buffers)]
-    return out
+    """Every parameter and buffer, in ``_state_slots``'s order."""
+    return [getattr(layer, store)[k] for layer, store, k in _state_slots(leaves)]
 
 
 def _grad_names(leaves: list[Any]) -> list[tuple[int, str]]:
@@ -230,9 +237,9 @@ class ProcessSplit:
         return leaves, count, shapes, x.shape[1:], x.dtype.str
 
     def _arrays(self) -> list[np.ndarray]:
-        """The state arrays in ``_state_arrays``'s order, looked up by the (layer, store, key)
-        triples found when the workers were built: a few microseconds per call instead of
-        tens (sorting every layer's keys). A key gone raises KeyError (``_ensure`` rebuilds)."""
+        """The state arrays, looked up by the ``_state_slots`` found when the workers were
+        built: a few microseconds per call instead of tens (sorting every layer's keys).
+        A key gone raises KeyError (``_ensure`` rebuilds)."""
         return [getattr(layer, store)[k] for layer, store, k in self._slots]
 
     def _ensure(self, x: np.ndarray, cap: int) -> list[np.ndarray]:
@@ -241,19 +248,14 @@ class ProcessSplit:
         if self._procs and cap <= self._cap:
             try:
                 arrays = self._arrays()
-            except KeyError:
-                arrays = None
-            key = None if arrays is None else self._signature(x, arrays)
-            if key is not None and key == self._key:
-                return arrays  # type: ignore[return-value]
+            except KeyError:  # a parameter or buffer gone: rebuild
+                pass
+            else:
+                if self._signature(x, arrays) == self._key:
+                    return arrays
         self._leaf_list = list(_leaves(self.model))
         self._leaf_ids = tuple(map(id, self._leaf_list))
-        self._slots = [
-            (layer, store, k)
-            for layer in self._leaf_list
-            for store in ("params", "buffers")
-            for k in sorted(getattr(layer, store))
-        ]
+        self._slots = _state_slots(self._leaf_list)
         self._norm_list = _norms(self.model)
         self._grad_list = [(self._leaf_list[i], name) for i, name in _grad_names(self._leaf_list)]
         arrays = self._arrays()
@@ -590,15 +592,9 @@ def _worker_main(fd: int, k: int, parent: int) -> None:
     v = lay.views(mm)
     ctl = v["ctl"]
     model = Sequential.from_config(header["config"])
-    j = 0
-    for layer in _leaves(model):
-        for key in sorted(layer.params):
-            layer.params[key] = v[f"state{j}"]
-            j += 1
-        for key in sorted(layer.buffers):
-            layer.buffers[key] = v[f"state{j}"]
-            j += 1
     leaves = list(_leaves(model))
+    for j, (layer, store, key) in enumerate(_state_slots(leaves)):
+        getattr(layer, store)[key] = v[f"state{j}"]
     names = _grad_names(leaves)
 
     def check() -> None:
