@@ -90,6 +90,8 @@ def main() -> None:
     p.add_argument("--block", type=float, default=0.05)
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")
     args = p.parse_args()
+    if args.batch < 1 or args.threads < 1 or args.seconds <= 0 or args.block <= 0:
+        raise SystemExit("--batch and --threads must be at least 1, --seconds and --block above 0")
     settings = [parse_setting(s) for s in args.set]
     if not settings and args.kernels is None:
         raise SystemExit("nothing to compare: give --set and/or --kernels for version B")

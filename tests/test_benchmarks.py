@@ -219,6 +219,7 @@ def test_ab_refuses_what_it_cannot_compare():
         (("--set", "no_equals_sign"), "--set wants module.NAME=VALUE"),
         (("--set", "scratchcnn.layers.conv._NO_SUCH=1"), "has no attribute '_NO_SUCH'"),
         (("--set", "scratchcnn.layers.conv._ONE_GEMM_MAX_COLS=x+"), "must be a Python literal"),
+        (("--kernels", "numpy", "--batch", "0"), "--batch and --threads must be at least 1"),
     ]:
         result = subprocess.run(
             [sys.executable, str(BENCH / "ab.py"), *args, "--seconds", "0.1"],
