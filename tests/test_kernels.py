@@ -259,6 +259,57 @@ def test_gather_rows_is_pad_then_windows(rng, pt, pl, sw, kw, extra_rows, extra_
     np.testing.assert_array_equal(r, sliding_windows(xh, kw, sw, axis=2))
 
 
+@pytest.mark.parametrize(
+    ("h", "w", "n", "kw", "pt", "pl", "extra_rows", "extra_cols"),
+    [
+        (6, 7, 8, 3, 1, 1, 1, 1),  # "same" 3x3 at a batch of 8
+        (6, 7, 1, 3, 0, 0, 0, 0),
+        (5, 4, 3, 5, 2, 2, 2, 2),
+        (4, 3, 2, 2, 4, 5, 4, 3),  # padding wider than the kernel: runs of zeros only
+        (3, 9, 17, 4, 0, 3, 0, 0),  # left padding only, even kernel
+    ],
+)
+def test_gather_rows_s1_is_gather_rows(rng, h, w, n, kw, pt, pl, extra_rows, extra_cols):
+    fast = kernels.compiled()
+    xt = rng.standard_normal((h, 3, w, n))
+    ow = pl + w + extra_cols - kw + 1
+    expected = np.full((pt + h + extra_rows, 3, kw, ow, n), np.nan)
+    fast.gather_rows(xt, pt, pl, 1, expected)
+    r = np.full_like(expected, np.nan)
+    fast.gather_rows_s1(xt.reshape(h, 3, w * n), pt, pl, n, r.reshape(*r.shape[:3], -1))
+    np.testing.assert_array_equal(r, expected)
+
+
+def test_conv2d_gathers_contiguous_runs_at_stride_1(rng, monkeypatch):
+    # Guards test_conv2d: at stride 1 over Conv2D's own layout the run kernel is the one used
+    # (forward and the input gradient); at stride 2, or from NCHW memory, it is not.
+    module = kernels.compiled()
+    calls = []
+    real = module.gather_rows_s1
+    monkeypatch.setattr(module, "gather_rows_s1", lambda *a: calls.append(a[3]) or real(*a))
+    with kernels.using("numba"):
+        conv = Conv2D(3, 4, 3, padding=1, rng=0)
+        y = conv.forward(hcwn(rng.standard_normal((8, 3, 6, 6)).astype(np.float32)))
+        conv.backward(np.ones_like(y))
+        assert calls == [8, 8]
+        x = hcwn(rng.standard_normal((8, 3, 6, 6)).astype(np.float32))
+        Conv2D(3, 4, 3, stride=2, rng=0).forward(x)
+        conv.forward(rng.standard_normal((8, 3, 6, 6)).astype(np.float32))
+    assert calls == [8, 8]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weight_reorders(rng, dtype):
+    fast = kernels.compiled()
+    w = rng.standard_normal((5, 4, 3, 2)).astype(dtype)
+    out = np.empty((5, 3, 4, 2), dtype=dtype)
+    fast.swap_axes12(w, out)
+    np.testing.assert_array_equal(out, w.transpose(0, 2, 1, 3))
+    flipped = np.empty((4, 3, 5, 2), dtype=dtype)
+    fast.flip_weight(w, flipped)
+    np.testing.assert_array_equal(flipped, w[:, :, ::-1, ::-1].transpose(1, 2, 0, 3))
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_resnet8_step_matches(rng, threads):
     x = rng.standard_normal((24, 1, 28, 28))

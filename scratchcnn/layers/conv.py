@@ -187,7 +187,7 @@ class Conv2D(Layer):
 
     def _wr(self) -> np.ndarray:
         """The weight as the (O, KH*C*KW) matrix matching the row-block order (u, c, v)."""
-        return self.params["weight"].transpose(0, 2, 1, 3).reshape(self.out_channels, -1)
+        return _swap_axes12(self.params["weight"]).reshape(self.out_channels, -1)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         who = f"Conv2D({self.in_channels}, {self.out_channels})"
@@ -215,7 +215,7 @@ class Conv2D(Layer):
         # (OH, O, OW*N); free when dy has the memory layout of this layer's output.
         dyr = np.ascontiguousarray(dy.transpose(2, 1, 3, 0)).reshape(oh, o, ow * n)
         gwr = _weight_grad(dyr, blocks)
-        self.grads["weight"] = np.ascontiguousarray(gwr.reshape(o, kh, c, kw).transpose(0, 2, 1, 3))
+        self.grads["weight"] = _swap_axes12(gwr.reshape(o, kh, c, kw))
         if self.use_bias:
             self.grads["bias"] = dyr.sum(axis=(0, 2))
         if not input_grad:
@@ -274,7 +274,14 @@ class Conv2D(Layer):
         (kh, kw), ((pt, pb), (pl, pr)) = self.kernel_size, self.pad
         pad = ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr))
         # Wt[c, u, o, v] = W[o, c, KH-1-u, KW-1-v]: the (C, KH*O*KW) matrix of the row blocks.
-        wt = self.params["weight"][:, :, ::-1, ::-1].transpose(1, 2, 0, 3).reshape(c, -1)
+        weight = self.params["weight"]
+        fast = kernels.for_dtype(weight.dtype)
+        if fast:
+            wt = np.empty((c, kh, self.out_channels, kw), dtype=weight.dtype)
+            fast.flip_weight(weight, wt)
+            wt = wt.reshape(c, -1)
+        else:
+            wt = weight[:, :, ::-1, ::-1].transpose(1, 2, 0, 3).reshape(c, -1)
         r = np.empty((h + kh - 1, self.out_channels, kw, w, n), dtype=dy.dtype)
         dx, _ = _row_correlate(dy, pad, wt, self.kernel_size, (1, 1), h, r)
         return dx.reshape(h, c, w, n).transpose(3, 1, 0, 2)
@@ -369,6 +376,16 @@ class Conv2D(Layer):
         return buf
 
 
+def _swap_axes12(a: np.ndarray) -> np.ndarray:
+    """``a.transpose(0, 2, 1, 3)`` as a new C-contiguous array (compiled when available)."""
+    fast = kernels.for_dtype(a.dtype)
+    if not fast:
+        return np.ascontiguousarray(a.transpose(0, 2, 1, 3))
+    out = np.empty((a.shape[0], a.shape[2], a.shape[1], a.shape[3]), dtype=a.dtype)
+    fast.swap_axes12(a, out)
+    return out
+
+
 #: Bytes of GEMM output per ``scatter_rows`` call in Conv2D's input gradient (L2-sized).
 _SCATTER_BYTES = 256 * 1024
 
@@ -414,7 +431,11 @@ def _row_correlate(
     # The compiled copy reads along N; when N is not x's innermost axis (an NCHW network
     # input), NumPy's copy, which follows the source's memory order, is faster.
     fast = kernels.for_dtype(x.dtype) if n == 1 or xt.strides[3] == x.itemsize else None
-    if fast:  # padding, transpose and window copy in one compiled pass
+    if fast and sw == 1 and xt.flags.c_contiguous:  # each window row one contiguous run
+        fast.gather_rows_s1(
+            xt.reshape(xt.shape[0], c, -1), pad[0][0], pad[1][0], n, r.reshape(rows, c, kw, -1)
+        )
+    elif fast:  # padding, transpose and window copy in one compiled pass
         fast.gather_rows(xt, pad[0][0], pad[1][0], sw, r)
     else:
         # (Hp, C, Wp, N): one copy that transposes and pads; when x already has this memory
