@@ -299,15 +299,24 @@ def test_conv2d_gathers_contiguous_runs_at_stride_1(rng, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_weight_reorders(rng, dtype):
-    fast = kernels.compiled()
-    w = rng.standard_normal((5, 4, 3, 2)).astype(dtype)
-    out = np.empty((5, 3, 4, 2), dtype=dtype)
-    fast.swap_axes12(w, out)
-    np.testing.assert_array_equal(out, w.transpose(0, 2, 1, 3))
-    flipped = np.empty((4, 3, 5, 2), dtype=dtype)
-    fast.flip_weight(w, flipped)
-    np.testing.assert_array_equal(flipped, w[:, :, ::-1, ::-1].transpose(1, 2, 0, 3))
+@pytest.mark.parametrize("shape", [(5, 4, 3, 2), (1, 1, 1, 1), (2, 3, 1, 4)])
+def test_weight_reorders(rng, dtype, shape):
+    from scratchcnn.layers.conv import _reorder_weight
+
+    o, c, kh, kw = shape
+    w = rng.standard_normal(shape).astype(dtype)
+    g = rng.standard_normal((o, kh * c * kw)).astype(dtype)
+    for mode in ("numpy", "numba"):
+        with kernels.using(mode):
+            rows = _reorder_weight(w, "rows")
+            np.testing.assert_array_equal(rows, w.transpose(0, 2, 1, 3).reshape(o, -1))
+            back = _reorder_weight(g, "back", shape)
+            np.testing.assert_array_equal(back, g.reshape(o, kh, c, kw).transpose(0, 2, 1, 3))
+            assert back.flags.c_contiguous and back.shape == shape
+            flip = _reorder_weight(w, "flip")
+            np.testing.assert_array_equal(
+                flip.reshape(c, kh, o, kw), np.rot90(w, 2, (2, 3)).transpose(1, 2, 0, 3)
+            )
 
 
 @pytest.mark.parametrize("threads", [1, 2])
