@@ -135,10 +135,11 @@ def test_batchnorm_backward_after_switching_mode(rng):
 @pytest.mark.parametrize(
     ("kernel", "hw"), [(2, (8, 6)), (2, (9, 7)), (3, (9, 10)), ((2, 3), (5, 7))]
 )
-@pytest.mark.parametrize("batch", [17, 8, 1])
+@pytest.mark.parametrize("batch", [17, 16, 8, 5, 1])
 def test_maxpool_tiles(rng, dtype, layout, kernel, hw, batch):
-    # In Conv2D's layout the batch is the innermost axis: 17 runs the vectorised kernels
-    # (at least kernels.MIN_VECTOR), 8 and 1 the branch-free 2x2 kernel (other tiles: NumPy).
+    # In Conv2D's layout the batch is the innermost axis: 2x2 windows over a multiple of 8
+    # run the 8-lane kernels, 17 the vectorised loops (at least kernels.MIN_VECTOR), 5 and 1
+    # the branch-free 2x2 kernel; other tiles the general kernels (or NumPy, short axes).
     x = rng.standard_normal((max(batch, 3), 4, *hw)).astype(dtype)
     x[0, 0, :2, :2] = 1.5  # a tie: the first maximum wins
     x[0, 0, 2, 2:4] = 2.5  # a tie along the row, the other one down the column
@@ -366,21 +367,44 @@ def test_compiled_paths_are_taken(rng):
         assert bn._cache[1] is True
 
 
-@pytest.mark.parametrize("batch", [1, 8])
-def test_a_short_innermost_axis_takes_the_branch_free_2x2_kernel(rng, batch, monkeypatch):
+@pytest.mark.parametrize(
+    ("batch", "kernel"), [(1, "short"), (5, "short"), (8, "lanes"), (24, "lanes")]
+)
+def test_the_2x2_kernel_for_the_length_of_the_innermost_axis(rng, batch, kernel, monkeypatch):
     calls = []
     module = kernels.compiled()
     monkeypatch.setattr(module, "maxpool2x2", lambda *a: calls.append("vector"))
-    real = module.maxpool2x2_short
-    monkeypatch.setattr(module, "maxpool2x2_short", lambda *a: calls.append("short") or real(*a))
+    for name, tag in [
+        ("maxpool2x2_short", "short"),
+        ("maxpool2x2_lanes", "lanes"),
+        ("maxpool2x2_grad_lanes", "grad lanes"),
+        ("maxpool_grad", "grad"),
+    ]:
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _r=real, _t=tag: calls.append(_t) or _r(*a))
     with kernels.using("numba"):
         pool = MaxPool2D(2)
-        pool.forward(hcwn(rng.standard_normal((batch, 3, 6, 6))))
+        pool.backward(np.ones_like(pool.forward(hcwn(rng.standard_normal((batch, 3, 6, 6))))))
         # NCHW, (N*C, H, 1, W, 1) in memory: rows of windows too short for it, so NumPy
         assert pool.forward(rng.standard_normal((batch, 3, 6, 6))).shape[2] == 3
         assert pool._cache[0] != "compiled"
         assert MaxPool2D(3).forward(hcwn(rng.standard_normal((batch, 3, 6, 6)))).shape[2] == 2
-    assert calls == ["short"]
+    assert calls == [kernel, "grad lanes" if kernel == "lanes" else "grad"]
+
+
+def test_the_8_lane_pool_kernels_refuse_shapes_they_would_overrun():
+    # The intrinsics load and store without bounds checks: the kernels check first.
+    fast = kernels.compiled()
+    x = np.zeros((1, 4, 2, 4, 8), np.float32)
+    for y in (np.zeros((1, 3, 2, 2, 8), np.float32), np.zeros((1, 2, 2, 2, 6), np.float32)):
+        idx = np.zeros(y.shape, np.uint8)
+        with pytest.raises(ValueError, match="8-lane"):
+            fast.maxpool2x2_lanes(np.zeros((*x.shape[:4], y.shape[4]), np.float32), y, idx)
+        with pytest.raises(ValueError, match="8-lane"):
+            fast.maxpool2x2_grad_lanes(y, idx, np.zeros((*x.shape[:4], y.shape[4]), np.float32))
+    y = np.zeros((1, 2, 2, 2, 8), np.float32)
+    with pytest.raises(ValueError, match="idx"):
+        fast.maxpool2x2_lanes(x, y, np.zeros((1, 2, 2, 1, 8), np.uint8))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

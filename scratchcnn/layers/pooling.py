@@ -208,7 +208,9 @@ class MaxPool2D(_Pool2D):
         p, _, q, _, r = x5.shape
         y5 = np.empty((p, oh, q, ow, r), dtype=x.dtype)
         idx = np.empty(y5.shape, dtype=np.uint8)
-        if (kh, kw) == (2, 2) and r < kernels.MIN_VECTOR:
+        if (kh, kw) == (2, 2) and r % fast.LANES == 0:
+            fast.maxpool2x2_lanes(x5, y5, idx)
+        elif (kh, kw) == (2, 2) and r < kernels.MIN_VECTOR:
             fast.maxpool2x2_short(x5, y5, idx)
         elif (kh, kw) == (2, 2):
             fast.maxpool2x2(x5, y5, idx)
@@ -224,7 +226,11 @@ class MaxPool2D(_Pool2D):
         dy = check_grad(dy, out_shape, dtype, "MaxPool2D")
         dy5 = np.ascontiguousarray(dy.transpose(order)).reshape(idx.shape)
         dx5 = np.empty(x5_shape, dtype=dy.dtype)
-        kernels.compiled().maxpool_grad(dy5, idx, self.kernel_size[0], self.kernel_size[1], dx5)
+        fast = kernels.compiled()
+        if self.kernel_size == (2, 2) and idx.shape[4] % fast.LANES == 0:
+            fast.maxpool2x2_grad_lanes(dy5, idx, dx5)
+        else:
+            fast.maxpool_grad(dy5, idx, self.kernel_size[0], self.kernel_size[1], dx5)
         return from_memory_order(dx5, order, x_shape)
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
