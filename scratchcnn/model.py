@@ -65,22 +65,22 @@ class Sequential:
         layers = self.layers
         if not REORDER_RELU_MAXPOOL or len(layers) < 2:
             return layers
-        order: list[Layer] = []
-        i = 0
-        while i < len(layers):
-            layer = layers[i]
-            if (
-                i + 1 < len(layers)
-                and type(layer) is ReLU
-                and type(layers[i + 1]) is MaxPool2D
-                and _unpatched(layer)
-                and _unpatched(layers[i + 1])
-            ):
-                order += (layers[i + 1], layer)
-                i += 2
-            else:
-                order.append(layer)
-                i += 1
+        # The pairs are found again only when the list changed (a few us that count at batch 1).
+        key = tuple(layers)
+        cached = getattr(self, "_pairs", None)
+        if cached is None or cached[0] != key:
+            found = [
+                i
+                for i in range(len(layers) - 1)
+                if type(layers[i]) is ReLU and type(layers[i + 1]) is MaxPool2D
+            ]
+            cached = self._pairs = (key, found)
+        if not cached[1]:
+            return layers
+        order = list(layers)
+        for i in cached[1]:
+            if _unpatched(layers[i]) and _unpatched(layers[i + 1]):
+                order[i], order[i + 1] = layers[i + 1], layers[i]
         return order
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -306,7 +306,7 @@ class Sequential:
 
 def _unpatched(layer: Layer) -> bool:
     """True unless the instance's forward or backward was replaced (a hook)."""
-    own = vars(layer)
+    own = layer.__dict__
     return "forward" not in own and "backward" not in own
 
 

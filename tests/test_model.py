@@ -281,6 +281,13 @@ def test_relu_maxpool_swap_only_for_the_plain_built_in_layers():
     hooked = sc.ReLU()
     hooked.forward = hooked.forward  # an instance attribute, as attribution's hooks set
     assert order(sc.Sequential([hooked, sc.MaxPool2D(2)])) == ["ReLU", "MaxPool2D"]
+    # The pairs are remembered for the list as it was: a changed list is looked at again.
+    net = sc.Sequential([sc.ReLU(), sc.MaxPool2D(2)])
+    assert order(net) == ["MaxPool2D", "ReLU"]
+    net.layers[1] = sc.AvgPool2D(2)
+    assert order(net) == ["ReLU", "AvgPool2D"]
+    net.add(sc.ReLU()).add(sc.MaxPool2D(2))
+    assert order(net) == ["ReLU", "AvgPool2D", "MaxPool2D", "ReLU"]
     # The layer list is what backward walks when no forward ran (the layers then refuse).
     net = sc.Sequential([sc.ReLU(), sc.MaxPool2D(2)])
     with pytest.raises(Exception, match="forward"):
