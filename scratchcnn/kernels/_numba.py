@@ -301,19 +301,39 @@ def _route4_lanes(typingctx, dy, yo, idx, dx, a, b, c, d):
 
 
 @nb.njit(**_LOOP)
-def _check_lanes(big, small):
-    """The shapes the 8-wide pooling kernels need: ``big`` (P, H, Q, W, R) and ``small``
-    (P, OH, Q, OW, R), 2*OH <= H, 2*OW <= W, R a multiple of LANES."""
+def _lanes_2x2(big, small, idx, backward):
+    """The loop nest of the two kernels below, over ``big`` (P, H, Q, W, R) and ``small`` and
+    ``idx`` (P, OH, Q, OW, R): for every 8 windows, the four runs of ``big`` under them.
+    Forward, their maximum goes into ``small`` and the winner into ``idx``; backward,
+    ``small`` (dy) is routed into ``big`` (dx) by ``idx``. Checks first that no access can
+    fall outside the arrays: 2*OH <= H, 2*OW <= W, R a multiple of LANES."""
     np_, h, nq, w, nr = big.shape
+    _, oh, _, ow, _ = small.shape
     if (
         small.shape[0] != np_
         or small.shape[2] != nq
         or small.shape[4] != nr
-        or 2 * small.shape[1] > h
-        or 2 * small.shape[3] > w
+        or 2 * oh > h
+        or 2 * ow > w
         or nr % LANES
     ):
         raise ValueError("8-lane max pool: shapes do not match")
+    if idx.shape != small.shape:
+        raise ValueError("8-lane max pool: idx and the pooled array differ in shape")
+    bf, sf, kf = big.reshape(-1), small.reshape(-1), idx.reshape(-1)
+    row = nq * w * nr  # from big[p, h, q, w, r] to big[p, h + 1, q, w, r]
+    for p in range(np_):
+        for i in range(oh):
+            for q in range(nq):
+                a0 = ((p * h + 2 * i) * nq + q) * w * nr
+                s0 = ((p * oh + i) * nq + q) * ow * nr
+                for j in range(ow):
+                    for r in range(0, nr, LANES):
+                        a, s = a0 + 2 * j * nr + r, s0 + j * nr + r
+                        if backward:
+                            _route4_lanes(sf, s, kf, bf, a, a + nr, a + row, a + row + nr)
+                        else:
+                            _max4_lanes(bf, a, a + nr, a + row, a + row + nr, sf, s, kf)
 
 
 @nb.njit(**_LOOP)
@@ -321,50 +341,24 @@ def maxpool2x2_lanes(x, y, idx):
     """``maxpool2x2`` for C-contiguous arrays whose innermost axis R is a multiple of 8:
     8 windows at a time in vector registers. 5-10x ``maxpool2x2_short`` at R = 8 and a
     little faster than ``maxpool2x2`` at R >= 16; the same values and winners."""
-    _check_lanes(x, y)
-    if idx.shape != y.shape:
-        raise ValueError("8-lane max pool: idx and y differ in shape")
-    np_, oh, nq, ow, nr = y.shape
-    _, h, _, w, _ = x.shape
-    xf, yf, kf = x.reshape(-1), y.reshape(-1), idx.reshape(-1)
-    row = nq * w * nr  # from x[p, h, q, w, r] to x[p, h + 1, q, w, r]
-    for p in range(np_):
-        for i in range(oh):
-            for q in range(nq):
-                a0 = ((p * h + 2 * i) * nq + q) * w * nr
-                y0 = ((p * oh + i) * nq + q) * ow * nr
-                for j in range(ow):
-                    for r in range(0, nr, LANES):
-                        a = a0 + 2 * j * nr + r
-                        _max4_lanes(xf, a, a + nr, a + row, a + row + nr, yf, y0 + j * nr + r, kf)
+    _lanes_2x2(x, y, idx, False)
 
 
 @nb.njit(**_LOOP)
 def maxpool2x2_grad_lanes(dy, idx, dx):
     """``maxpool_grad`` for 2x2 windows over C-contiguous arrays whose innermost axis is a
     multiple of 8 (2-3x faster at R = 8 to 64); rows and columns no window covers are 0."""
-    _check_lanes(dx, dy)
-    if idx.shape != dy.shape:
-        raise ValueError("8-lane max pool: idx and dy differ in shape")
-    np_, oh, nq, ow, nr = dy.shape
-    _, h, _, w, _ = dx.shape
-    gf, kf, df = dy.reshape(-1), idx.reshape(-1), dx.reshape(-1)
-    row = nq * w * nr
+    _lanes_2x2(dx, dy, idx, True)
+    np_, oh, nq, ow, _ = dy.shape
     zero = dx.dtype.type(0)
     for p in range(np_):
         for i in range(oh):
             for q in range(nq):
-                a0 = ((p * h + 2 * i) * nq + q) * w * nr
-                y0 = ((p * oh + i) * nq + q) * ow * nr
-                for j in range(ow):
-                    for r in range(0, nr, LANES):
-                        a = a0 + 2 * j * nr + r
-                        _route4_lanes(gf, y0 + j * nr + r, kf, df, a, a + nr, a + row, a + row + nr)
                 for u in range(2):  # columns right of the last window
                     rest = dx[p, 2 * i + u, q, 2 * ow :].reshape(-1)
                     for t in range(rest.size):
                         rest[t] = zero
-        for ii in range(2 * oh, h):  # rows below the last window
+        for ii in range(2 * oh, dx.shape[1]):  # rows below the last window
             rest = dx[p, ii].reshape(-1)
             for t in range(rest.size):
                 rest[t] = zero
