@@ -29,6 +29,9 @@ class Sequential:
 
     ``input_shape`` (C, H, W) is optional; when given, ``summary()`` needs no argument and
     ``predict`` knows what size images the model takes.
+
+    A ReLU directly followed by a MaxPool2D runs after the pool: the same results to the
+    bit, forward and backward, for a quarter of the ReLU's work (``REORDER_RELU_MAXPOOL``).
     """
 
     def __init__(
