@@ -2,12 +2,13 @@
 
 Most of a CNN step that is not a matrix product is a handful of sweeps over the activations:
 BatchNorm's sums and its normalisation, max pooling and its scatter, ReLU's mask, the window
-copy before each convolution's GEMM, the softmax cross-entropy over the logits. In NumPy
-each sweep is one or more array operations, each a full pass over memory with a temporary, a
-Python call and (for two threads splitting a batch) a trip through the GIL. With the
-``fast`` extra installed (``pip install 'scratchcnn[fast]'``, which brings numba), the
-layers run those sweeps as small compiled loops instead: one pass where NumPy needs several,
-no temporaries, and the GIL released for the whole loop. The formulas are the same; only the
+copy before each convolution's GEMM, its weight reorders and bias, the softmax
+cross-entropy over the logits. In NumPy each sweep is one or more array operations, each a
+full pass over memory with a temporary, a Python call and (for two threads splitting a
+batch) a trip through the GIL. With the ``fast`` extra installed (``pip install
+'scratchcnn[fast]'``, which brings numba), the layers run those sweeps as small compiled
+loops instead: one pass where NumPy needs several, no temporaries, and the GIL released for
+the whole loop. The formulas are the same; only the
 order of float additions differs, so results agree with the NumPy path to float rounding
 (tests/test_kernels.py checks every kernel against it) and stay deterministic run to run.
 

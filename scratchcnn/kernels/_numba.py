@@ -171,7 +171,8 @@ def maxpool2x2(x, y, idx):
     """``maxpool`` for 2x2 windows, the common case, with the four taps compared in registers.
     Over a long innermost axis r (the batch, in Conv2D's layout) LLVM turns the comparisons
     into vector blends. Over a short one they stay branches, which mispredict on real data
-    (measured 10x slower at r = 8): the caller uses ``maxpool2x2_short`` for those."""
+    (measured 10x slower at r = 8): the caller uses ``maxpool2x2_short`` for those, and
+    ``maxpool2x2_lanes`` for any r that is a multiple of 8."""
     np_, oh, nq, ow, nr = y.shape
     for p in range(np_):
         for i in range(oh):
@@ -195,12 +196,12 @@ def maxpool2x2(x, y, idx):
 
 @nb.njit(**_LOOP)
 def maxpool2x2_short(x, y, idx):
-    """``maxpool2x2`` for a short innermost axis r (a batch of 1 to 15 images in Conv2D's
-    layout; plain NCHW memory stays on NumPy, see MaxPool2D). Here nothing vectorises, so
-    the comparisons must not be branches: ``max`` becomes a max instruction and the winning
-    offset is picked by integer arithmetic (6x faster than ``maxpool2x2`` at r = 8). ``max``
-    does not follow torch's rule for NaN, so a row of windows that holds one is redone by
-    ``_nan_windows``."""
+    """``maxpool2x2`` for a short innermost axis r that is not a multiple of 8 (a batch of
+    1-7 or 9-15 images in Conv2D's layout; plain NCHW memory stays on NumPy, see
+    MaxPool2D). Here nothing vectorises, so the comparisons must not be branches: ``max``
+    becomes a max instruction and the winning offset is picked by integer arithmetic (6x
+    faster than ``maxpool2x2`` at r = 8). ``max`` does not follow torch's rule for NaN, so
+    a row of windows that holds one is redone by ``_nan_windows``."""
     np_, oh, nq, ow, nr = y.shape
     for p in range(np_):
         for i in range(oh):

@@ -219,10 +219,10 @@ class Conv2D(Layer):
         dy = check_grad(dy, (n, o, oh, ow), self.dtype, "Conv2D")
         # (OH, O, OW*N); free when dy has the memory layout of this layer's output.
         dyr = np.ascontiguousarray(dy.transpose(2, 1, 3, 0)).reshape(oh, o, ow * n)
+        fast = kernels.for_dtype(dyr.dtype)
         gwr = _weight_grad(dyr, blocks)
         self.grads["weight"] = _reorder_weight(gwr, "back", (o, c, kh, kw))
         if self.use_bias:
-            fast = kernels.for_dtype(dyr.dtype)
             # Per channel over (OH, OW*N): compiled, in float64, 3-5x NumPy's float32 sum.
             bias = fast.channel_sum(dyr).astype(dyr.dtype) if fast else dyr.sum(axis=(0, 2))
             self.grads["bias"] = bias
@@ -233,7 +233,6 @@ class Conv2D(Layer):
         # dL/dblock_i = Wr^T @ dy_i, undone in two steps: row u of every block goes back onto
         # rows i*SH + u of R, then the KW window offsets fold back onto the columns.
         (pt, pb), (pl, pr) = self.pad
-        fast = kernels.for_dtype(dyr.dtype)
         if fast:  # one GEMM for all kernel rows, then both steps in one compiled pass
             wrt = np.ascontiguousarray(self._wr().T)  # small; the GEMM runs 1.25x faster
             dxh = np.empty((h, c, w, n), dtype=dyr.dtype)
@@ -378,10 +377,11 @@ class Conv2D(Layer):
 
 
 def _reorder_weight(w: np.ndarray, kind: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """Conv2D's weight between torch's (O, C, KH, KW) and the row blocks' orders, as a new
-    array: "rows" gives the (O, KH*C*KW) matrix of the forward (k = (u, c, v)); "back"
-    takes such a matrix (the weight gradient) to torch's ``shape``; "flip" gives the
-    (C, KH*O*KW) matrix Wt[c, (u, o, v)] = W[o, c, KH-1-u, KW-1-v] of the input gradient."""
+    """Conv2D's weight between torch's (O, C, KH, KW) and the row blocks' orders (a copy,
+    except where NumPy's reshape finds the order already the same). "rows" gives the
+    (O, KH*C*KW) matrix of the forward (k = (u, c, v)); "back" takes such a matrix (the
+    weight gradient) to torch's ``shape``; "flip" gives the (C, KH*O*KW) matrix
+    Wt[c, (u, o, v)] = W[o, c, KH-1-u, KW-1-v] of the input gradient."""
     o, c, kh, kw = w.shape if shape is None else shape
     fast = kernels.for_dtype(w.dtype)
     if not fast:
