@@ -8,8 +8,9 @@ from collections.abc import Callable
 import numpy as np
 
 import scratchcnn as sc
-from scratchcnn import models, procsplit
-from scratchcnn.parallel import BatchSplit
+from scratchcnn import models
+from scratchcnn.parallel import procsplit
+from scratchcnn.parallel.split import BatchSplit
 
 #: Every BatchSplit that ``ours_step`` made; ``close_all`` ends their worker processes, so
 #: that idle workers of one workload never share the machine with the next one's timing.
@@ -54,9 +55,9 @@ def batch(net: str, batch: int) -> tuple[np.ndarray, np.ndarray]:
 def ours_step(
     model: sc.Sequential, kind: str, x: np.ndarray, y: np.ndarray, threads: int = 1
 ) -> Callable:
-    """One batch as ``scratchcnn.train.fit`` / ``evaluate`` run it with ``threads``: 1 = the
+    """One batch as ``scratchcnn.training.loop.fit`` / ``evaluate`` run it with ``threads``: 1 = the
     model whole (BLAS with its own threads), more = the batch split over that many threads
-    (``scratchcnn.parallel.BatchSplit``, one BLAS thread each); then the optimiser step."""
+    (``scratchcnn.parallel.split.BatchSplit``, one BLAS thread each); then the optimiser step."""
     splitter = BatchSplit(model, sc.CrossEntropyLoss(), threads=threads)
     OPEN.append(splitter)
     if kind == "infer":

@@ -1,7 +1,7 @@
 """A/B of two versions of scratchcnn's own step, in one process, finely alternated.
 
     python benchmarks/ab.py --net cifar --kind train --batch 8 \
-        --set scratchcnn.layers.conv._ONE_GEMM_MAX_COLS=0 [--kernels numpy] [--seconds 20]
+        --set scratchcnn.engine.conv.ONE_GEMM_MAX_COLS=0 [--kernels numpy] [--seconds 20]
 
 A is the code as it is; B is the same with the given module attributes set (``--set
 module.NAME=VALUE``, VALUE a Python literal) and/or another kernel mode (``--kernels``).
@@ -41,7 +41,7 @@ from _harness import alternate_blocks
 from _nets import batch as make_batch
 from _nets import build, close_all, ours_step
 
-from scratchcnn import kernels
+from scratchcnn import engine
 
 
 def parse_setting(text: str) -> tuple[Any, str, Any]:
@@ -70,7 +70,7 @@ def version_b(settings: list[tuple[Any, str, Any]], mode: str | None) -> Iterato
         if mode is None:
             yield
         else:
-            with kernels.using(mode):
+            with engine.using(mode):
                 yield
     finally:
         for m, n, v in old:
@@ -85,7 +85,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--split", action="store_true", help="split the batch over --threads")
     p.add_argument("--set", action="append", default=[], metavar="module.NAME=VALUE")
-    p.add_argument("--kernels", choices=kernels.MODES, help="kernel mode of version B")
+    p.add_argument("--kernels", choices=engine.MODES, help="kernel mode of version B")
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--block", type=float, default=0.05)
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")

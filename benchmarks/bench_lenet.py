@@ -16,7 +16,7 @@ from bench_speed import main
 
 
 def torch_lenet() -> torch.nn.Sequential:
-    """The same LeNet-5 as ``scratchcnn.models.lenet5`` (max pooling)."""
+    """The same LeNet-5 as ``scratchcnn.nn.zoo.lenet5`` (max pooling)."""
     nn = torch.nn
     return nn.Sequential(
         nn.Conv2d(1, 6, 5, padding=2),

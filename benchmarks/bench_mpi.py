@@ -2,9 +2,9 @@
 against one process with 2 BLAS threads; LeNet-5, float32, mnist-5k, SGD with momentum.
 
 Each configuration runs in fresh processes (a worker: this script with ``--worker``), which
-time ``--steps`` training steps of ``scratchcnn.train`` (the very step ``fit`` takes, with its
-Allreduce under MPI) after a warm-up; the configurations alternate for ``--rounds`` rounds and
-the median images/s is reported (global batch x steps / seconds, as rank 0 measures it)::
+time ``--steps`` training steps of ``scratchcnn.training.loop`` (the very step ``fit`` takes,
+with its Allreduce under MPI) after a warm-up; the configurations alternate for ``--rounds``
+rounds and the median images/s is reported (global batch x steps / seconds, as rank 0 measures it)::
 
     python benchmarks/bench_mpi.py --rounds 5 --steps 150 --json benchmarks/results/bench_mpi.json
 """
@@ -37,10 +37,10 @@ def worker(batch: int, steps: int, warmup: int) -> None:
 
     from scratchcnn import distributed
     from scratchcnn.data import DataLoader, load_dataset
-    from scratchcnn.losses import CrossEntropyLoss
-    from scratchcnn.models import lenet5
-    from scratchcnn.optim import SGD
-    from scratchcnn.train import _train_step
+    from scratchcnn.nn.losses import CrossEntropyLoss
+    from scratchcnn.nn.optim import SGD
+    from scratchcnn.nn.zoo import lenet5
+    from scratchcnn.training.loop import _train_step
 
     world = distributed.init()
     model = lenet5(seed=0)

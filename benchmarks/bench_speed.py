@@ -15,7 +15,7 @@ inference = forward in eval mode):
 * lenet5: train at batch 16, 64, 256; inference at batch 1 and 256;
 * cifar: a CIFAR-shaped net (3x [conv3x3 same + ReLU + maxpool2] at 32-64-128 channels,
   dense 2048-256-10, input 3x32x32): train at batch 8 and 64; inference at batch 8 and 256;
-* resnet8 (when ``scratchcnn.models`` has it): train at batch 64; inference at batch 256.
+* resnet8 (when ``scratchcnn.nn.zoo`` has it): train at batch 64; inference at batch 256.
 
 scratchcnn is timed twice where the batch allows: whole (``scratchcnn``, the default of
 ``fit``/``evaluate``; BLAS uses ``--threads``) and with the batch split over ``--threads``
@@ -45,7 +45,7 @@ import torch
 
 import scratchcnn as sc
 from scratchcnn import models
-from scratchcnn.parallel import MIN_ITEMS_PER_THREAD
+from scratchcnn.parallel.split import MIN_ITEMS_PER_THREAD
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _harness import MAX_FOREIGN, compare

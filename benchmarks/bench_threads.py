@@ -33,7 +33,7 @@ def child(steps: int) -> None:
 
     import scratchcnn as sc
     from scratchcnn.data import DataLoader, load_dataset
-    from scratchcnn.models import lenet5
+    from scratchcnn.nn.zoo import lenet5
 
     model = lenet5(seed=0)
     loss_fn = sc.CrossEntropyLoss()

@@ -26,8 +26,8 @@ import torch
 
 import scratchcnn as sc
 from scratchcnn.data import load_dataset
-from scratchcnn.models import lenet5
-from scratchcnn.train import evaluate
+from scratchcnn.nn.zoo import lenet5
+from scratchcnn.training.loop import evaluate
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _torch_twin import accuracy

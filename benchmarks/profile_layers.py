@@ -9,9 +9,9 @@ over ``--steps`` steps (median, ms), then summed per layer type; the last line g
 share of the step spent in Conv2D's matrix products (``np.matmul``). ``--eval`` times
 inference (forward only, eval mode).
 
-The timers are instance attributes on every layer, and Sequential does not reorder layers
-whose forward/backward were replaced: here a ReLU runs before the MaxPool2D it feeds, on
-four times the data it touches in a plain step (``scratchcnn.model.REORDER_RELU_MAXPOOL``).
+The timers wrap what runs: each layer's route in the engine's plan (``scratchcnn.engine``),
+or the layer itself where the engine has none (``SCRATCHCNN_KERNELS=numpy``: every layer's
+reference code). The plan's order is kept (a ReLU runs after the MaxPool2D it feeds).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy as np
 
 import scratchcnn as sc
 from scratchcnn import models
-from scratchcnn.layers import conv as conv_module
+from scratchcnn.engine import conv as conv_module
 
 INPUTS = {"lenet5": (1, 28, 28), "cifar": (3, 32, 32), "resnet8": (1, 28, 28)}
 
@@ -71,6 +71,26 @@ class _CountingNumpy(types.ModuleType):
         return out
 
 
+def runners(model: sc.Sequential) -> list[tuple[str, Any, Any]]:
+    """(key, leaf layer, what runs it) for every leaf: its route in the engine's plan of the
+    Sequential that holds it (nested ones inside blocks too), or the layer itself."""
+    route_of: dict[int, Any] = {}
+
+    def walk(seq: sc.Sequential) -> None:
+        plan = sc.engine.plan(seq)
+        if plan is not None:
+            for layer, route in zip(plan.layers, plan.routes, strict=True):
+                if route is not None:
+                    route_of[id(layer)] = route
+        for layer in seq.layers:
+            for _, child in getattr(layer, "named_children", list)():
+                if isinstance(child, sc.Sequential):
+                    walk(child)
+
+    walk(model)
+    return [(key, la, route_of.get(id(la), la)) for key, la in model.named_layers()]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--net", choices=list(INPUTS), default="lenet5")
@@ -108,12 +128,13 @@ def main() -> None:
         print(profiler.output_text(unicode=True, color=False))
         return
 
-    leaves = list(model.named_layers())
+    step()  # makes the engine's plans
+    leaves = runners(model)
     fwd: list[list[float]] = [[] for _ in leaves]
     bwd: list[list[float]] = [[] for _ in leaves]
-    for i, (_, layer) in enumerate(leaves):
-        layer.forward = _timed(layer.forward, fwd[i])  # instance attributes shadow the class
-        layer.backward = _timed(layer.backward, bwd[i])
+    for i, (_, _, runner) in enumerate(leaves):
+        runner.forward = _timed(runner.forward, fwd[i])  # instance attributes shadow the class
+        runner.backward = _timed(runner.backward, bwd[i])
     counting = _CountingNumpy()
     conv_module.np = counting
     steps, gemm = [], []
@@ -136,11 +157,11 @@ def main() -> None:
     total = ms(steps)
     mode = "inference" if args.eval else "training step"
     print(f"{args.net} {mode}, batch {args.batch}, {THREADS} threads, median of {args.steps} (ms)")
-    names = [f"{key:<14}{layer!r}"[:64] for key, layer in leaves]
+    names = [f"{key:<14}{layer!r}"[:64] for key, layer, _ in leaves]
     wid = max(len(n) for n in names) + 2
     print(f"{'layer':<{wid}}{'forward':>9}{'backward':>10}{'share':>8}")
     by_type: dict[str, float] = defaultdict(float)
-    for i, (_, layer) in enumerate(leaves):
+    for i, (_, layer, _) in enumerate(leaves):
         f, b = ms(fwd[i]), ms(bwd[i])
         by_type[type(layer).__name__] += f + b
         print(f"{names[i]:<{wid}}{f:>9.3f}{b:>10.3f}{(f + b) / total:>8.1%}")

@@ -38,8 +38,8 @@ import torch
 
 import scratchcnn as sc
 from scratchcnn.data import DataLoader, load_dataset
-from scratchcnn.models import RECIPES, resnet8
-from scratchcnn.train import evaluate
+from scratchcnn.nn.zoo import RECIPES, resnet8
+from scratchcnn.training.loop import evaluate
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _torch_twin import accuracy, twin

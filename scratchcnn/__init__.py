@@ -10,8 +10,12 @@ model.backward(loss_fn.backward())
 opt.step()
 """
 
-from . import init, optim
-from .attribution import gradcam, saliency
+import importlib
+import sys
+
+from . import checkpoint, engine, nn
+from ._version import __version__
+from .checkpoint import Checkpoint, load, load_checkpoint, save
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -26,10 +30,11 @@ from .errors import (
     StateError,
     TrainingDiverged,
 )
-from .gradcheck import GradcheckResult, gradcheck
-from .init import manual_seed
-from .io import Checkpoint, load, load_checkpoint, save
-from .layers import (
+from .nn import init, optim
+from .nn.attribution import gradcam, saliency
+from .nn.gradcheck import GradcheckResult, gradcheck
+from .nn.init import manual_seed
+from .nn.layers import (
     AvgPool2D,
     BatchNorm1D,
     BatchNorm2D,
@@ -46,17 +51,27 @@ from .layers import (
     ReLU,
     Rescale,
     Residual,
+    Sequential,
     Sigmoid,
     Softmax,
     Tanh,
 )
-from .losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
-from .model import Sequential
-from .runtime import tune_allocator
+from .nn.losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
 
-__version__ = "0.1.0"
-
-tune_allocator()
+#: Module paths documented before the package had sub-packages, and where they live now.
+#: Each old name is the same module object as its new one (not a copy), so
+#: ``import scratchcnn.models`` and ``from scratchcnn.kernels import using`` keep working.
+_OLD_NAMES = {
+    "models": "nn.zoo",
+    "kernels": "engine",
+    "distributed": "parallel.mpi",
+    "train": "training",
+}
+for _old, _new in _OLD_NAMES.items():
+    _module = importlib.import_module(f".{_new}", __name__)
+    sys.modules[f"{__name__}.{_old}"] = _module
+    globals()[_old] = _module
+del _old, _new, _module
 
 __all__ = [
     "AvgPool2D",
@@ -98,12 +113,15 @@ __all__ = [
     "Tanh",
     "TrainingDiverged",
     "__version__",
+    "checkpoint",
+    "engine",
     "gradcam",
     "gradcheck",
     "init",
     "load",
     "load_checkpoint",
     "manual_seed",
+    "nn",
     "optim",
     "saliency",
     "save",

@@ -62,3 +62,9 @@ class MissingDependencyError(ScratchCNNError, ImportError):
 class DistributedError(ScratchCNNError, RuntimeError):
     """An MPI data-parallel run cannot go on: another process stopped or hung, mpi4py is
     missing under ``mpiexec``, or the processes do not hold the same training state."""
+
+
+def os_reason(exc: BaseException) -> str:
+    """The reason an operating-system error gives, for a one-line message: "No such file or
+    directory", "Permission denied", "No space left on device" (the text, not the number)."""
+    return (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__).strip()

@@ -21,10 +21,10 @@ import os
 import signal
 import sys
 
-import scratchcnn.train as train
+import scratchcnn.training.loop as train
 from scratchcnn.cli import main
 from scratchcnn.errors import DataError
-from scratchcnn.supervise import should_supervise
+from scratchcnn.parallel.supervise import should_supervise
 
 rank = int(os.environ.get("PMI_RANK", "0"))
 target = rank == int(os.environ.get("STOP_RANK", "0"))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import scratchcnn as sc
-from scratchcnn.attribution import (
+from scratchcnn.nn.attribution import (
     class_probabilities,
     format_layer_table,
     gradcam_layer,

@@ -203,7 +203,7 @@ def test_ab_compares_two_versions_of_a_step():
     out = run(
         "ab.py",
         *("--net", "lenet5", "--kind", "infer", "--batch", "2", "--threads", "1"),
-        *("--set", "scratchcnn.layers.conv._ONE_GEMM_MAX_COLS=0", "--kernels", "numpy"),
+        *("--set", "scratchcnn.engine.conv.ONE_GEMM_MAX_COLS=0", "--kernels", "numpy"),
         *("--seconds", "0.3", "--json"),
     )
     result = json.loads(out.strip().splitlines()[-1])
@@ -217,8 +217,8 @@ def test_ab_refuses_what_it_cannot_compare():
     for args, message in [
         ((), "nothing to compare"),
         (("--set", "no_equals_sign"), "--set wants module.NAME=VALUE"),
-        (("--set", "scratchcnn.layers.conv._NO_SUCH=1"), "has no attribute '_NO_SUCH'"),
-        (("--set", "scratchcnn.layers.conv._ONE_GEMM_MAX_COLS=x+"), "must be a Python literal"),
+        (("--set", "scratchcnn.nn.layers.conv._NO_SUCH=1"), "has no attribute '_NO_SUCH'"),
+        (("--set", "scratchcnn.engine.conv.ONE_GEMM_MAX_COLS=x+"), "must be a Python literal"),
         (("--kernels", "numpy", "--batch", "0"), "--batch and --threads must be at least 1"),
     ]:
         result = subprocess.run(

@@ -238,7 +238,7 @@ def test_momentum_with_adam_is_refused(tmp_path, capsys):
 def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
     import os
 
-    from scratchcnn.io import remove_stale_temp_files
+    from scratchcnn.checkpoint.files import remove_stale_temp_files
 
     target = tmp_path / "model.npz"
     dead = subprocess.run(

@@ -11,8 +11,8 @@ import pytest
 
 import scratchcnn as sc
 from scratchcnn.cli import build_parser, main
-from scratchcnn.models import lenet5, resnet8
-from scratchcnn.threads import MACS_PER_THREAD, auto_threads, model_macs, resolve_threads
+from scratchcnn.nn.zoo import lenet5, resnet8
+from scratchcnn.parallel.threads import MACS_PER_THREAD, auto_threads, model_macs, resolve_threads
 
 
 def _subparsers() -> dict[str, argparse.ArgumentParser]:

@@ -19,8 +19,8 @@ import scratchcnn as sc
 from scratchcnn import distributed
 from scratchcnn.cli import main
 from scratchcnn.data import Dataset
-from scratchcnn.midepoch import CheckpointClock, check_position_meta
-from scratchcnn.models import lenet5, tiny_cnn
+from scratchcnn.nn.zoo import lenet5, tiny_cnn
+from scratchcnn.training.midepoch import CheckpointClock, check_position_meta
 
 MPIEXEC = Path(sys.executable).with_name("mpiexec")  # the mpich wheel's, in the test extra
 RANK_HELPER = Path(__file__).with_name("mpi_rank.py")
@@ -65,7 +65,7 @@ def test_a_failing_rank_exits_even_when_telling_the_others_blocks():
     # announce_failure goes through MPI, which can block on a frozen peer: die() still ends
     # the process (status 2, its one line said) within EXIT_GRACE_S.
     code = (
-        "import time, scratchcnn.distributed as d\n"
+        "import time, scratchcnn.parallel.mpi as d\n"
         "d.EXIT_GRACE_S = 0.5\n"
         "w = d.World()\n"
         "w.announce_failure = lambda: time.sleep(600)\n"
@@ -80,7 +80,7 @@ def test_a_failing_rank_exits_even_when_telling_the_others_blocks():
 
 def test_import_scratchcnn_and_a_plain_run_do_not_load_mpi():
     code = (
-        "import sys, scratchcnn, scratchcnn.train, scratchcnn.distributed as d;"
+        "import sys, scratchcnn, scratchcnn.training.loop, scratchcnn.parallel.mpi as d;"
         "w = d.init(); assert (w.rank, w.size) == (0, 1), w;"
         "print('mpi4py' in sys.modules)"
     )
@@ -214,7 +214,7 @@ def test_mid_epoch_metadata_is_validated():
 
 def test_checkpoint_clock(monkeypatch):
     now = [1000.0]
-    monkeypatch.setattr("scratchcnn.midepoch.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("scratchcnn.training.midepoch.time.monotonic", lambda: now[0])
     clock = CheckpointClock(every=4, minutes=2)
     assert [s for s in range(1, 13) if clock.due(s)] == [4, 8, 12]
     now[0] += 121
@@ -393,7 +393,7 @@ def test_an_error_on_one_rank_stops_the_others_at_once(tmp_path, failing):
 
 
 def test_a_rank_is_supervised_only_under_a_pmi_launcher_of_two_or_more(tmp_path):
-    from scratchcnn.supervise import WORKER_VAR, should_supervise
+    from scratchcnn.parallel.supervise import WORKER_VAR, should_supervise
 
     with open(tmp_path / "sock", "w") as f:  # any open descriptor stands for Hydra's socket
         fd = str(f.fileno())
@@ -455,8 +455,8 @@ USER_LOOP = """
 import sys
 import numpy as np
 import scratchcnn as sc
-from scratchcnn.distributed import DistributedOptimizer, init, shard
-from scratchcnn.models import lenet5
+from scratchcnn.parallel.mpi import DistributedOptimizer, init, shard
+from scratchcnn.nn.zoo import lenet5
 
 world = init()
 model = lenet5(dtype=np.float64, seed=world.rank)  # different weights: rank 0's are copied

@@ -10,8 +10,8 @@ from PIL import Image
 import scratchcnn as sc
 from scratchcnn.cli import main
 from scratchcnn.data import load_dataset
-from scratchcnn.models import tiny_cnn
-from scratchcnn.train import fit
+from scratchcnn.nn.zoo import tiny_cnn
+from scratchcnn.training.loop import fit
 from scratchcnn.viz import DPI, EXPLAIN_FIGSIZES, explain_model
 
 
@@ -43,7 +43,7 @@ def test_explain_checkpoint_image_writes_three_pictures_and_the_table(trained, t
     text = capsys.readouterr().out
     model = sc.load(ckpt)
     x = np.asarray(Image.open(image), dtype=np.float32)[None] / 255
-    probs = sc.attribution.class_probabilities(model.predict(x))[0]
+    probs = sc.nn.attribution.class_probabilities(model.predict(x))[0]
     best = np.argsort(probs)[::-1][:3]
     first = text.splitlines()[0]
     assert first == f"{image}: " + ", ".join(f"{i} {probs[i]:.1%}" for i in best)
@@ -111,7 +111,7 @@ def test_explain_model_in_python(trained, tmp_path):
 
 
 def test_explain_a_model_with_residual_blocks(trained, tmp_path, capsys):
-    from scratchcnn.models import resnet8
+    from scratchcnn.nn.zoo import resnet8
 
     _, image, _ = trained
     ckpt = tmp_path / "resnet8.npz"

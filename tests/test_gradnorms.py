@@ -11,9 +11,9 @@ from PIL import Image
 
 import scratchcnn as sc
 from scratchcnn.data import load_dataset
-from scratchcnn.gradnorms import GradNormMeter
-from scratchcnn.models import shapes_net
-from scratchcnn.train import fit
+from scratchcnn.nn.zoo import shapes_net
+from scratchcnn.training.gradnorms import GradNormMeter
+from scratchcnn.training.loop import fit
 from scratchcnn.viz import DPI, FIGSIZES
 from scratchcnn.viz.plots import load_metrics, load_run, plot_grad_norms
 

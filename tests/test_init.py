@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import scratchcnn as sc
-from scratchcnn.init import INITIALIZERS, initialize
+from scratchcnn.nn.init import INITIALIZERS, initialize
 
 
 @pytest.mark.parametrize(

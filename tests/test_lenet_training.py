@@ -7,7 +7,7 @@ import torch
 
 import scratchcnn as sc
 from scratchcnn.data import load_dataset
-from scratchcnn.models import lenet5
+from scratchcnn.nn.zoo import lenet5
 
 
 def torch_lenet() -> torch.nn.Sequential:

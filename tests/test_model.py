@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import scratchcnn as sc
-from scratchcnn.models import lenet5
+from scratchcnn.nn.zoo import lenet5
 
 
 def small(dtype=np.float32):
@@ -208,87 +208,3 @@ def test_predict_on_no_images_is_one_clear_error():
     model = sc.Sequential([sc.Flatten(), sc.Dense(4, 2)], input_shape=(1, 2, 2))
     with pytest.raises(sc.ShapeError, match="no images"):
         model.predict(np.zeros((0, 1, 2, 2), dtype=np.float32))
-
-
-def _relu_pool_net(pool: sc.MaxPool2D, conv: bool) -> sc.Sequential:
-    head = [sc.Conv2D(2, 2, 3, padding=1, dtype=np.float64, rng=0)] if conv else []
-    x_hw = pool.output_shape((1, 2, 7, 7))[2:]
-    return sc.Sequential(
-        [
-            *head,
-            sc.ReLU(),
-            pool,
-            sc.Flatten(),
-            sc.Dense(2 * x_hw[0] * x_hw[1], 3, dtype=np.float64, rng=1),
-        ]
-    )
-
-
-@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # the NaN, on purpose
-@pytest.mark.parametrize("mode", ["numpy", "numba"])
-@pytest.mark.parametrize("conv", [False, True])
-@pytest.mark.parametrize(
-    "pool",
-    [
-        lambda: sc.MaxPool2D(2),
-        lambda: sc.MaxPool2D(3, stride=2, padding=1),  # overlapping windows, padding
-        lambda: sc.MaxPool2D(2, ceil_mode=True),
-    ],
-)
-def test_relu_before_maxpool_runs_after_it_with_the_same_bits(rng, monkeypatch, mode, conv, pool):
-    from scratchcnn import kernels
-    from scratchcnn import model as model_module
-
-    # Ties (values on a coarse grid), zeros, windows of negatives only, NaN and -inf.
-    x = np.round(rng.standard_normal((8, 2, 7, 7)) * 2) / 2
-    x[0, 0, :2, :2] = np.nan
-    x[1, 1, 2:4, 2:4] = -np.inf
-    x[2, 0, 4:6, :2] = [[-1.0, -2.0], [0.0, -3.0]]
-    dy = rng.standard_normal((8, 3))
-    results = []
-    with kernels.using(mode):
-        for reorder in (False, True):
-            monkeypatch.setattr(model_module, "REORDER_RELU_MAXPOOL", reorder)
-            net = _relu_pool_net(pool(), conv)
-            y = net.forward(x)
-            dx = net.backward(dy)
-            results.append((y, dx, [g.copy() for g in net.gradients()]))
-            ran = [type(la).__name__ for la in net._ran]
-            assert ran.index("ReLU") == ran.index("MaxPool2D") + (1 if reorder else -1)
-    (y0, dx0, g0), (y1, dx1, g1) = results
-    assert np.isnan(y0).any() and np.isnan(dx0).any() == np.isnan(dx1).any()
-    np.testing.assert_array_equal(y1, y0)
-    np.testing.assert_array_equal(dx1, dx0)
-    for a, b in zip(g1, g0, strict=True):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_relu_maxpool_swap_only_for_the_plain_built_in_layers():
-    class MyReLU(sc.ReLU):
-        pass
-
-    def order(net: sc.Sequential) -> list[str]:
-        return [type(la).__name__ for la in net._order()]
-
-    assert order(sc.Sequential([sc.ReLU(), sc.MaxPool2D(2), sc.ReLU(), sc.ReLU()])) == [
-        "MaxPool2D",
-        "ReLU",
-        "ReLU",
-        "ReLU",
-    ]
-    assert order(sc.Sequential([sc.ReLU(), sc.AvgPool2D(2)])) == ["ReLU", "AvgPool2D"]
-    assert order(sc.Sequential([MyReLU(), sc.MaxPool2D(2)])) == ["MyReLU", "MaxPool2D"]
-    hooked = sc.ReLU()
-    hooked.forward = hooked.forward  # an instance attribute, as attribution's hooks set
-    assert order(sc.Sequential([hooked, sc.MaxPool2D(2)])) == ["ReLU", "MaxPool2D"]
-    # The pairs are remembered for the list as it was: a changed list is looked at again.
-    net = sc.Sequential([sc.ReLU(), sc.MaxPool2D(2)])
-    assert order(net) == ["MaxPool2D", "ReLU"]
-    net.layers[1] = sc.AvgPool2D(2)
-    assert order(net) == ["ReLU", "AvgPool2D"]
-    net.add(sc.ReLU()).add(sc.MaxPool2D(2))
-    assert order(net) == ["ReLU", "AvgPool2D", "MaxPool2D", "ReLU"]
-    # The layer list is what backward walks when no forward ran (the layers then refuse).
-    net = sc.Sequential([sc.ReLU(), sc.MaxPool2D(2)])
-    with pytest.raises(Exception, match="forward"):
-        net.backward(np.ones((1, 1, 1, 1)))

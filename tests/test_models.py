@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import scratchcnn as sc
-from scratchcnn.models import MODELS, build_model, lenet5, shapes_net, tiny_cnn
+from scratchcnn.nn.zoo import MODELS, build_model, lenet5, shapes_net, tiny_cnn
 
 
 @pytest.mark.parametrize(
@@ -56,7 +56,7 @@ def test_resnet8_architecture_and_torch_twin():
     import torch
 
     from benchmarks._torch_twin import twin
-    from scratchcnn.models import RECIPES, resnet8
+    from scratchcnn.nn.zoo import RECIPES, resnet8
 
     model = resnet8(seed=0)
     assert model.input_shape == (1, 28, 28)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import scratchcnn as sc
-from scratchcnn.models import lenet5
-from scratchcnn.parallel import BatchSplit
+from scratchcnn.nn.zoo import lenet5
+from scratchcnn.parallel.split import BatchSplit
 
 
 def _batch(n, shape=(1, 28, 28), seed=0):
@@ -61,7 +61,7 @@ def test_batchnorm_and_dropout_models_are_not_split_in_training():
         return sc.Sequential([*first, sc.Dropout(0.5, rng=1), sc.Dense(144, 10, rng=2)])
 
     whole, split = net(), net()
-    loss_fn = sc.CrossEntropyLoss()
+    loss_fn = sc.engine.loss_route(sc.CrossEntropyLoss())  # the loss a split step computes
     ref = loss_fn.forward(whole.forward(x), y)
     with BatchSplit(split, sc.CrossEntropyLoss(), threads=2) as bs:
         loss, _ = bs.step(x, y)
@@ -100,7 +100,7 @@ def test_slices_are_linspace_rounded_half_to_even():
 def test_one_blas_thread_limits_and_restores():
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from scratchcnn.parallel import OneBlasThread
+    from scratchcnn.parallel.split import OneBlasThread
 
     def blas_threads():
         return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]

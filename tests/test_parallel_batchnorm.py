@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import scratchcnn as sc
-from scratchcnn.models import resnet8
-from scratchcnn.parallel import BatchSplit
+from scratchcnn.nn.zoo import resnet8
+from scratchcnn.parallel.split import BatchSplit
 
 
 def _batch(n, shape=(1, 12, 12), seed=0):

@@ -1,4 +1,4 @@
-"""The process backend of BatchSplit (scratchcnn.procsplit): the same step as the thread
+"""The process backend of BatchSplit (scratchcnn.parallel.procsplit): the same step as the thread
 backend, errors and deaths of workers reported without a hang, no worker left behind."""
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 import scratchcnn as sc
-from scratchcnn import models, procsplit
+from scratchcnn import models
 from scratchcnn.errors import ConfigError
-from scratchcnn.parallel import BatchSplit, resolve_backend
+from scratchcnn.parallel import procsplit
+from scratchcnn.parallel.split import BatchSplit, resolve_backend
 
 pytestmark = pytest.mark.skipif(not procsplit.available(), reason="x86-64 Linux only")
 
@@ -183,7 +184,7 @@ def test_close_ends_the_workers_and_so_does_our_death(tmp_path):
         import os, sys, time, numpy as np
         import scratchcnn as sc
         from scratchcnn import models
-        from scratchcnn.parallel import BatchSplit
+        from scratchcnn.parallel.split import BatchSplit
         m = models.lenet5(seed=0); m.eval()
         bs = BatchSplit(m, sc.CrossEntropyLoss(), 2, backend="processes")
         bs.forward(np.zeros((16, 1, 28, 28), np.float32))

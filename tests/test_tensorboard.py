@@ -14,8 +14,8 @@ from tensorboardX import SummaryWriter
 
 from scratchcnn import load
 from scratchcnn.cli import main
-from scratchcnn.models import lenet5
-from scratchcnn.tensorboard import filter_grid
+from scratchcnn.nn.zoo import lenet5
+from scratchcnn.training.tensorboard import filter_grid
 
 QUICK = ["--limit", "128", "--batch-size", "32", "--quiet", "--tensorboard"]
 SCALARS = {"loss/train", "loss/test", "accuracy/train", "accuracy/test", "lr"}
@@ -110,7 +110,7 @@ def test_filter_grid_tiles_every_filter_with_zero_as_mid_grey():
 
 def test_import_scratchcnn_does_not_import_tensorboardx():
     code = (
-        "import sys, scratchcnn, scratchcnn.cli, scratchcnn.train; "
+        "import sys, scratchcnn, scratchcnn.cli, scratchcnn.training.loop; "
         "assert 'tensorboardX' not in sys.modules and 'tensorboard' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

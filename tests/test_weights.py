@@ -17,8 +17,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import scratchcnn as sc
-from scratchcnn.models import lenet5
-from scratchcnn.weights import read_safetensors
+from scratchcnn.checkpoint.safetensors import read_safetensors
+from scratchcnn.nn.zoo import lenet5
 
 
 def torch_twin(model: sc.Sequential) -> nn.Sequential:
@@ -285,14 +285,14 @@ def test_every_truncation_of_a_real_file_is_refused(tmp_path):
 def test_special_files_are_refused(tmp_path):
     with pytest.raises(sc.CheckpointError, match="is a directory"):
         read_safetensors(tmp_path)
-    with pytest.raises(sc.CheckpointError, match="no such file"):
+    with pytest.raises(sc.CheckpointError, match="no such safetensors file"):
         read_safetensors(tmp_path / "absent.safetensors")
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    with pytest.raises(sc.CheckpointError, match="not a regular file"):
+    with pytest.raises(sc.CheckpointError, match=r"is a FIFO .*, not a regular safetensors file"):
         read_safetensors(fifo)
     if os.path.exists("/dev/zero"):
-        with pytest.raises(sc.CheckpointError, match="not a regular file"):
+        with pytest.raises(sc.CheckpointError, match="device, not a regular safetensors file"):
             read_safetensors("/dev/zero")
 
 

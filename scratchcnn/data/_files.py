@@ -6,7 +6,7 @@ import os
 import stat
 from pathlib import Path
 
-from scratchcnn.errors import DataError
+from scratchcnn.errors import DataError, os_reason
 
 
 def regular_file_size(path: Path, kind: str) -> int:
@@ -18,7 +18,7 @@ def regular_file_size(path: Path, kind: str) -> int:
     except FileNotFoundError:
         raise DataError(f"{path}: file not found (expected {kind})") from None
     except OSError as exc:
-        raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+        raise DataError(f"{path}: cannot read file ({os_reason(exc)})") from None
     if stat.S_ISDIR(st.st_mode):
         raise DataError(f"{path}: is a directory, expected {kind}")
     if not stat.S_ISREG(st.st_mode):

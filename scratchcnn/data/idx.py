@@ -22,7 +22,7 @@ from typing import BinaryIO, Literal
 import numpy as np
 
 from scratchcnn.data._files import regular_file_size
-from scratchcnn.errors import DataError
+from scratchcnn.errors import DataError, os_reason
 
 __all__ = [
     "IDX_TYPES",
@@ -128,7 +128,7 @@ def _open_regular(path: Path) -> tuple[BinaryIO, int]:
     try:
         return open(path, "rb"), size  # closed by read_idx
     except OSError as exc:
-        raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+        raise DataError(f"{path}: cannot read file ({os_reason(exc)})") from None
 
 
 def read_idx(
@@ -152,7 +152,7 @@ def read_idx(
         try:
             return _read_idx(_Reader(path, fh, size), expect)
         except OSError as exc:
-            raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+            raise DataError(f"{path}: cannot read file ({os_reason(exc)})") from None
 
 
 def _read_idx(src: _Reader, expect: Literal["images", "labels"] | None) -> np.ndarray:
@@ -258,7 +258,7 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise DataError(f"{path}: cannot write file ({exc.strerror or exc})") from None
+        raise DataError(f"{path}: cannot write file ({os_reason(exc)})") from None
 
 
 def read_mnist_pair(

@@ -24,7 +24,7 @@ import numpy as np
 from scratchcnn.data.idx import read_mnist_pair
 from scratchcnn.data.loader import Dataset
 from scratchcnn.data.shapes import SHAPE_CLASSES, make_shapes
-from scratchcnn.errors import DataError
+from scratchcnn.errors import DataError, os_reason
 
 __all__ = [
     "CHECKSUMS",
@@ -308,7 +308,7 @@ def _locate_idx(
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(
-            f"{cache}: cannot create cache directory ({exc.strerror or exc}); set "
+            f"{cache}: cannot create cache directory ({os_reason(exc)}); set "
             f"SCRATCHCNN_CACHE_DIR to a writeable folder or pass --data-dir"
         ) from None
     try:

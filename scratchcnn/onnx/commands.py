@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..checkpoint import load_checkpoint, save
 from ..errors import ConfigError
-from ..io import load_checkpoint, save
-from ..layers import LogSoftmax, Softmax
+from ..nn.layers import LogSoftmax, Softmax
 from .export import DEFAULT_OPSET, export
 from .load import classes_from, load_with_graph
 

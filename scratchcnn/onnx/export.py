@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
+from ..checkpoint import atomic_write_bytes
 from ..errors import ConfigError, OnnxError
-from ..io import atomic_write_bytes
-from ..model import Sequential
+from ..nn.layers.sequential import Sequential
 from ._deps import require_onnx
 
 #: The opset written by default: supported by every onnxruntime since 1.12.
@@ -287,7 +287,7 @@ def to_model_proto(
     proto = onnx.helper.make_model(graph, opset_imports=opsets, producer_name="scratchcnn")
     # The oldest IR version that can hold this opset, so older runtimes load the file too.
     proto.ir_version = onnx.helper.find_min_ir_version_for(opsets)
-    from .. import __version__
+    from .._version import __version__
 
     proto.producer_version = __version__
     if classes is not None:

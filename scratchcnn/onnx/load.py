@@ -30,75 +30,26 @@ import json
 import math
 import os
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import OnnxError
-from ..model import Sequential
+from ..errors import OnnxError, os_reason
+from ..nn.layers.sequential import Sequential
 from ._deps import require_onnx
 from .export import CLASSES_KEY, MIN_OPSET
-
-#: Files larger than this are refused (one protobuf message cannot exceed 2 GiB anyway).
-MAX_FILE_BYTES = 2**31 - 1
-#: Graphs with more nodes than this are refused.
-MAX_NODES = 10_000
-#: Largest tensor rank accepted in a file.
-MAX_RANK = 8
-#: Largest number of elements a folded constant (Gather, Concat ...) may have.
-MAX_FOLDED_ELEMENTS = 1 << 20
-#: Largest number of values per image the input may declare.
-MAX_INPUT_ELEMENTS = 1 << 31
-
-#: A symbolic batch size inside folded shape arithmetic (never a real dimension).
-BATCH = np.iinfo(np.int64).min + 7
-
-
-@dataclass
-class Node:
-    """One ONNX node, with what the error messages need."""
-
-    index: int
-    proto: Any
-    op: str
-    name: str
-    inputs: list[str]
-    outputs: list[str]
-    swapped: bool = False  # inputs exchanged by the walk (c + x read as x + c)
-
-    def where(self) -> str:
-        label = f'node "{self.name}"' if self.name else f"node #{self.index}"
-        return f"{label} ({self.op})"
-
-    def unsupported(self, detail: str = "") -> OnnxError:
-        return OnnxError(f"{self.where()} is not supported" + (f" ({detail})" if detail else ""))
-
-    def error(self, detail: str) -> OnnxError:
-        return OnnxError(f"{self.where()}: {detail}")
-
-
-@dataclass
-class Graph:
-    """A validated graph: the nodes in topological order and what each value is."""
-
-    nodes: list[Node]
-    producer: dict[str, Node]
-    consumers: dict[str, list[Node]]
-    consts: dict[str, np.ndarray]
-    input_name: str
-    input_shape: tuple[Any, ...]  # dims; the batch axis may be a string (symbolic)
-    output_name: str
-    output_dims: tuple[Any, ...]
-    dtype: np.dtype
-    opset: int
-    metadata: dict[str, str] = field(default_factory=dict)
-    # Shapes the file declares for intermediate values (value_info), checked by the walk.
-    declared: dict[str, tuple[Any, ...]] = field(default_factory=dict)
-    # Per value: "act" (depends on the input), "shape" (derived from an activation's shape)
-    # or "const".
-    kind: dict[str, str] = field(default_factory=dict)
+from .graph import (
+    MAX_FILE_BYTES,
+    MAX_INPUT_ELEMENTS,
+    MAX_NODES,
+    Graph,
+    Node,
+    check_declared,
+    read_tensor,
+    value_dims,
+)
+from .ops import Walker
 
 
 # --- reading the file ------------------------------------------------------------------------
@@ -113,7 +64,7 @@ def _read(path: Path) -> bytes:
             raise OnnxError(f"{path}: {size:,} bytes is larger than an ONNX file can be (2 GiB)")
         data = path.read_bytes()
     except OSError as exc:
-        raise OnnxError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
+        raise OnnxError(f"{path}: cannot read it ({os_reason(exc)})") from exc
     if not data:
         raise OnnxError(f"{path}: empty file, not an ONNX model")
     return data
@@ -132,100 +83,6 @@ def _parse(onnx: Any, data: bytes) -> Any:
     if not proto.HasField("graph") or proto.ir_version <= 0:
         raise OnnxError("not an ONNX model (no graph or no IR version in the file)")
     return proto
-
-
-_FLOAT_TYPES = {1: np.float32, 11: np.float64, 10: np.float16}
-_INT_TYPES = {7: np.int64, 6: np.int32, 9: np.bool_, 3: np.int8, 2: np.uint8}
-
-
-def _tensor(onnx: Any, t: Any, what: str) -> np.ndarray:
-    """An initializer or Constant value as an array, after checking that the file holds
-    exactly the bytes its dims declare (nothing is allocated from the dims alone)."""
-    if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
-        raise OnnxError(
-            f"{what} is stored in an external data file; scratchcnn reads single-file "
-            "models only (save with onnx.save(..., save_as_external_data=False))"
-        )
-    if t.segment.begin or t.segment.end:
-        raise OnnxError(f"{what} is a segment of a tensor; not supported")
-    np_type = _FLOAT_TYPES.get(t.data_type) or _INT_TYPES.get(t.data_type)
-    if np_type is None:
-        name = (
-            onnx.TensorProto.DataType.Name(t.data_type)
-            if t.data_type in (onnx.TensorProto.DataType.values())
-            else str(t.data_type)
-        )
-        raise OnnxError(f"{what} has data type {name}; scratchcnn reads float and int tensors")
-    dims = [int(d) for d in t.dims]
-    if len(dims) > MAX_RANK or any(d < 0 for d in dims):
-        raise OnnxError(f"{what} has bad dims {dims}")
-    count = math.prod(dims)
-    itemsize = np.dtype(np_type).itemsize
-    if t.HasField("raw_data") or t.raw_data:
-        held, need = len(t.raw_data), count * itemsize
-        unit = "bytes"
-    else:
-        fields = {
-            1: t.float_data,
-            11: t.double_data,
-            7: t.int64_data,
-            6: t.int32_data,
-            10: t.int32_data,
-            9: t.int32_data,
-            3: t.int32_data,
-            2: t.int32_data,
-        }
-        held, need, unit = len(fields[t.data_type]), count, "values"
-    if held != need:
-        raise OnnxError(f"{what} declares dims {dims} ({need:,} {unit}) but holds {held:,} {unit}")
-    try:
-        arr = onnx.numpy_helper.to_array(t)
-    except (ValueError, TypeError) as exc:
-        raise OnnxError(f"{what} cannot be read: {exc}") from exc
-    arr = np.asarray(arr)
-    if arr.dtype == np.float16:
-        arr = arr.astype(np.float32)
-    return arr.reshape(dims)
-
-
-def _dims(onnx: Any, value_info: Any, what: str) -> tuple[tuple[Any, ...], int]:
-    """(dims, elem_type) of a graph input/output; unknown dims are strings."""
-    t = value_info.type
-    if t.WhichOneof("value") != "tensor_type":
-        raise OnnxError(f"{what} is not a tensor")
-    tt = t.tensor_type
-    if not tt.HasField("shape"):
-        return (), tt.elem_type
-    dims: list[Any] = []
-    for d in tt.shape.dim:
-        if d.HasField("dim_value"):
-            if d.dim_value < 0:
-                raise OnnxError(f"{what} has a negative dimension {d.dim_value}")
-            dims.append(int(d.dim_value))
-        else:
-            dims.append(d.dim_param or "?")
-    if len(dims) > MAX_RANK:
-        raise OnnxError(f"{what} has rank {len(dims)} (at most {MAX_RANK})")
-    return tuple(dims), tt.elem_type
-
-
-def _constant_node(onnx: Any, node: Node) -> np.ndarray:
-    """The value of a Constant node."""
-    attrs = node.proto.attribute
-    if len(attrs) != 1:
-        raise node.unsupported("it must have exactly one value attribute")
-    a = attrs[0]
-    if a.name == "value":
-        return _tensor(onnx, a.t, f"{node.where()} value")
-    if a.name == "value_float":
-        return np.array(a.f, dtype=np.float32)
-    if a.name == "value_floats":
-        return np.array(list(a.floats), dtype=np.float32)
-    if a.name == "value_int":
-        return np.array(a.i, dtype=np.int64)
-    if a.name == "value_ints":
-        return np.array(list(a.ints), dtype=np.int64)
-    raise node.unsupported(f"attribute {a.name}")
 
 
 def read_graph(onnx: Any, proto: Any) -> Graph:
@@ -252,7 +109,7 @@ def read_graph(onnx: Any, proto: Any) -> Graph:
     for t in g.initializer:
         if not t.name or t.name in consts:
             raise OnnxError(f"initializer {t.name!r} is unnamed or defined twice")
-        consts[t.name] = _tensor(onnx, t, f"initializer {t.name!r}")
+        consts[t.name] = read_tensor(onnx, t, f"initializer {t.name!r}")
     inputs = [vi for vi in g.input if vi.name not in consts]
     if len(inputs) != 1:
         names = ", ".join(repr(vi.name) for vi in inputs) or "none"
@@ -263,8 +120,8 @@ def read_graph(onnx: Any, proto: Any) -> Graph:
         names = ", ".join(repr(vi.name) for vi in g.output)
         raise OnnxError(f"the graph must have exactly one output; it has {len(g.output)}: {names}")
     in_vi, out_vi = inputs[0], g.output[0]
-    in_dims, in_elem = _dims(onnx, in_vi, f"graph input {in_vi.name!r}")
-    out_dims, _ = _dims(onnx, out_vi, f"graph output {out_vi.name!r}")
+    in_dims, in_elem = value_dims(onnx, in_vi, f"graph input {in_vi.name!r}")
+    out_dims, _ = value_dims(onnx, out_vi, f"graph output {out_vi.name!r}")
     if in_elem not in (1, 11):
         name = (
             onnx.TensorProto.DataType.Name(in_elem)
@@ -330,7 +187,7 @@ def read_graph(onnx: Any, proto: Any) -> Graph:
     )
     for vi in g.value_info:
         if vi.type.WhichOneof("value") == "tensor_type":
-            graph.declared[vi.name] = _dims(onnx, vi, f"value {vi.name!r}")[0]
+            graph.declared[vi.name] = value_dims(onnx, vi, f"value {vi.name!r}")[0]
     graph.kind[in_vi.name] = "act"
     for name in consts:
         graph.kind[name] = "const"
@@ -398,7 +255,6 @@ def load_with_graph(path: str | os.PathLike) -> tuple[Sequential, Graph]:
 
 def model_from_proto(onnx: Any, proto: Any) -> tuple[Sequential, Graph]:
     """Build the Sequential of a parsed ModelProto; also returns the validated graph."""
-    from .ops import Walker
 
     graph = read_graph(onnx, proto)
     layers, out_shape = Walker(onnx, graph).run()
@@ -406,19 +262,6 @@ def model_from_proto(onnx: Any, proto: Any) -> tuple[Sequential, Graph]:
     model = Sequential(layers, input_shape=tuple(graph.input_shape[1:]))
     model.eval()
     return model, graph
-
-
-def check_declared(declared: tuple[Any, ...], shape: tuple[int, ...], what: str) -> None:
-    """The shape a file declares for a value must be the one the layers compute (symbolic
-    or unknown dims match anything; the batch axis is not compared)."""
-    if declared and (
-        len(declared) != len(shape)
-        or any(isinstance(d, int) and d != s for d, s in zip(declared[1:], shape[1:], strict=True))
-    ):
-        raise OnnxError(
-            f"{what} is declared {list(declared)} but the nodes compute "
-            f"(N, {', '.join(str(d) for d in shape[1:])})"
-        )
 
 
 def classes_from(graph_or_meta: Graph | dict[str, str]) -> list[str] | None:

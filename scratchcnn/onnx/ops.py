@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import OnnxError, ScratchCNNError
-from ..layers import (
+from ..nn.layers import (
     AvgPool2D,
     BatchNorm2D,
     Conv2D,
@@ -33,9 +33,18 @@ from ..layers import (
     Softmax,
     Tanh,
 )
-from ..layers.base import LAYER_TYPES, Layer
-from ..model import Sequential
-from .load import BATCH, MAX_FOLDED_ELEMENTS, Graph, Node, _constant_node, check_declared
+from ..nn.layers.base import LAYER_TYPES, Layer
+from ..nn.layers.sequential import Sequential
+from .graph import (
+    BATCH,
+    FLOAT_TYPES,
+    INT_TYPES,
+    MAX_FOLDED_ELEMENTS,
+    Graph,
+    Node,
+    check_declared,
+    constant_node,
+)
 
 Shape = tuple[int, ...]
 Converter = Callable[["Walker", Node, Shape], list[Layer]]
@@ -134,7 +143,7 @@ class Walker:
         ins = [self.values.get(i) if i else None for i in node.inputs]
         try:
             if op == "Constant":
-                return [_constant_node(self.onnx, node)]
+                return [constant_node(self.onnx, node)]
             if op == "Identity":
                 self.attrs(node, {})
                 return [ins[0]]
@@ -150,9 +159,8 @@ class Walker:
                 return [dims[a["start"] : a["end"]]]
             if op == "Cast":
                 a = self.attrs(node, {"to": (_INT_ATTR, 1), "saturate": (_INT_ATTR, 1)})
-                from .load import _FLOAT_TYPES, _INT_TYPES
 
-                to = _FLOAT_TYPES.get(a["to"]) or _INT_TYPES.get(a["to"])
+                to = FLOAT_TYPES.get(a["to"]) or INT_TYPES.get(a["to"])
                 if to is None or (np.any(ins[0] == BATCH) and to != np.int64):
                     raise node.unsupported(f"attribute to={a['to']}")
                 return [ins[0].astype(to)]

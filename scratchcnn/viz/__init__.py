@@ -19,16 +19,16 @@ exactly figsize x ``DPI`` pixels (see ``WALKTHROUGH_FIGSIZE``, ``SOBEL_FIGSIZE``
 from __future__ import annotations
 
 from ._style import DPI
-from .attribution import EXPLAIN_FIGSIZES, ModelExplanation, explain_model
-from .explain import (
+from .explain import EXPLAIN_FIGSIZES, ModelExplanation, explain_model
+from .plots import FIGSIZES, load_metrics, load_run, plot_run
+from .sobel import SOBEL_FIGSIZE, SOBEL_HORIZONTAL, SOBEL_VERTICAL, sobel_demo, sobel_edges
+from .walkthrough import (
     WALKTHROUGH_FIGSIZE,
     Walkthrough,
     format_walkthrough,
     plot_walkthrough,
     run_walkthrough,
 )
-from .plots import FIGSIZES, load_metrics, load_run, plot_run
-from .sobel import SOBEL_FIGSIZE, SOBEL_HORIZONTAL, SOBEL_VERTICAL, sobel_demo, sobel_edges
 
 __all__ = [
     "DPI",

@@ -19,7 +19,7 @@ from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from ..errors import DataError
+from ..errors import DataError, os_reason
 
 #: Resolution of every figure scratchcnn writes; pixel size = figsize (inches) * DPI.
 DPI = 100
@@ -57,7 +57,7 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.ascontiguousarray(rgb)).save(path, format="PNG")
     except OSError as exc:
-        raise DataError(f"{path}: cannot write the picture ({exc.strerror or exc})") from exc
+        raise DataError(f"{path}: cannot write the picture ({os_reason(exc)})") from exc
     return path
 
 

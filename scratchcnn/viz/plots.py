@@ -20,11 +20,11 @@ import numpy as np
 from matplotlib.figure import Figure, SubFigure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
+from ..checkpoint import load
 from ..data import Dataset, load_dataset
 from ..errors import DataError
-from ..io import load
-from ..layers import Conv2D, LeakyReLU, ReLU, Sigmoid, Tanh
-from ..model import Sequential
+from ..nn.layers import Conv2D, LeakyReLU, ReLU, Sigmoid, Tanh
+from ..nn.layers.sequential import Sequential
 from . import _style
 
 __all__ = [

@@ -15,7 +15,7 @@ from matplotlib.patches import Rectangle
 
 from ..data.images import load_grayscale_image
 from ..errors import ConfigError, DataError
-from ..layers import Conv2D
+from ..nn.layers import Conv2D
 from . import _style
 
 __all__ = [

@@ -1,7 +1,8 @@
 """Run the scratchcnn command line, but freeze inside one checkpoint write, to be killed there.
 
 Used by test_kill_resume.py as ``python tests/faults/pause_in_write.py train ...``. The
-product code runs unchanged; only ``scratchcnn.io.atomic_write_bytes`` is wrapped for the
+product code runs unchanged; only ``scratchcnn.checkpoint.npz.atomic_write_bytes`` is wrapped
+for the
 ``PAUSE_AT``-th write of ``model.npz`` (1-based). ``PAUSE_MODE`` says where it freezes:
 
 * ``mid-write``: half of the checkpoint's bytes are in the temporary file;
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-import scratchcnn.io as sio
+import scratchcnn.checkpoint.npz as sio
 from scratchcnn.cli import main
 
 PAUSE_AT = int(os.environ["PAUSE_AT"])

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 import scratchcnn as sc
+from scratchcnn.checkpoint.npz import META_KEY, _digest, checkpoint_bytes
 from scratchcnn.cli import main
 from scratchcnn.data import load_dataset
-from scratchcnn.io import META_KEY, _digest, checkpoint_bytes
-from scratchcnn.models import shapes_net
-from scratchcnn.train import fit, make_optimizer, make_scheduler
+from scratchcnn.nn.zoo import shapes_net
+from scratchcnn.training.loop import fit, make_optimizer, make_scheduler
 
 from .conftest import captured_error, error_line, run_cli
 

@@ -29,14 +29,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import scratchcnn as sc
+from scratchcnn.checkpoint.npz import META_KEY, _digest, checkpoint_bytes
 from scratchcnn.cli import main
-from scratchcnn.io import META_KEY, _digest, checkpoint_bytes
 
 from .conftest import captured_error, child_env, run_cli
 
 #: Peak resident memory allowed for the child that runs every command on every case. The
 #: child's own baseline (Python, NumPy, Pillow, matplotlib, the data) is about 150 MB, and
-#: glibc may keep up to 128 MiB of freed memory resident (``scratchcnn.runtime``); the
+#: glibc may keep up to 128 MiB of freed memory resident (``scratchcnn.parallel.allocator``); the
 #: crafted files would take gigabytes if anything in them were trusted.
 PEAK_MB = 512
 HERE = Path(__file__).parent
@@ -558,9 +558,9 @@ def test_a_user_layer_cannot_shadow_a_built_in(tmp_path):
         def backward(self, dy):
             return dy * 2
 
-    assert sc.layers.LAYER_TYPES["ReLU"] is sc.ReLU
+    assert sc.nn.layers.LAYER_TYPES["ReLU"] is sc.ReLU
     qualified = f"{__name__}.test_a_user_layer_cannot_shadow_a_built_in.<locals>.ReLU"
-    assert sc.layers.LAYER_TYPES[qualified] is ReLU
+    assert sc.nn.layers.LAYER_TYPES[qualified] is ReLU
     model = sc.Sequential([sc.ReLU(), ReLU()], input_shape=(1, 2, 2))
     sc.save(model, tmp_path / "m.npz")
     loaded = sc.load(tmp_path / "m.npz")
@@ -571,11 +571,11 @@ def test_a_user_layer_cannot_shadow_a_built_in(tmp_path):
 
 def test_a_missing_user_layer_and_private_classes_are_clear_errors():
     with pytest.raises(sc.ConfigError, match=r"unknown layer type 'mylib\.Scale': a custom layer"):
-        sc.layers.layer_from_config({"type": "mylib.Scale"})
-    for private in ("_Elementwise", "_Pool2D", "scratchcnn.layers.pooling._Pool2D"):
+        sc.nn.layers.layer_from_config({"type": "mylib.Scale"})
+    for private in ("_Elementwise", "_Pool2D", "scratchcnn.nn.layers.pooling._Pool2D"):
         with pytest.raises(sc.ConfigError, match="unknown layer type"):
-            sc.layers.layer_from_config({"type": private, "config": {"kernel_size": 2}})
-    assert not any(part.startswith("_") for k in sc.layers.LAYER_TYPES for part in k.split("."))
+            sc.nn.layers.layer_from_config({"type": private, "config": {"kernel_size": 2}})
+    assert not any(part.startswith("_") for k in sc.nn.layers.LAYER_TYPES for part in k.split("."))
 
 
 def test_old_checkpoints_with_bare_user_names_still_load(tmp_path):
@@ -633,7 +633,7 @@ def test_state_shapes_match_every_built_in_layer():
     for layer in layers:
         expected = {k: v.shape for k, v in layer.named_tensors()}
         assert type(layer).state_shapes(layer.config()) == expected, layer
-    builtin = {k for k in sc.layers.LAYER_TYPES if "." not in k}
+    builtin = {k for k in sc.nn.layers.LAYER_TYPES if "." not in k}
     assert builtin <= {type(la).__name__ for la in layers} | {"Rescale"}, builtin
 
 

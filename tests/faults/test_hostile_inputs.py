@@ -26,7 +26,7 @@ import scratchcnn as sc
 from scratchcnn.data import read_idx, write_idx
 from scratchcnn.data.images import MAX_IMAGE_PIXELS, load_grayscale_image, load_image
 from scratchcnn.errors import DataError
-from scratchcnn.models import lenet5
+from scratchcnn.nn.zoo import lenet5
 
 from .conftest import child_env
 

@@ -189,7 +189,7 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path, reference):
 
 
 def test_stale_temp_files_of_dead_writers_are_removed_live_ones_kept(tmp_path):
-    from scratchcnn.io import atomic_write_bytes
+    from scratchcnn.checkpoint.npz import atomic_write_bytes
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

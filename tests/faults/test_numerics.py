@@ -10,8 +10,8 @@ import pytest
 
 import scratchcnn as sc
 from scratchcnn.data import load_dataset
-from scratchcnn.models import tiny_cnn
-from scratchcnn.train import fit
+from scratchcnn.nn.zoo import tiny_cnn
+from scratchcnn.training.loop import fit
 
 from .conftest import error_line, run_cli
 

@@ -11,11 +11,11 @@ import sys
 import pytest
 
 import scratchcnn as sc
+from scratchcnn.checkpoint.npz import atomic_write_bytes
 from scratchcnn.data import load_dataset
 from scratchcnn.errors import FileWriteError
-from scratchcnn.io import atomic_write_bytes
-from scratchcnn.models import shapes_net
-from scratchcnn.train import fit
+from scratchcnn.nn.zoo import shapes_net
+from scratchcnn.training.loop import fit
 
 from .conftest import cli, error_line, run, run_cli, temp_files
 

@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import scratchcnn as sc
-from scratchcnn.models import lenet5
+from scratchcnn.nn.zoo import lenet5
 from scratchcnn.onnx import export, load
 from scratchcnn.onnx import load as load_module
 from tests.onnx.helpers import graph_model, save

@@ -9,7 +9,7 @@ from onnx import helper
 from torch import nn
 
 import scratchcnn as sc
-from scratchcnn.models import resnet8
+from scratchcnn.nn.zoo import resnet8
 from scratchcnn.onnx import export, load
 from tests.onnx.helpers import graph_model, rel_err, save
 from tests.onnx.test_onnx_export import _blocks_model

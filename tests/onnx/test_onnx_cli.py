@@ -10,7 +10,7 @@ from onnx import helper
 
 import scratchcnn as sc
 from scratchcnn.cli import main
-from scratchcnn.models import lenet5
+from scratchcnn.nn.zoo import lenet5
 from tests.onnx.helpers import graph_model, rel_err, run_ort, save
 
 CLASSES = [f"c{i}" for i in range(10)]

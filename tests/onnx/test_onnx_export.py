@@ -104,7 +104,7 @@ def test_float64_model_exports_float64_graph(tmp_path, rng):
 
 
 def test_graph_interface_input_output_dynamic_batch_and_keys(tmp_path):
-    from scratchcnn.models import lenet5
+    from scratchcnn.nn.zoo import lenet5
 
     model = lenet5(seed=0)
     path = export(model, tmp_path / "m.onnx", classes=list("abcdefghij"))
@@ -231,7 +231,7 @@ def test_blocks_export_and_run_in_onnxruntime(tmp_path, rng):
 
 
 def test_resnet8_exports(tmp_path, rng):
-    from scratchcnn.models import resnet8
+    from scratchcnn.nn.zoo import resnet8
 
     model = resnet8(seed=0).eval()
     path = export(model, tmp_path / "r.onnx")

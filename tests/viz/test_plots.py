@@ -15,7 +15,7 @@ from PIL import Image
 import scratchcnn as sc
 from scratchcnn.data import DataLoader, load_dataset
 from scratchcnn.errors import DataError
-from scratchcnn.models import lenet5, shapes_net, tiny_cnn
+from scratchcnn.nn.zoo import lenet5, shapes_net, tiny_cnn
 from scratchcnn.viz import DPI, FIGSIZES, load_metrics, load_run, plot_run
 from scratchcnn.viz.plots import (
     confusion_matrix,

@@ -1,0 +1,559 @@
+"""The compiled kernels (numba). Imported only through ``scratchcnn.engine.modes.active()``.
+
+Each function is a plain loop nest over C-contiguous arrays laid out as the layers keep
+their activations in memory: (A, C, B) for per-channel work (C the channel axis, A and B
+everything before and after it), (P, H, Q, W, R) for pooling (H and W the spatial axes).
+Every kernel releases the GIL (``nogil``), so the threads of a split batch run them side by
+side. Sums accumulate in float64 per channel, in a fixed order: the same input gives the
+same bits every time. ``reassoc`` lets LLVM vectorise those sums (it changes only the
+order of additions, not which values are added).
+
+A rule for writing them: inside an inner loop, index an array by the bare loop variable
+(take a slice first: ``row = a[i, k0 : k0 + n]``, then ``row[j]``). An index with an offset
+(``a[j + k]``) goes through numba's negative-index test on every access, and LLVM then does
+not vectorise the loop: 5-10x slower, measured on Winograd transforms (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+_LOOP = {"nogil": True, "cache": True, "boundscheck": False}
+_SUM = {**_LOOP, "fastmath": {"reassoc"}}
+
+
+# --- BatchNorm: sums over (A, B) per channel, and the two element-wise passes -------------
+@nb.njit(**_SUM)
+def channel_sum(x):
+    """s[c] = sum_{a,b} x[a,c,b], in float64."""
+    na, nc, nb_ = x.shape
+    out = np.zeros(nc, np.float64)
+    for a in range(na):
+        for c in range(nc):
+            s = 0.0
+            for b in range(nb_):
+                s += np.float64(x[a, c, b])
+            out[c] += s
+    return out
+
+
+@nb.njit(**_LOOP)
+def channel_add(x, b):
+    """x[a, c, :] += b[c] in place: Conv2D's bias (3x NumPy's broadcast add at 32x256 rows)."""
+    na, nc, nb_ = x.shape
+    for a in range(na):
+        for c in range(nc):
+            v = b[c]
+            row = x[a, c]
+            for k in range(nb_):
+                row[k] += v
+
+
+@nb.njit(**_SUM)
+def channel_sqdev(x, mean):
+    """s[c] = sum_{a,b} (x[a,c,b] - mean[c])^2, the difference in x's dtype."""
+    na, nc, nb_ = x.shape
+    out = np.zeros(nc, np.float64)
+    for a in range(na):
+        for c in range(nc):
+            m = mean[c]
+            s = 0.0
+            for b in range(nb_):
+                d = np.float64(x[a, c, b] - m)
+                s += d * d
+            out[c] += s
+    return out
+
+
+@nb.njit(**_LOOP)
+def channel_affine(x, mean, scale, bias, out):
+    """out = (x - mean[c]) * scale[c] + bias[c]."""
+    na, nc, nb_ = x.shape
+    for a in range(na):
+        for c in range(nc):
+            m, s, t = mean[c], scale[c], bias[c]
+            for b in range(nb_):
+                out[a, c, b] = (x[a, c, b] - m) * s + t
+
+
+@nb.njit(**_SUM)
+def channel_grad_sums(dy, x, mean):
+    """(sum dy, sum dy * (x - mean)) per channel, in float64: one pass over dy and x."""
+    na, nc, nb_ = x.shape
+    out = np.zeros((2, nc), np.float64)
+    for a in range(na):
+        for c in range(nc):
+            m = mean[c]
+            s0 = 0.0
+            s1 = 0.0
+            for b in range(nb_):
+                g = np.float64(dy[a, c, b])
+                s0 += g
+                s1 += g * np.float64(x[a, c, b] - m)
+            out[0, c] += s0
+            out[1, c] += s1
+    return out
+
+
+@nb.njit(**_LOOP)
+def channel_grad_input(dy, x, mean, a_, k1, k2, out):
+    """out = a[c] * dy - k1[c] * (x - mean[c]) - k2[c] (BatchNorm's dL/dx in training)."""
+    na, nc, nb_ = x.shape
+    for a in range(na):
+        for c in range(nc):
+            m, s, u, v = mean[c], a_[c], k1[c], k2[c]
+            for b in range(nb_):
+                out[a, c, b] = s * dy[a, c, b] - u * (x[a, c, b] - m) - v
+
+
+# --- SGD with momentum, in place over flat memory -----------------------------------------
+@nb.njit(**_LOOP)
+def sgd_momentum(p, g, buf, lr, mu):
+    """buf = mu * buf + g;  p -= lr * buf. The same float operations, in the same order, as
+    the NumPy update (no fused multiply-add), so the same bits in one pass instead of
+    three."""
+    for i in range(p.size):
+        b = buf[i] * mu + g[i]
+        buf[i] = b
+        p[i] -= lr * b
+
+
+# --- ReLU over flat memory ------------------------------------------------------------------
+@nb.njit(**_LOOP)
+def relu(x, out):
+    """out = max(x, 0), NaN kept (as np.maximum and torch do)."""
+    zero = x.dtype.type(0)
+    for i in range(x.size):
+        v = x[i]
+        out[i] = v if (v > zero or v != v) else zero
+
+
+@nb.njit(**_LOOP)
+def relu_grad(dy, y, out):
+    """out = dy where y > 0, else 0."""
+    zero = dy.dtype.type(0)
+    for i in range(y.size):
+        out[i] = dy[i] if y[i] > 0 else zero
+
+
+# --- max pooling, windows that tile (stride = kernel, no padding or dilation) --------------
+@nb.njit(**_LOOP)
+def maxpool(x, kh, kw, y, idx):
+    """y[p,i,q,j,r] = max_{u,v} x[p, i*kh+u, q, j*kw+v, r]; idx = u*kw + v of the winner:
+    the first maximum in row-major order, the last NaN if the window holds NaN (torch's
+    rule). Offsets are visited one at a time over the innermost axis, which vectorises."""
+    np_, oh, nq, ow, nr = y.shape
+    for p in range(np_):
+        for i in range(oh):
+            for q in range(nq):
+                for j in range(ow):
+                    for r in range(nr):
+                        y[p, i, q, j, r] = x[p, i * kh, q, j * kw, r]
+                        idx[p, i, q, j, r] = 0
+                    for u in range(kh):
+                        for v in range(kw):
+                            if u == 0 and v == 0:
+                                continue
+                            k = u * kw + v
+                            for r in range(nr):
+                                val = x[p, i * kh + u, q, j * kw + v, r]
+                                if val > y[p, i, q, j, r] or val != val:
+                                    y[p, i, q, j, r] = val
+                                    idx[p, i, q, j, r] = k
+
+
+@nb.njit(**_LOOP)
+def maxpool2x2(x, y, idx):
+    """``maxpool`` for 2x2 windows, the common case, with the four taps compared in registers.
+    Over a long innermost axis r (the batch, in Conv2D's layout) LLVM turns the comparisons
+    into vector blends. Over a short one they stay branches, which mispredict on real data
+    (measured 10x slower at r = 8): the caller uses ``maxpool2x2_short`` for those, and
+    ``maxpool2x2_lanes`` for any r that is a multiple of 8."""
+    np_, oh, nq, ow, nr = y.shape
+    for p in range(np_):
+        for i in range(oh):
+            for q in range(nq):
+                for j in range(ow):
+                    for r in range(nr):
+                        best = x[p, 2 * i, q, 2 * j, r]
+                        k = 0
+                        v = x[p, 2 * i, q, 2 * j + 1, r]
+                        if v > best or v != v:
+                            best, k = v, 1
+                        v = x[p, 2 * i + 1, q, 2 * j, r]
+                        if v > best or v != v:
+                            best, k = v, 2
+                        v = x[p, 2 * i + 1, q, 2 * j + 1, r]
+                        if v > best or v != v:
+                            best, k = v, 3
+                        y[p, i, q, j, r] = best
+                        idx[p, i, q, j, r] = k
+
+
+@nb.njit(**_LOOP)
+def maxpool2x2_short(x, y, idx):
+    """``maxpool2x2`` for a short innermost axis r that is not a multiple of 8 (a batch of
+    1-7 or 9-15 images in Conv2D's layout; plain NCHW memory stays on NumPy, see
+    MaxPool2D). Here nothing vectorises, so the comparisons must not be branches: ``max``
+    becomes a max instruction and the winning offset is picked by integer arithmetic (6x
+    faster than ``maxpool2x2`` at r = 8). ``max`` does not follow torch's rule for NaN, so
+    a row of windows that holds one is redone by ``_nan_windows``."""
+    np_, oh, nq, ow, nr = y.shape
+    for p in range(np_):
+        for i in range(oh):
+            for q in range(nq):
+                bad = False
+                for j in range(ow):
+                    for r in range(nr):
+                        a = x[p, 2 * i, q, 2 * j, r]
+                        b = x[p, 2 * i, q, 2 * j + 1, r]
+                        c = x[p, 2 * i + 1, q, 2 * j, r]
+                        d = x[p, 2 * i + 1, q, 2 * j + 1, r]
+                        best = max(a, b)
+                        k = np.uint8(b > a)  # strict: the first maximum wins a tie
+                        g = np.uint8(c > best)
+                        k += g * (2 - k)
+                        best = max(best, c)
+                        g = np.uint8(d > best)
+                        k += g * (3 - k)
+                        y[p, i, q, j, r] = max(best, d)
+                        idx[p, i, q, j, r] = k
+                        bad |= (a != a) | (b != b) | (c != c) | (d != d)
+                if bad:
+                    _nan_windows(x, 2, 2, p, i, q, y, idx)
+
+
+# --- 2x2 max pooling over runs of 8: explicit vectors -----------------------------------------
+# LLVM vectorises a loop only when it runs at least (vector width) x (unroll) times, 16 for
+# these: at a batch of 8 (an innermost axis 8 long, Conv2D's layout) every kernel above runs
+# scalar code. numba has no vector type, so these two intrinsics write the LLVM IR of one
+# 8-wide step themselves (any CPU: LLVM splits the vectors where registers are narrower).
+# The kernels below call them for every 8 elements of the innermost axis, which must be a
+# multiple of 8: they check that and the shapes, since the intrinsics do not bound-check.
+LANES = 8
+
+
+def _at(context, builder, arrty, arr, offset):
+    """Pointer to element ``offset`` of the 1-D array ``arr`` (type ``arrty``)."""
+    return builder.gep(context.make_array(arrty)(context, builder, arr).data, [offset])
+
+
+def _load(builder, pointer, element):
+    vector = ir.VectorType(element, LANES).as_pointer()
+    return builder.load(builder.bitcast(pointer, vector), align=1)
+
+
+def _store(builder, value, pointer):
+    builder.store(value, builder.bitcast(pointer, value.type.as_pointer()), align=1)
+
+
+def _lanes(value, bits=8):
+    return ir.Constant(ir.VectorType(ir.IntType(bits), LANES), [value] * LANES)
+
+
+@intrinsic
+def _max4_lanes(typingctx, x, a, b, c, d, y, yo, idx):
+    """y[yo:yo+8] = the element-wise maximum of x[a:a+8], x[b:b+8], x[c:c+8], x[d:d+8] and
+    idx[yo:yo+8] the run that won (0-3): a later run wins if it is larger or NaN (torch's
+    rule: first maximum, last NaN)."""
+
+    def codegen(context, builder, signature, args):
+        xt, yt, it = signature.args[0], signature.args[5], signature.args[7]
+        xv, av, bv, cv, dv, yv, yov, iv = args
+        element = context.get_value_type(xt.dtype)
+        runs = [_load(builder, _at(context, builder, xt, xv, o), element) for o in (av, bv, cv, dv)]
+        best, k = runs[0], _lanes(0)
+        for tap in (1, 2, 3):
+            v = runs[tap]
+            take = builder.or_(
+                builder.fcmp_ordered(">", v, best), builder.fcmp_unordered("uno", v, v)
+            )
+            best = builder.select(take, v, best)
+            k = builder.select(take, _lanes(tap), k)
+        _store(builder, best, _at(context, builder, yt, yv, yov))
+        _store(builder, k, _at(context, builder, it, iv, yov))
+        return context.get_dummy_value()
+
+    return types.void(x, a, b, c, d, y, yo, idx), codegen
+
+
+@intrinsic
+def _route4_lanes(typingctx, dy, yo, idx, dx, a, b, c, d):
+    """dx[a:a+8], dx[b:b+8], dx[c:c+8], dx[d:d+8] = dy[yo:yo+8] where idx[yo:yo+8] names
+    that run (0-3), else 0."""
+
+    def codegen(context, builder, signature, args):
+        dyt, it, dxt = signature.args[0], signature.args[2], signature.args[3]
+        dyv, yov, iv, dxv, av, bv, cv, dv = args
+        element = context.get_value_type(dyt.dtype)
+        g = _load(builder, _at(context, builder, dyt, dyv, yov), element)
+        k = _load(builder, _at(context, builder, it, iv, yov), ir.IntType(8))
+        zero = ir.Constant(ir.VectorType(element, LANES), None)
+        for tap, o in enumerate((av, bv, cv, dv)):
+            hit = builder.icmp_unsigned("==", k, _lanes(tap))
+            _store(builder, builder.select(hit, g, zero), _at(context, builder, dxt, dxv, o))
+        return context.get_dummy_value()
+
+    return types.void(dy, yo, idx, dx, a, b, c, d), codegen
+
+
+@nb.njit(**_LOOP)
+def _lanes_2x2(big, small, idx, backward):
+    """The loop nest of the two kernels below, over ``big`` (P, H, Q, W, R) and ``small`` and
+    ``idx`` (P, OH, Q, OW, R): for every 8 windows, the four runs of ``big`` under them.
+    Forward, their maximum goes into ``small`` and the winner into ``idx``; backward,
+    ``small`` (dy) is routed into ``big`` (dx) by ``idx``. Checks first that no access can
+    fall outside the arrays: 2*OH <= H, 2*OW <= W, R a multiple of LANES."""
+    np_, h, nq, w, nr = big.shape
+    _, oh, _, ow, _ = small.shape
+    if (
+        small.shape[0] != np_
+        or small.shape[2] != nq
+        or small.shape[4] != nr
+        or 2 * oh > h
+        or 2 * ow > w
+        or nr % LANES
+    ):
+        raise ValueError("8-lane max pool: shapes do not match")
+    if idx.shape != small.shape:
+        raise ValueError("8-lane max pool: idx and the pooled array differ in shape")
+    bf, sf, kf = big.reshape(-1), small.reshape(-1), idx.reshape(-1)
+    row = nq * w * nr  # from big[p, h, q, w, r] to big[p, h + 1, q, w, r]
+    for p in range(np_):
+        for i in range(oh):
+            for q in range(nq):
+                a0 = ((p * h + 2 * i) * nq + q) * w * nr
+                s0 = ((p * oh + i) * nq + q) * ow * nr
+                for j in range(ow):
+                    for r in range(0, nr, LANES):
+                        a, s = a0 + 2 * j * nr + r, s0 + j * nr + r
+                        if backward:
+                            _route4_lanes(sf, s, kf, bf, a, a + nr, a + row, a + row + nr)
+                        else:
+                            _max4_lanes(bf, a, a + nr, a + row, a + row + nr, sf, s, kf)
+
+
+@nb.njit(**_LOOP)
+def maxpool2x2_lanes(x, y, idx):
+    """``maxpool2x2`` for C-contiguous arrays whose innermost axis R is a multiple of 8:
+    8 windows at a time in vector registers. 5-10x ``maxpool2x2_short`` at R = 8 and a
+    little faster than ``maxpool2x2`` at R >= 16; the same values and winners."""
+    _lanes_2x2(x, y, idx, False)
+
+
+@nb.njit(**_LOOP)
+def maxpool2x2_grad_lanes(dy, idx, dx):
+    """``maxpool_grad`` for 2x2 windows over C-contiguous arrays whose innermost axis is a
+    multiple of 8 (2-3x faster at R = 8 to 64); rows and columns no window covers are 0."""
+    _lanes_2x2(dx, dy, idx, True)
+    np_, oh, nq, ow, _ = dy.shape
+    zero = dx.dtype.type(0)
+    for p in range(np_):
+        for i in range(oh):
+            for q in range(nq):
+                for u in range(2):  # columns right of the last window
+                    rest = dx[p, 2 * i + u, q, 2 * ow :].reshape(-1)
+                    for t in range(rest.size):
+                        rest[t] = zero
+        for ii in range(2 * oh, dx.shape[1]):  # rows below the last window
+            rest = dx[p, ii].reshape(-1)
+            for t in range(rest.size):
+                rest[t] = zero
+
+
+@nb.njit(**_LOOP)
+def _nan_windows(x, kh, kw, p, i, q, y, idx):
+    """Redo the windows of row (p, i, q) that hold NaN: y is NaN, idx the last NaN's offset."""
+    _, _, _, ow, nr = y.shape
+    for j in range(ow):
+        for r in range(nr):
+            for u in range(kh):
+                for v in range(kw):
+                    val = x[p, i * kh + u, q, j * kw + v, r]
+                    if val != val:
+                        y[p, i, q, j, r] = val
+                        idx[p, i, q, j, r] = u * kw + v
+
+
+@nb.njit(**_LOOP)
+def maxpool_grad(dy, idx, kh, kw, dx):
+    """dx[p, i*kh+u, q, j*kw+v, r] = dy[p,i,q,j,r] where idx says (u, v) won, else 0; rows
+    and columns that no window covers are 0."""
+    np_, oh, nq, ow, nr = dy.shape
+    _, h, _, w, _ = dx.shape
+    zero = dx.dtype.type(0)
+    for p in range(np_):
+        for i in range(oh):
+            for q in range(nq):
+                for j in range(ow):
+                    for u in range(kh):
+                        for v in range(kw):
+                            k = u * kw + v
+                            for r in range(nr):
+                                g = dy[p, i, q, j, r]
+                                dx[p, i * kh + u, q, j * kw + v, r] = (
+                                    g if idx[p, i, q, j, r] == k else zero
+                                )
+                for u in range(kh):  # columns right of the last window
+                    for jj in range(ow * kw, w):
+                        for r in range(nr):
+                            dx[p, i * kh + u, q, jj, r] = zero
+        for ii in range(oh * kh, h):
+            for q in range(nq):
+                for jj in range(w):
+                    for r in range(nr):
+                        dx[p, ii, q, jj, r] = zero
+
+
+# --- Conv2D's weight between torch's order and the row blocks' ---------------------------
+@nb.njit(**_LOOP)
+def gather_cols(a, step, index, out):
+    """out[i, k] = a[i*step + index[k]] for flat ``a``: one permutation of a row's elements,
+    applied row by row. Conv2D's weight reorders, three per training step: NumPy copies them
+    with an innermost loop KW = 3 long, 3-5x slower (64x128x3x3: 165-180 against 35 us)."""
+    ni, nk = out.shape
+    for i in range(ni):
+        src = a[i * step :]
+        dst = out[i]
+        for k in range(nk):
+            dst[k] = src[index[k]]
+
+
+# --- the convolution's window copy ------------------------------------------------------------
+@nb.njit(**_LOOP)
+def gather_rows(xt, pt, pl, sw, r):
+    """r[h, c, v, j, n] = xpad[h, c, j*sw + v, n] for the (H, C, W, N) view ``xt`` (any
+    strides), zero-padded by pt rows on top and pl columns on the left (and as many at the
+    bottom and right as r's shape needs): Conv2D's row windows, padding included, in one pass.
+    """
+    hp, nc, kw, ow, nn = r.shape
+    h, _, w, _ = xt.shape
+    zero = r.dtype.type(0)
+    for hh in range(hp):
+        src = hh - pt
+        inside_row = 0 <= src < h
+        for c in range(nc):
+            for v in range(kw):
+                for j in range(ow):
+                    col = j * sw + v - pl
+                    if inside_row and 0 <= col < w:
+                        for n in range(nn):
+                            r[hh, c, v, j, n] = xt[src, c, col, n]
+                    else:
+                        for n in range(nn):
+                            r[hh, c, v, j, n] = zero
+
+
+@nb.njit(**_LOOP)
+def gather_rows_s1(x2, pt, pl, nn, r2):
+    """``gather_rows`` at stride 1 when x is C-contiguous as (H, C, W*N) (``x2``) and r as
+    (Hp, C, KW, OW*N) (``r2``), N = ``nn``: then r[h, c, v] is one contiguous run of x's
+    row, columns v - pl .. v - pl + OW - 1, with zeros for the columns on the padding. One
+    long loop per run vectorises at any N (the general kernel's innermost loop is N long:
+    scalar code at a batch of 8, 2.5x slower)."""
+    hp, nc, kw, m = r2.shape
+    h, _, wn = x2.shape
+    ow, w = m // nn, wn // nn
+    zero = r2.dtype.type(0)
+    for hh in range(hp):
+        src = hh - pt
+        for c in range(nc):
+            for v in range(kw):
+                dst = r2[hh, c, v]
+                if src < 0 or src >= h:
+                    for t in range(m):
+                        dst[t] = zero
+                    continue
+                jlo = min(max(pl - v, 0), ow)
+                jhi = max(min(w + pl - v, ow), jlo)
+                lo, hi = jlo * nn, jhi * nn
+                for t in range(lo):
+                    dst[t] = zero
+                seg = dst[lo:hi]
+                row = x2[src, c, (jlo + v - pl) * nn : (jhi + v - pl) * nn]
+                for t in range(hi - lo):
+                    seg[t] = row[t]
+                tail = dst[hi:]
+                for t in range(m - hi):
+                    tail[t] = zero
+
+
+@nb.njit(**_LOOP)
+def scatter_rows(cols, i0, sh, sw, pt, pl, dx):
+    """The adjoint of ``gather_rows`` after the GEMM, for Conv2D's input gradient:
+    dx[h, c, w, n] += cols[i - i0, u, c, v, j, n] for every (i, u, v, j) with
+    h = i*sh + u - pt and w = j*sw + v - pl (window cells on the padding are dropped).
+    ``cols`` is (rows, KH, C, KW, OW, N), output rows i0 .. i0 + rows - 1; dx (H, C, W, N)
+    is zeroed first when i0 is 0. One pass replaces KH row additions and the KW-fold
+    column fold, each a full sweep in NumPy."""
+    rows, kh, nc, kw, ow, nn = cols.shape
+    h, _, w, _ = dx.shape
+    zero = dx.dtype.type(0)
+    if i0 == 0:
+        for a in range(h):
+            for c in range(nc):
+                for b in range(w):
+                    for n in range(nn):
+                        dx[a, c, b, n] = zero
+    for ii in range(rows):
+        i = i0 + ii
+        for u in range(kh):
+            a = i * sh + u - pt
+            if a < 0 or a >= h:
+                continue
+            for c in range(nc):
+                for v in range(kw):
+                    for j in range(ow):
+                        b = j * sw + v - pl
+                        if 0 <= b < w:
+                            for n in range(nn):
+                                dx[a, c, b, n] += cols[ii, u, c, v, j, n]
+
+
+# --- Softmax cross-entropy over (N, K) logits ---------------------------------------------
+@nb.njit(**_LOOP)
+def softmax_xent(z, labels, probs):
+    """Row by row: probs = exp(z - max) / sum, in z's dtype; returns (sum over rows of
+    log(sum) - (z[label] - max) in float64, -1), or (0, n) for the first row n whose label
+    is outside [0, K), before anything is computed. The same formula, step by step, as the
+    NumPy path (CrossEntropyLoss), which does it in a dozen whole-array passes."""
+    nn, nk = z.shape
+    for n in range(nn):
+        y = labels[n]
+        if y < 0 or y >= nk:
+            return 0.0, n
+    total = 0.0
+    for n in range(nn):
+        row = z[n]
+        p = probs[n]
+        top = row[0]
+        for j in range(1, nk):
+            v = row[j]
+            if v > top or v != v:  # a NaN wins, as in np.max
+                top = v
+        s = row.dtype.type(0)
+        for j in range(nk):
+            e = np.exp(row[j] - top)
+            p[j] = e
+            s += e
+        for j in range(nk):
+            p[j] /= s
+        total += np.log(np.float64(s)) - (np.float64(row[labels[n]]) - np.float64(top))
+    return total, -1
+
+
+@nb.njit(**_LOOP)
+def softmax_xent_grad(probs, labels, divisor, out):
+    """out = (probs - onehot(labels)) / divisor (divisor 1 for a sum)."""
+    nn, nk = probs.shape
+    d = probs.dtype.type(divisor)
+    one = probs.dtype.type(1)
+    for n in range(nn):
+        for j in range(nk):
+            out[n, j] = probs[n, j] / d
+        y = labels[n]
+        out[n, y] = (probs[n, y] - one) / d

@@ -1,0 +1,325 @@
+"""Sequential: a list of layers run in order, with the state-dict and summary of a model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from ...errors import ConfigError, DTypeError, ShapeError
+from .. import dispatch
+from .base import (
+    Layer,
+    accepts_input_grad,
+    layer_from_config,
+    layer_spec,
+    leaf_dtype,
+    leaf_parameters,
+    leaves,
+    resolve_dtype,
+)
+
+
+class Sequential:
+    """Layers applied in order: y = layers[-1](...layers[0](x)).
+
+    ``backward(dy)`` runs the layers' backward passes in reverse, filling every layer's
+    ``grads``, and returns dL/dx (or None with ``input_grad=False``, which lets the first
+    Conv2D/Dense skip that work during training). ``state_dict()`` keys follow
+    torch.nn.Sequential: ``"<index>.<name>"``, e.g. ``"0.weight"``, ``"3.running_mean"``.
+
+    ``input_shape`` (C, H, W) is optional; when given, ``summary()`` needs no argument and
+    ``predict`` knows what size images the model takes.
+
+    ``forward`` runs the layers one after another, as written, unless the engine
+    (``scratchcnn.engine``) has a plan for them: faster routes for the same layers, tested
+    equal to them (``SCRATCHCNN_KERNELS=numpy`` turns the engine off).
+    """
+
+    def __init__(
+        self, layers: Iterable[Layer] = (), input_shape: tuple[int, ...] | None = None
+    ) -> None:
+        self.layers: list[Layer] = []
+        for layer in layers:
+            self.add(layer)
+        self.input_shape = tuple(int(d) for d in input_shape) if input_shape else None
+        self.training = True
+        self._ran: Any = None  # the engine's plan the last forward ran, for backward
+
+    def add(self, layer: Layer) -> Sequential:
+        """Append a layer; returns self."""
+        for attr in ("forward", "backward", "params", "grads"):
+            if not hasattr(layer, attr):
+                raise ConfigError(
+                    f"Sequential: {layer!r} is not a layer (it has no {attr!r}); layers "
+                    "subclass scratchcnn.Layer"
+                )
+        self.layers.append(layer)
+        return self
+
+    # --- running ----------------------------------------------------------------------
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        plan = self._ran = dispatch.plan(self)  # the engine's way to run these layers, if any
+        if plan is not None:
+            return plan.forward(x)
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    __call__ = forward
+
+    def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """Backpropagate dL/d(output); returns dL/dx, or None when ``input_grad`` is False."""
+        plan = getattr(self, "_ran", None)
+        if plan is not None:  # the plan the last forward ran
+            return plan.backward(dy, input_grad)
+        for layer in reversed(self.layers[1:]):
+            dy = layer.backward(dy)
+        if not self.layers:
+            return dy
+        first = self.layers[0]
+        if not input_grad and accepts_input_grad(first):
+            first.backward(dy, input_grad=False)  # nobody needs dL/dx of the input
+            return None
+        dx = first.backward(dy)
+        return dx if input_grad else None
+
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Outputs in eval mode, in batches. Integer images (uint8) are scaled to [0, 1];
+        other inputs are cast to the model's dtype. Restores the previous mode afterwards."""
+        x = np.asarray(x)
+        if x.dtype.kind in "ui":
+            x = x.astype(self.dtype) / 255
+        elif x.dtype.kind == "f":
+            x = x.astype(self.dtype, copy=False)
+        else:
+            raise DTypeError(f"predict: input must be numeric, got dtype {x.dtype}")
+        if self.input_shape and x.ndim == len(self.input_shape):
+            x = x[None]
+        if x.ndim == 0 or len(x) == 0:
+            raise ShapeError(f"predict: no images to predict (input shape {x.shape})")
+        was_training = self.training
+        self.eval()
+        try:
+            outs = [self.forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        finally:
+            self.train(was_training)
+        return np.concatenate(outs)
+
+    def train(self, mode: bool = True) -> Sequential:
+        self.training = bool(mode)
+        for layer in self.layers:
+            layer.train(mode)
+        return self
+
+    def eval(self) -> Sequential:
+        return self.train(False)
+
+    # --- parameters and state ---------------------------------------------------------
+    def named_layers(self, prefix: str = "") -> Iterator[tuple[str, Layer]]:
+        """(prefix, layer) for every leaf layer, depth-first in forward order; blocks
+        (Residual, Parallel) are walked into: "0", "1", "3.body.0", "3.shortcut.1", ..."""
+        return leaves(((str(i), la) for i, la in enumerate(self.layers)), prefix)
+
+    def named_parameters(self) -> Iterator[tuple[str, Layer, str]]:
+        """(key, leaf layer, name) for each trainable tensor; key as in ``state_dict``."""
+        return leaf_parameters(self.named_layers())
+
+    def parameters(self) -> list[np.ndarray]:
+        return [layer.params[name] for _, layer, name in self.named_parameters()]
+
+    def gradients(self) -> list[np.ndarray]:
+        return [layer.grads[name] for _, layer, name in self.named_parameters()]
+
+    def num_params(self) -> int:
+        return int(sum(p.size for p in self.parameters()))
+
+    def zero_grad(self) -> None:
+        for layer in self.layers:
+            layer.zero_grad()
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The float type of the first layer that has one (float32 if none has)."""
+        return leaf_dtype(self.named_layers())
+
+    def astype(self, dtype: Any) -> Sequential:
+        """Convert every layer's parameters and buffers to ``dtype`` in place; returns self."""
+        resolve_dtype(dtype)
+        for layer in self.layers:
+            layer.astype(dtype)
+        return self
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of every parameter and buffer, keyed as torch keys the same modules:
+        ``"0.weight"``, ``"3.body.1.running_mean"``."""
+        return {
+            f"{prefix}.{name}": np.array(arr, copy=True)
+            for prefix, layer in self.named_layers()
+            for name, arr in layer.named_tensors()
+        }
+
+    def load_state_dict(self, state: dict[str, np.ndarray], strict: bool = True) -> None:
+        """Copy arrays into the model, all or nothing: every value is checked (keys, shapes,
+        dtypes, finiteness after the cast) before any tensor is written. With ``strict`` every
+        key must match; the error lists missing, unexpected and mis-shaped keys together.
+        Float tensors take float, int or bool values (cast to the tensor's dtype; a value
+        that the cast makes non-finite, like 1e300 into float32, is refused); integer buffers
+        take only integers that fit their dtype."""
+        if not isinstance(state, dict):
+            raise DTypeError(f"load_state_dict: expected a dict, got {type(state).__name__}")
+        targets: dict[str, tuple[dict[str, np.ndarray], str]] = {}
+        for prefix, layer in self.named_layers():
+            for store in (layer.params, layer.buffers):
+                for name in store:
+                    targets[f"{prefix}.{name}"] = (store, name)
+        missing = [k for k in targets if k not in state]
+        unexpected = [k for k in state if k not in targets]
+        misshaped = []
+        for key, (store, name) in targets.items():
+            if key in state and np.shape(state[key]) != store[name].shape:
+                misshaped.append(
+                    f"{key}: checkpoint {tuple(np.shape(state[key]))} vs model {store[name].shape}"
+                )
+        problems = []
+        if missing and strict:
+            problems.append("missing keys: " + ", ".join(missing))
+        if unexpected and strict:
+            problems.append("unexpected keys: " + ", ".join(unexpected))
+        if misshaped:
+            problems.append("mis-shaped: " + "; ".join(misshaped))
+        if problems:
+            raise ShapeError("load_state_dict: " + " | ".join(problems))
+        staged = [
+            (store, name, _cast_value(key, state[key], store[name].dtype))
+            for key, (store, name) in targets.items()
+            if key in state
+        ]
+        for store, name, value in staged:  # nothing is written until everything passed
+            store[name][...] = value
+
+    # --- description ------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """The architecture as plain JSON data; ``Sequential.from_config`` rebuilds it."""
+        return {
+            "layers": [layer_spec(la) for la in self.layers],
+            "input_shape": list(self.input_shape) if self.input_shape else None,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Sequential:
+        if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
+            raise ConfigError("a model config must be a dict with a 'layers' list")
+        return cls(
+            [layer_from_config(spec) for spec in config["layers"]],
+            input_shape=config.get("input_shape"),
+        )
+
+    def output_shapes(self, input_shape: tuple[int, ...] | None = None) -> list[tuple[int, ...]]:
+        """Output shape after each layer for a batch of one of ``input_shape`` (C, H, W)."""
+        shape_in = input_shape or self.input_shape
+        if shape_in is None:
+            raise ConfigError("give input_shape, e.g. summary((1, 28, 28))")
+        shape = (1, *tuple(shape_in))
+        shapes: list[tuple[int, ...]] = []
+        for i, layer in enumerate(self.layers):
+            try:
+                shape = tuple(layer.output_shape(shape))
+            except ShapeError as exc:
+                raise ShapeError(f"layer {i} ({layer!r}) cannot take input {shape}: {exc}") from exc
+            shapes.append(shape)
+        return shapes
+
+    def summary(self, input_shape: tuple[int, ...] | None = None) -> str:
+        """A table: layer, output shape (batch shown as N), parameter count, and the totals.
+        Blocks show their own row, then their sub-layers indented under it."""
+        shape_in = input_shape or self.input_shape
+        self.output_shapes(input_shape)  # one clear error naming the layer, if any
+        rows = [("#", "layer", "output shape", "params")]
+        shape = (1, *tuple(shape_in))
+        for i, layer in enumerate(self.layers):
+            shape = _summary_rows(layer, str(i), shape, 0, rows)
+        widths = [max(len(r[c]) for r in rows) for c in range(4)]
+        line = "-" * (sum(widths) + 6)
+
+        def fmt(r: tuple[str, ...]) -> str:
+            w = widths
+            return f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:>{w[3]}}"
+
+        text = [fmt(rows[0]), line, *(fmt(r) for r in rows[1:]), line]
+        text.append(f"input (N, {', '.join(str(d) for d in shape_in)}), dtype {self.dtype.name}")
+        text.append(f"total parameters: {self.num_params():,}")
+        return "\n".join(text)
+
+    # --- container protocol -----------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, i: int) -> Layer:
+        return self.layers[i]
+
+    def __iter__(self) -> Iterator[Layer]:
+        return iter(self.layers)
+
+    def __repr__(self) -> str:
+        inner = "".join(
+            f"\n  ({i}): " + repr(la).replace("\n", "\n  ") for i, la in enumerate(self.layers)
+        )
+        return f"Sequential({inner}\n)"
+
+    # --- files (scratchcnn.checkpoint, reached through nn.dispatch) --------------------
+    def save_weights(self, path: Any) -> None:
+        """Write ``state_dict()`` to ``path`` (str or os.PathLike) as a safetensors file, which
+        loads into the same network in torch; see :mod:`scratchcnn.checkpoint.safetensors`."""
+        dispatch.storage().save_weights(self, path)
+
+    def load_weights(self, path: Any, strict: bool = True) -> None:
+        """Load a safetensors file (ours or ``safetensors.torch.save_file``'s) in place; with
+        ``strict`` the file's keys and the model's must match."""
+        dispatch.storage().load_weights(self, path, strict=strict)
+
+
+def _cast_value(key: str, value: Any, dtype: np.dtype) -> np.ndarray:
+    """``value`` as ``dtype`` for load_state_dict, refusing what the cast would corrupt."""
+    value = np.asarray(value)
+    if value.dtype.kind not in "fiub":
+        raise DTypeError(f"load_state_dict: {key} has non-numeric dtype {value.dtype}")
+    if dtype.kind == "f":
+        with np.errstate(over="ignore", invalid="ignore"):
+            cast = value.astype(dtype)
+        if not np.all(np.isfinite(cast)):
+            what = "contains NaN or inf" + (
+                f" once cast to {dtype.name}" if np.all(np.isfinite(value)) else ""
+            )
+            raise ShapeError(f"load_state_dict: {key} {what}")
+        return cast
+    if value.dtype.kind not in "iu":
+        raise DTypeError(
+            f"load_state_dict: {key} is an integer buffer ({dtype.name}) but the value is "
+            f"{value.dtype.name}"
+        )
+    info = np.iinfo(dtype)
+    if value.size and (value.min() < info.min or value.max() > info.max):
+        raise DTypeError(f"load_state_dict: {key} does not fit in {dtype.name}")
+    return value.astype(dtype)
+
+
+def _summary_rows(
+    layer: Any, label: str, shape: tuple[int, ...], depth: int, rows: list[tuple[str, ...]]
+) -> tuple[int, ...]:
+    """Append ``layer``'s row (and, for a block, its children's) to ``rows``; returns the
+    layer's output shape for an input of ``shape``."""
+    out = tuple(layer.output_shape(shape))
+    children = layer.named_children() if hasattr(layer, "named_children") else []
+    name = f"{type(layer).__name__}({layer.extra_repr()})" if children else repr(layer)
+    dims = "(N, " + ", ".join(str(d) for d in out[1:]) + ")"
+    rows.append(("  " * depth + label, name, dims, f"{layer.num_params():,}"))
+    for child_name, child in children:
+        if hasattr(child, "layers"):  # a Sequential chain: its layers feed one another
+            sub = shape
+            for j, la in enumerate(child.layers):
+                sub = _summary_rows(la, f"{label}.{child_name}.{j}", sub, depth + 1, rows)
+        else:
+            _summary_rows(child, f"{label}.{child_name}", shape, depth + 1, rows)
+    return out

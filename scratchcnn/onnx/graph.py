@@ -1,0 +1,178 @@
+"""The parsed form of an ONNX graph and the checks on its tensors, shared by the reader
+(``load``) and the converters of its nodes (``ops``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import OnnxError
+
+#: Files larger than this are refused (one protobuf message cannot exceed 2 GiB anyway).
+MAX_FILE_BYTES = 2**31 - 1
+#: Graphs with more nodes than this are refused.
+MAX_NODES = 10_000
+#: Largest tensor rank accepted in a file.
+MAX_RANK = 8
+#: Largest number of elements a folded constant (Gather, Concat ...) may have.
+MAX_FOLDED_ELEMENTS = 1 << 20
+#: Largest number of values per image the input may declare.
+MAX_INPUT_ELEMENTS = 1 << 31
+
+#: A symbolic batch size inside folded shape arithmetic (never a real dimension).
+BATCH = np.iinfo(np.int64).min + 7
+
+
+@dataclass
+class Node:
+    """One ONNX node, with what the error messages need."""
+
+    index: int
+    proto: Any
+    op: str
+    name: str
+    inputs: list[str]
+    outputs: list[str]
+    swapped: bool = False  # inputs exchanged by the walk (c + x read as x + c)
+
+    def where(self) -> str:
+        label = f'node "{self.name}"' if self.name else f"node #{self.index}"
+        return f"{label} ({self.op})"
+
+    def unsupported(self, detail: str = "") -> OnnxError:
+        return OnnxError(f"{self.where()} is not supported" + (f" ({detail})" if detail else ""))
+
+    def error(self, detail: str) -> OnnxError:
+        return OnnxError(f"{self.where()}: {detail}")
+
+
+@dataclass
+class Graph:
+    """A validated graph: the nodes in topological order and what each value is."""
+
+    nodes: list[Node]
+    producer: dict[str, Node]
+    consumers: dict[str, list[Node]]
+    consts: dict[str, np.ndarray]
+    input_name: str
+    input_shape: tuple[Any, ...]  # dims; the batch axis may be a string (symbolic)
+    output_name: str
+    output_dims: tuple[Any, ...]
+    dtype: np.dtype
+    opset: int
+    metadata: dict[str, str] = field(default_factory=dict)
+    # Shapes the file declares for intermediate values (value_info), checked by the walk.
+    declared: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    # Per value: "act" (depends on the input), "shape" (derived from an activation's shape)
+    # or "const".
+    kind: dict[str, str] = field(default_factory=dict)
+
+
+FLOAT_TYPES = {1: np.float32, 11: np.float64, 10: np.float16}
+INT_TYPES = {7: np.int64, 6: np.int32, 9: np.bool_, 3: np.int8, 2: np.uint8}
+
+
+def read_tensor(onnx: Any, t: Any, what: str) -> np.ndarray:
+    """An initializer or Constant value as an array, after checking that the file holds
+    exactly the bytes its dims declare (nothing is allocated from the dims alone)."""
+    if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
+        raise OnnxError(
+            f"{what} is stored in an external data file; scratchcnn reads single-file "
+            "models only (save with onnx.save(..., save_as_external_data=False))"
+        )
+    if t.segment.begin or t.segment.end:
+        raise OnnxError(f"{what} is a segment of a tensor; not supported")
+    np_type = FLOAT_TYPES.get(t.data_type) or INT_TYPES.get(t.data_type)
+    if np_type is None:
+        name = (
+            onnx.TensorProto.DataType.Name(t.data_type)
+            if t.data_type in (onnx.TensorProto.DataType.values())
+            else str(t.data_type)
+        )
+        raise OnnxError(f"{what} has data type {name}; scratchcnn reads float and int tensors")
+    dims = [int(d) for d in t.dims]
+    if len(dims) > MAX_RANK or any(d < 0 for d in dims):
+        raise OnnxError(f"{what} has bad dims {dims}")
+    count = math.prod(dims)
+    itemsize = np.dtype(np_type).itemsize
+    if t.HasField("raw_data") or t.raw_data:
+        held, need = len(t.raw_data), count * itemsize
+        unit = "bytes"
+    else:
+        fields = {
+            1: t.float_data,
+            11: t.double_data,
+            7: t.int64_data,
+            6: t.int32_data,
+            10: t.int32_data,
+            9: t.int32_data,
+            3: t.int32_data,
+            2: t.int32_data,
+        }
+        held, need, unit = len(fields[t.data_type]), count, "values"
+    if held != need:
+        raise OnnxError(f"{what} declares dims {dims} ({need:,} {unit}) but holds {held:,} {unit}")
+    try:
+        arr = onnx.numpy_helper.to_array(t)
+    except (ValueError, TypeError) as exc:
+        raise OnnxError(f"{what} cannot be read: {exc}") from exc
+    arr = np.asarray(arr)
+    if arr.dtype == np.float16:
+        arr = arr.astype(np.float32)
+    return arr.reshape(dims)
+
+
+def value_dims(onnx: Any, value_info: Any, what: str) -> tuple[tuple[Any, ...], int]:
+    """(dims, elem_type) of a graph input/output; unknown dims are strings."""
+    t = value_info.type
+    if t.WhichOneof("value") != "tensor_type":
+        raise OnnxError(f"{what} is not a tensor")
+    tt = t.tensor_type
+    if not tt.HasField("shape"):
+        return (), tt.elem_type
+    dims: list[Any] = []
+    for d in tt.shape.dim:
+        if d.HasField("dim_value"):
+            if d.dim_value < 0:
+                raise OnnxError(f"{what} has a negative dimension {d.dim_value}")
+            dims.append(int(d.dim_value))
+        else:
+            dims.append(d.dim_param or "?")
+    if len(dims) > MAX_RANK:
+        raise OnnxError(f"{what} has rank {len(dims)} (at most {MAX_RANK})")
+    return tuple(dims), tt.elem_type
+
+
+def constant_node(onnx: Any, node: Node) -> np.ndarray:
+    """The value of a Constant node."""
+    attrs = node.proto.attribute
+    if len(attrs) != 1:
+        raise node.unsupported("it must have exactly one value attribute")
+    a = attrs[0]
+    if a.name == "value":
+        return read_tensor(onnx, a.t, f"{node.where()} value")
+    if a.name == "value_float":
+        return np.array(a.f, dtype=np.float32)
+    if a.name == "value_floats":
+        return np.array(list(a.floats), dtype=np.float32)
+    if a.name == "value_int":
+        return np.array(a.i, dtype=np.int64)
+    if a.name == "value_ints":
+        return np.array(list(a.ints), dtype=np.int64)
+    raise node.unsupported(f"attribute {a.name}")
+
+
+def check_declared(declared: tuple[Any, ...], shape: tuple[int, ...], what: str) -> None:
+    """The shape a file declares for a value must be the one the layers compute (symbolic
+    or unknown dims match anything; the batch axis is not compared)."""
+    if declared and (
+        len(declared) != len(shape)
+        or any(isinstance(d, int) and d != s for d, s in zip(declared[1:], shape[1:], strict=True))
+    ):
+        raise OnnxError(
+            f"{what} is declared {list(declared)} but the nodes compute "
+            f"(N, {', '.join(str(d) for d in shape[1:])})"
+        )
