@@ -27,7 +27,7 @@ import torch
 import scratchcnn as sc
 from scratchcnn.data import load_dataset
 from scratchcnn.nn.zoo import lenet5
-from scratchcnn.training.loop import evaluate
+from scratchcnn.training import evaluate
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _torch_twin import accuracy

@@ -39,7 +39,7 @@ import torch
 import scratchcnn as sc
 from scratchcnn.data import DataLoader, load_dataset
 from scratchcnn.nn.zoo import RECIPES, resnet8
-from scratchcnn.training.loop import evaluate
+from scratchcnn.training import evaluate
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _torch_twin import accuracy, twin

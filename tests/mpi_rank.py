@@ -72,7 +72,7 @@ if target and int(os.environ.get("NAN_AT_STEP", "0")) > 0:
     on_call(int(os.environ["NAN_AT_STEP"]), nan_loss)
 
 if os.environ.get("FORCE_PROGRESS"):
-    train._disable = lambda progress: progress is False
+    train.progress_off = lambda progress: progress is False
 
 if os.environ.get("AUDIT_FILE") and not should_supervise():
     written: list[str] = []

@@ -11,7 +11,7 @@ import scratchcnn as sc
 from scratchcnn.cli import main
 from scratchcnn.data import load_dataset
 from scratchcnn.nn.zoo import tiny_cnn
-from scratchcnn.training.loop import fit
+from scratchcnn.training import fit
 from scratchcnn.viz import DPI, EXPLAIN_FIGSIZES, explain_model
 
 

@@ -12,8 +12,8 @@ from PIL import Image
 import scratchcnn as sc
 from scratchcnn.data import load_dataset
 from scratchcnn.nn.zoo import shapes_net
+from scratchcnn.training import fit
 from scratchcnn.training.gradnorms import GradNormMeter
-from scratchcnn.training.loop import fit
 from scratchcnn.viz import DPI, FIGSIZES
 from scratchcnn.viz.plots import load_metrics, load_run, plot_grad_norms
 

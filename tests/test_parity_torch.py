@@ -3,6 +3,10 @@
 float64 must agree to 1e-7 and float32 to 1e-4, relative to the tensor's scale
 (max |a - b| <= rel * max |b|). Dropout is not here: torch draws its own masks; its
 gradients are checked by finite differences instead.
+
+Every test runs both ways (the ``_both_ways`` fixture): the layer's own code, the reference
+(``SCRATCHCNN_KERNELS=numpy``), and the engine's route for it (the layer in a Sequential,
+the engine on; the loss through ``engine.loss_route``).
 """
 
 from __future__ import annotations
@@ -13,10 +17,31 @@ import torch
 import torch.nn.functional as F
 
 import scratchcnn as sc
+from scratchcnn import engine
 from tests.conftest import distinct, noncontiguous
 
 REL = {np.float64: 1e-7, np.float32: 1e-4}
 DTYPES = [np.float64, np.float32]
+_WAY = {"name": "reference"}
+
+
+@pytest.fixture(autouse=True, params=["reference", "engine"])
+def _both_ways(request):
+    """Each test twice: the layers' own code, then the engine's routes."""
+    _WAY["name"] = request.param
+    with engine.using("numpy" if request.param == "reference" else "auto"):
+        yield
+
+
+def run(layer):
+    """What runs ``layer`` this way: the layer itself, or a one-layer Sequential (the
+    engine's plan puts the layer's route in its place)."""
+    return layer if _WAY["name"] == "reference" else sc.Sequential([layer])
+
+
+def loss(fn):
+    """What runs the loss ``fn`` this way: itself, or the engine's route for it."""
+    return fn if _WAY["name"] == "reference" else engine.loss_route(fn)
 
 
 def assert_close(ours: np.ndarray, theirs: torch.Tensor, dtype, what: str) -> None:
@@ -32,12 +57,13 @@ def run_both(layer, torch_fn, x: np.ndarray, dtype, torch_params=(), dy=None):
     """Forward + backward in both; returns (ours dx, torch x tensor) after comparing y."""
     xt = torch.tensor(np.ascontiguousarray(x), requires_grad=True)
     yt = torch_fn(xt)
-    y = layer.forward(x)
+    runner = run(layer)
+    y = runner.forward(x)
     assert_close(y, yt, dtype, "forward")
     if dy is None:
         dy = np.random.default_rng(7).standard_normal(y.shape).astype(dtype)
     yt.backward(torch.tensor(np.ascontiguousarray(dy)))
-    dx = layer.backward(dy)
+    dx = runner.backward(dy)
     assert_close(dx, xt.grad, dtype, "dL/dx")
     for name, tp in torch_params:
         assert_close(layer.grads[name], tp.grad, dtype, f"dL/d{name}")
@@ -180,7 +206,7 @@ def test_cross_entropy(dtype, rng):
     zt = torch.tensor(z, requires_grad=True)
     lt = F.cross_entropy(zt, torch.tensor(y))
     lt.backward()
-    fn = sc.CrossEntropyLoss()
+    fn = loss(sc.CrossEntropyLoss())
     assert fn.forward(z, y) == pytest.approx(lt.item(), rel=REL[dtype])
     assert_close(fn.backward(), zt.grad, dtype, "dL/dlogits")
 
@@ -190,7 +216,7 @@ def test_cross_entropy_sum_reduction(rng):
     y = rng.integers(0, 3, 4)
     zt = torch.tensor(z, requires_grad=True)
     F.cross_entropy(zt, torch.tensor(y), reduction="sum").backward()
-    fn = sc.CrossEntropyLoss(reduction="sum")
+    fn = loss(sc.CrossEntropyLoss(reduction="sum"))
     fn.forward(z, y)
     assert_close(fn.backward(), zt.grad, np.float64, "sum-reduced dL/dlogits")
 

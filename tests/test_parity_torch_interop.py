@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import scratchcnn as sc
 from tests.conftest import distinct, noncontiguous
-from tests.test_parity_torch import DTYPES, run_both, tparam
+from tests.test_parity_torch import DTYPES, _both_ways, run, run_both, tparam  # noqa: F401 - a fixture
 
 
 def torch_pad(padding):
@@ -165,9 +165,10 @@ def test_maxpool2d_nan_and_minus_inf_route_like_torch(k, s, p, d, ceil, training
         pool = sc.MaxPool2D(k, stride=s, padding=p, dilation=d, ceil_mode=ceil).train(training)
         xt = torch.tensor(x, requires_grad=True)
         yt = F.max_pool2d(xt, k, s, p, dilation=d, ceil_mode=ceil)
-        y = pool.forward(x)
+        runner = run(pool)
+        y = runner.forward(x)
         np.testing.assert_array_equal(y, yt.detach().numpy())  # NaN where torch has NaN
         dy = rng.standard_normal(y.shape)
         yt.backward(torch.tensor(dy))
         # Overlapping windows sum in another order than torch: rounding only, not routing.
-        np.testing.assert_allclose(pool.backward(dy), xt.grad.numpy(), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(runner.backward(dy), xt.grad.numpy(), rtol=0, atol=1e-12)

@@ -5,7 +5,7 @@ import pytest
 import scratchcnn as sc
 from scratchcnn.data import load_dataset
 from scratchcnn.nn.zoo import shapes_net, tiny_cnn
-from scratchcnn.training.loop import evaluate, fit
+from scratchcnn.training import evaluate, fit
 
 
 def test_untrained_tiny_cnn_is_at_chance_with_loss_ln10():

@@ -8,7 +8,7 @@ import pytest
 import scratchcnn as sc
 from scratchcnn.data import Dataset, load_dataset, make_shapes
 from scratchcnn.nn.zoo import lenet5, shapes_net
-from scratchcnn.training.loop import (
+from scratchcnn.training import (
     METRICS_NAME,
     evaluate,
     fit,
@@ -165,7 +165,7 @@ def test_bad_arguments():
 
 
 def test_check_data_fits_refuses_what_the_model_cannot_take():
-    from scratchcnn.training.loop import check_data_fits, default_loss, is_binary
+    from scratchcnn.training import check_data_fits, default_loss, is_binary
 
     shapes = load_dataset("shapes", "test")
     assert is_binary(shapes_net()) and not is_binary(lenet5())

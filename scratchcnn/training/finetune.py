@@ -18,7 +18,7 @@ from ..data import Dataset
 from ..errors import ConfigError, ScratchCNNError
 from ..nn.layers.sequential import Sequential
 from ..nn.zoo import build_model
-from .loop import check_data_fits, default_loss
+from .evaluate import check_data_fits, default_loss
 
 
 def _signature(model: Sequential) -> list[tuple[Any, ...]]:

@@ -1,5 +1,10 @@
-"""Run folders (``scratchcnn train --out D``): starting over safely and resuming only the
-run that ``run.json`` describes.
+"""Run folders (``scratchcnn train --out D``): every file name in them, the run's settings
+(defaults, recipes, the one ``run.json`` reader), starting over safely, and resuming only
+the run that ``run.json`` describes.
+
+A run folder holds ``model.npz`` (the checkpoint), ``metrics.jsonl`` (one JSON object per
+epoch) and ``run.json`` (the settings); ``train --plot`` and ``scratchcnn plot`` add the
+pictures, ``--tensorboard`` the event files.
 
 * ``--overwrite`` renames the whole folder ``D`` to a sibling ``D.old-N`` (the first free N)
   in one atomic ``rename`` and starts ``D`` empty, before anything of the new run is
@@ -12,13 +17,48 @@ run that ``run.json`` describes.
 
 from __future__ import annotations
 
+import json
+import math
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import load_checkpoint
-from ..errors import CheckpointError, ConfigError, FileWriteError, os_reason
-from .loop import CHECKPOINT_NAME
+from .._json import json_line
+from ..checkpoint import Checkpoint, atomic_write_bytes, load_checkpoint, read_regular_file
+from ..data import DATASETS
+from ..errors import CheckpointError, ConfigError, DataError, FileWriteError, os_reason
+from ..nn.zoo import MODELS, RECIPES
+
+CHECKPOINT_NAME = "model.npz"
+METRICS_NAME = "metrics.jsonl"
+RUN_CONFIG = "run.json"
+#: Largest run.json / metrics.jsonl read (a run of thousands of epochs stays far below).
+MAX_RUN_FILE_BYTES = 64 * 1024**2
+
+#: The settings of ``scratchcnn train`` with no options: LeNet-5 on the embedded MNIST
+#: subset, tuned to reach >= 96 % test accuracy in well under a minute on 2 cores. A model's
+#: recipe (``scratchcnn.models.RECIPES``) replaces some of them for that model.
+RUN_DEFAULTS: dict[str, Any] = {
+    "model": "lenet5",
+    "dataset": "mnist-5k",
+    "epochs": 12,
+    "batch_size": 32,
+    "optimizer": "sgd",
+    "lr": 0.05,
+    "momentum": 0.9,
+    "weight_decay": 0.0,
+    "schedule": "cosine",
+    "clip": None,
+    "seed": 0,
+    "dtype": "float32",
+    "limit": None,
+    "tensorboard": False,
+    "init": None,
+    "augment": False,
+    "checkpoint_every": None,
+    "checkpoint_minutes": None,
+}
 
 #: Settings a resumed run may change (``--epochs``: train longer; ``--tensorboard`` and
 #: ``--checkpoint-*``: event files and how often checkpoints are written, which shape nothing
@@ -26,6 +66,207 @@ from .loop import CHECKPOINT_NAME
 RESUMABLE_CHANGES = frozenset({"epochs", "tensorboard", "checkpoint_every", "checkpoint_minutes"})
 
 
+# --- the settings: run.json -------------------------------------------------------------
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _count(v: Any, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+#: Every key run.json may hold, with the test its value must pass.
+RUN_FIELDS = {
+    "model": lambda v: v is None or v in MODELS,
+    "dataset": lambda v: v in DATASETS,
+    "epochs": lambda v: _count(v, 1),
+    "batch_size": lambda v: _count(v, 1),
+    "optimizer": lambda v: v in ("sgd", "adam", "adamw"),
+    "lr": _number,
+    "momentum": _number,
+    "weight_decay": _number,
+    "schedule": lambda v: v in ("none", "step", "cosine"),
+    "clip": lambda v: v is None or _number(v),
+    "seed": lambda v: _count(v, 0),
+    "dtype": lambda v: v in ("float32", "float64"),
+    "limit": lambda v: v is None or _count(v, 1),
+    "augment": lambda v: isinstance(v, bool),
+    "data_dir": lambda v: v is None or isinstance(v, str),
+    "tensorboard": lambda v: isinstance(v, bool),
+    "init": lambda v: v is None or isinstance(v, str),
+    "world_size": lambda v: _count(v, 1),
+    "checkpoint_every": lambda v: v is None or _count(v, 1),
+    "checkpoint_minutes": lambda v: v is None or (_number(v) and v > 0),
+}
+
+
+def _read_text(path: Path, kind: str, what: str) -> str:
+    """A run folder's text file, through the one bounded reader (``kind`` names the file in
+    its errors, ``what`` its content)."""
+    data = read_regular_file(path, MAX_RUN_FILE_BYTES, kind, DataError)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: cannot read {what} ({exc})") from exc
+
+
+def read_run_config(path: str | os.PathLike) -> dict[str, Any]:
+    """A run's settings (run.json), checked key by key: a damaged or hand-edited file is a
+    one-line ``DataError``, not a crash halfway through training."""
+    path = Path(path)
+    text = _read_text(path, "run.json file", "the run's settings")
+    try:
+        saved = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise DataError(f"{path}: cannot read the run's settings ({exc})") from exc
+    if not isinstance(saved, dict):
+        raise DataError(f"{path}: the run's settings must be a JSON object, got {saved!r:.40}")
+    for key, value in saved.items():
+        if key not in RUN_FIELDS:
+            raise DataError(f"{path}: unknown setting {key!r} in the run's settings")
+        if not RUN_FIELDS[key](value):
+            raise DataError(f"{path}: bad value {value!r} for {key!r} in the run's settings")
+    return saved
+
+
+def write_run_config(out: Path, run: dict[str, Any]) -> Path:
+    """Write ``run`` as ``out/run.json`` (atomically)."""
+    text = json.dumps(run, indent=2) + "\n"
+    atomic_write_bytes(out / RUN_CONFIG, lambda fh: fh.write(text.encode()))
+    return out / RUN_CONFIG
+
+
+@dataclass
+class EpochMetrics:
+    """One line of metrics.jsonl."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    test_loss: float | None
+    test_accuracy: float | None
+    seconds: float
+    lr: float
+    #: state_dict key -> the L2 norm of that parameter's gradient, averaged over the epoch's
+    #: steps (None in records written before it existed).
+    grad_norms: dict[str, float] | None = None
+
+
+def write_metrics(path: Path, epochs: list[EpochMetrics]) -> None:
+    """Write ``metrics.jsonl`` (atomically): one JSON object per epoch."""
+    text = "".join(json_line(asdict(m)) + "\n" for m in epochs)
+    atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
+
+
+#: The numeric fields of a metrics record (each a number or null).
+METRIC_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds", "lr")
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read ``metrics.jsonl``: one JSON object per line with an integer ``epoch`` and
+    numbers (or null) for the losses and accuracies. Blank lines are skipped. DataError for a
+    missing file, an empty one, or a malformed line (naming the line number)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no metrics.jsonl (written by `scratchcnn train --out RUN_DIR`)")
+    text = _read_text(path, "metrics.jsonl file", "it")
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            raise DataError(f"{path}: line {number} is not valid JSON ({exc})") from exc
+        epoch = record.get("epoch") if isinstance(record, dict) else None
+        if isinstance(epoch, bool) or not isinstance(epoch, int):
+            raise DataError(
+                f"{path}: line {number} is not a metrics record (a JSON object with an "
+                "integer 'epoch')"
+            )
+        for key in METRIC_KEYS:
+            value = record.get(key)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
+                raise DataError(f"{path}: line {number}: {key!r} must be a number or null")
+        norms = record.get("grad_norms")
+        if norms is not None and not (
+            isinstance(norms, dict)
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in norms.values())
+        ):
+            raise DataError(
+                f"{path}: line {number}: 'grad_norms' must be an object of numbers or null"
+            )
+        records.append(record)
+    if not records:
+        raise DataError(f"{path}: no epochs recorded yet (the file is empty)")
+    return records
+
+
+def resolve_run(
+    explicit: dict[str, Any], out: Path | None, *, resume: bool, overwrite: bool
+) -> tuple[dict[str, Any], Path]:
+    """The settings of a ``train`` run and its folder: the defaults, the model's recipe, a
+    resumed run's saved settings (run.json) and the ``explicit`` ones, in that order.
+    ``out`` None picks ``runs/MODEL-DATASET`` (or ``-2``, ``-3`` ... when that holds a run)."""
+    if out is None:
+        stem = Path(explicit["init"]).stem if "init" in explicit else RUN_DEFAULTS["model"]
+        name = f"{explicit.get('model', stem)}-"
+        name += explicit.get("dataset", RUN_DEFAULTS["dataset"])
+        out = Path("runs") / name
+        if not resume and (out / CHECKPOINT_NAME).exists() and not overwrite:
+            n = 2
+            while (Path("runs") / f"{name}-{n}" / CHECKPOINT_NAME).exists():
+                n += 1
+            out = Path("runs") / f"{name}-{n}"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder; choose another --out")
+    run = {**RUN_DEFAULTS, "data_dir": None}
+    run.update(RECIPES.get(explicit.get("model", RUN_DEFAULTS["model"]), {}))
+    if resume and (out / RUN_CONFIG).exists():
+        saved = read_run_config(out / RUN_CONFIG)
+        changed = [
+            k for k, v in explicit.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v
+        ]
+        if changed:
+            raise ConfigError(
+                f"--resume continues the run saved in {out}; it cannot change "
+                f"{', '.join('--' + k.replace('_', '-') for k in changed)} (only --epochs, "
+                "--tensorboard and --checkpoint-*)"
+            )
+        run.update(saved)
+    elif (out / CHECKPOINT_NAME).exists() and not resume and not overwrite:
+        raise ConfigError(
+            f"{out} already holds a run ({CHECKPOINT_NAME}); pass --resume to continue it, "
+            "--overwrite to replace it, or choose another --out"
+        )
+    run.update(explicit)
+    if run["init"] and "model" not in explicit:
+        run["model"] = None  # the checkpoint's network
+    if run["optimizer"] != "sgd" and "momentum" in explicit:
+        raise ConfigError(
+            f"--momentum applies to --optimizer sgd only; {run['optimizer']} keeps its own "
+            "moment estimates (leave --momentum out)"
+        )
+    return run, out
+
+
+def record_world_size(run: dict[str, Any], checkpoint: Checkpoint | None, size: int) -> None:
+    """Record the number of MPI processes in the run's settings; a checkpoint written by
+    another number is refused (it would not continue exactly)."""
+    saved = run.get("world_size", 1)
+    if checkpoint is not None and saved != size:
+        how = f"mpiexec -n {saved} scratchcnn train" if saved > 1 else "scratchcnn train"
+        raise ConfigError(
+            f"the run in {checkpoint.path.parent} was trained by {saved} process(es), this is "
+            f"{size}; resume it with {how} ... --resume (another number would not continue "
+            "it exactly)"
+        )
+    run["world_size"] = size
+
+
+# --- the folder -------------------------------------------------------------------------
 def set_aside_run(out: Path) -> Path | None:
     """Rename the run folder ``out`` to ``out.old-N`` and create ``out`` again, empty;
     returns the new name of the old run, or None when ``out`` is missing or empty."""
@@ -57,16 +298,14 @@ def set_aside_run(out: Path) -> Path | None:
 
 
 def check_resume_settings(
-    checkpoint: Path, run: dict[str, Any], defaults: dict[str, Any]
-) -> int | None:
+    checkpoint: Checkpoint, run: dict[str, Any], defaults: dict[str, Any]
+) -> None:
     """Refuse to resume ``checkpoint`` unless the settings it recorded are ``run``'s (apart
-    from :data:`RESUMABLE_CHANGES`); a setting missing on one side counts as its default.
-    Returns the checkpoint's epoch."""
-    ckpt = load_checkpoint(checkpoint)
-    saved = ckpt.extra.get("run")
+    from :data:`RESUMABLE_CHANGES`); a setting missing on one side counts as its default."""
+    saved = checkpoint.extra.get("run")
     if not isinstance(saved, dict):
         raise CheckpointError(
-            f"{checkpoint}: records no run settings (it was not written by `scratchcnn "
+            f"{checkpoint.path}: records no run settings (it was not written by `scratchcnn "
             "train`), so --resume cannot check that it belongs to this run; use --overwrite "
             "or another --out"
         )
@@ -77,25 +316,38 @@ def check_resume_settings(
     diff = [f"{k}: checkpoint {a!r}, run.json {b!r}" for k, (a, b) in pairs.items() if a != b]
     if diff:
         raise CheckpointError(
-            f"{checkpoint}: was written with other settings than the run being resumed "
+            f"{checkpoint.path}: was written with other settings than the run being resumed "
             f"({'; '.join(diff[:4])}{'; ...' if len(diff) > 4 else ''}); --resume refuses to "
             "continue it: use --overwrite to start over, or another --out"
         )
-    return ckpt.epoch
+
+
+def resumed_checkpoint(out: Path, *, resume: bool) -> Checkpoint | None:
+    """The checkpoint in ``out`` that ``--resume`` continues, read (and verified) once here
+    and passed on to everything that needs it; None when there is none to resume."""
+    # lexists: a dangling or looping symlink in its place is refused, not silently replaced.
+    if resume and os.path.lexists(out / CHECKPOINT_NAME):
+        return load_checkpoint(out / CHECKPOINT_NAME)
+    return None
 
 
 def prepare_run_folder(
-    out: Path, run: dict[str, Any], *, resume: bool, overwrite: bool, defaults: dict[str, Any]
-) -> tuple[Path | None, int | None]:
+    out: Path,
+    run: dict[str, Any],
+    *,
+    resume: bool,
+    overwrite: bool,
+    defaults: dict[str, Any],
+    checkpoint: Checkpoint | None = None,
+) -> Path | None:
     """What ``train`` does to ``out`` before it writes anything: set the old run aside
-    (``overwrite``) or check the checkpoint it resumes (``resume``). Returns (where the old
-    run went, the epoch resumed from); each None when it does not apply."""
+    (``overwrite``) or check the checkpoint it resumes (``resume``; ``checkpoint`` is that
+    checkpoint, already read). Returns where the old run went, or None."""
     if resume and overwrite:
         raise ConfigError(
             "--resume continues the run in --out and --overwrite replaces it: pick one"
         )
-    checkpoint = out / CHECKPOINT_NAME
-    # lexists: a dangling or looping symlink in its place is refused, not silently replaced.
-    if resume and os.path.lexists(checkpoint):
-        return None, check_resume_settings(checkpoint, run, defaults)
-    return (set_aside_run(out) if overwrite else None), None
+    if checkpoint is not None:
+        check_resume_settings(checkpoint, run, defaults)
+        return None
+    return set_aside_run(out) if overwrite else None

@@ -9,7 +9,6 @@ Models with one output are binary: the prediction is ``logit > 0``.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,13 @@ from ..data import Dataset, load_dataset
 from ..errors import DataError
 from ..nn.layers import Conv2D, LeakyReLU, ReLU, Sigmoid, Tanh
 from ..nn.layers.sequential import Sequential
+from ..training.runs import (
+    CHECKPOINT_NAME,
+    METRICS_NAME,
+    RUN_CONFIG,
+    read_metrics,
+    read_run_config,
+)
 from . import _style
 
 __all__ = [
@@ -62,8 +68,6 @@ MAX_CHANNELS = 32
 # Room (inches) for the feature maps of one stage in feature_maps.png.
 _MAPS_AREA = (11.5, 3.0)
 
-_METRIC_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
-
 
 @dataclass(eq=False)
 class RunData:
@@ -92,60 +96,18 @@ class RunData:
 
 
 def load_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Read ``metrics.jsonl``: one JSON object per line with an integer ``epoch`` and
-    numbers (or null) for the losses and accuracies. Blank lines are skipped. DataError for a
-    missing file, an empty one, or a malformed line (naming the line number)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no metrics.jsonl (written by `scratchcnn train --out RUN_DIR`)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read it ({exc})") from exc
-    records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: line {number} is not valid JSON ({exc.msg})") from exc
-        epoch = record.get("epoch") if isinstance(record, dict) else None
-        if isinstance(epoch, bool) or not isinstance(epoch, int):
-            raise DataError(
-                f"{path}: line {number} is not a metrics record (a JSON object with an "
-                "integer 'epoch')"
-            )
-        for key in _METRIC_KEYS:
-            value = record.get(key)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int | float)
-            ):
-                raise DataError(f"{path}: line {number}: {key!r} must be a number or null")
-        norms = record.get("grad_norms")
-        if norms is not None and not (
-            isinstance(norms, dict)
-            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in norms.values())
-        ):
-            raise DataError(
-                f"{path}: line {number}: 'grad_norms' must be an object of numbers or null"
-            )
-        records.append(record)
-    if not records:
-        raise DataError(f"{path}: no epochs recorded yet (the file is empty)")
-    return records
+    """Read ``metrics.jsonl`` (``scratchcnn.training.runs.read_metrics``, the one reader)."""
+    return read_metrics(path)
 
 
 def _load_run_json(path: Path) -> dict[str, Any]:
+    """run.json through the one reader (``training.runs``), missing said with a hint."""
     if not path.is_file():
         raise DataError(
             f"{path}: missing; it names the run's dataset (written by `scratchcnn train --out`)"
         )
-    try:
-        run = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: not a valid JSON file ({exc})") from exc
-    if not isinstance(run, dict) or not isinstance(run.get("dataset"), str):
+    run = read_run_config(path)
+    if not isinstance(run.get("dataset"), str):
         raise DataError(f"{path}: has no 'dataset' name")
     return run
 
@@ -170,14 +132,14 @@ def load_run(run_dir: str | Path, data_dir: str | Path | None = None) -> RunData
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DataError(f"{run_dir}: no such run folder (make one with `scratchcnn train --out`)")
-    metrics = load_metrics(run_dir / "metrics.jsonl")
-    model_path = run_dir / "model.npz"
+    metrics = load_metrics(run_dir / METRICS_NAME)
+    model_path = run_dir / CHECKPOINT_NAME
     if not model_path.is_file():
         raise DataError(
             f"{model_path}: no model checkpoint in the run folder (it comes from "
             "`scratchcnn train --out RUN_DIR`)"
         )
-    run = _load_run_json(run_dir / "run.json")
+    run = _load_run_json(run_dir / RUN_CONFIG)
     model = load(model_path)
     source = data_dir if data_dir is not None else run.get("data_dir")
     seed = run.get("seed", 0)

@@ -13,7 +13,7 @@ import scratchcnn as sc
 from scratchcnn.cli import main
 from scratchcnn.data import Dataset, load_dataset, write_idx
 from scratchcnn.nn.zoo import lenet5, shapes_net
-from scratchcnn.training.loop import fit
+from scratchcnn.training import fit
 
 from .conftest import captured_error, error_line, run_cli
 

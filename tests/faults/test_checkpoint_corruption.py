@@ -19,7 +19,7 @@ from scratchcnn.checkpoint.npz import META_KEY, _digest, checkpoint_bytes
 from scratchcnn.cli import main
 from scratchcnn.data import load_dataset
 from scratchcnn.nn.zoo import shapes_net
-from scratchcnn.training.loop import fit, make_optimizer, make_scheduler
+from scratchcnn.training import fit, make_optimizer, make_scheduler
 
 from .conftest import captured_error, error_line, run_cli
 

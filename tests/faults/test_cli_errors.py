@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import scratchcnn.cli as cli_module
+import scratchcnn.cli.checkpoints as cli_module  # where evaluate / info do their work
 from scratchcnn.cli import main
 from scratchcnn.errors import DataError
 
@@ -160,10 +160,10 @@ def test_an_internal_error_keeps_its_traceback(monkeypatch, run_dir):
 
 def test_an_internal_error_shows_a_traceback_as_a_real_process(run_dir):
     code = (
-        "import sys, scratchcnn.cli as c\n"
+        "import sys, scratchcnn.cli as c, scratchcnn.cli.checkpoints as k\n"
         "def bug(*a, **k):\n"
         "    raise RuntimeError('internal bug')\n"
-        "c.evaluate = bug\n"
+        "k.evaluate = bug\n"
         f"sys.exit(c.main(['evaluate', {str(run_dir / 'model.npz')!r}]))\n"
     )
     result = run([sys.executable, "-c", code])

@@ -647,7 +647,7 @@ def test_overwrite_sets_the_old_run_aside_before_writing_anything(tmp_path, monk
     out = tmp_path / "run"
     assert main(["train", *QUICK, "--epochs", "1", "--out", str(out)]) == 0
     old = {p.name: p.read_bytes() for p in out.iterdir()}
-    import scratchcnn.cli as cli
+    import scratchcnn.training.job as cli  # where the train command calls fit
 
     def killed(*args, **kwargs):
         assert not (out / "model.npz").exists()  # the old checkpoint is gone from D already

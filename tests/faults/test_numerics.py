@@ -11,7 +11,7 @@ import pytest
 import scratchcnn as sc
 from scratchcnn.data import load_dataset
 from scratchcnn.nn.zoo import tiny_cnn
-from scratchcnn.training.loop import fit
+from scratchcnn.training import fit
 
 from .conftest import error_line, run_cli
 

@@ -15,7 +15,7 @@ from scratchcnn.checkpoint.npz import atomic_write_bytes
 from scratchcnn.data import load_dataset
 from scratchcnn.errors import FileWriteError
 from scratchcnn.nn.zoo import shapes_net
-from scratchcnn.training.loop import fit
+from scratchcnn.training import fit
 
 from .conftest import cli, error_line, run, run_cli, temp_files
 

@@ -226,7 +226,7 @@ def test_imported_model_gradients_equal_torch(tmp_path, rng):
 def test_imported_torch_model_fine_tunes(tmp_path):
     """Fine-tuning an imported torch LeNet with scratchcnn's fit lowers the loss."""
     from scratchcnn.data import load_dataset
-    from scratchcnn.training.loop import evaluate, fit
+    from scratchcnn.training import evaluate, fit
 
     torch.manual_seed(5)
     model = load(export_torch(LeNet().eval(), (1, 28, 28), tmp_path / "l.onnx", False))

@@ -75,7 +75,7 @@ def make_run(
         lines.append(json.dumps(record))
     sc.save(model, out / "model.npz")
     (out / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-    run = {"model": "?", "dataset": dataset, "data_dir": None, "seed": 0, "epochs": epochs}
+    run = {"model": None, "dataset": dataset, "data_dir": None, "seed": 0, "epochs": epochs}
     (out / "run.json").write_text(json.dumps(run))
     return out
 

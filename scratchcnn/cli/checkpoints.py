@@ -1,0 +1,136 @@
+"""``evaluate``, ``predict`` and ``info``: what a checkpoint does on data and images, and what
+it holds."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+import numpy as np
+
+from .._json import json_line
+from ..checkpoint import load_checkpoint
+from ..data import load_dataset
+from ..data.images import load_image
+from ..errors import ConfigError
+from ..parallel.threads import resolve_threads, set_blas_threads
+from ..training.evaluate import evaluate
+from ..training.job import _check_fits
+from ..training.midepoch import resume_point
+from .output import say as _say
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    ckpt = load_checkpoint(args.checkpoint)
+    run = ckpt.extra.get("run")
+    run = run if isinstance(run, dict) else {}
+    name = args.dataset or run.get("dataset")
+    if name is None:
+        raise ConfigError(f"{args.checkpoint}: does not record its data set; pass --dataset")
+    data_dir = args.data_dir if args.data_dir is not None else run.get("data_dir")
+    if not isinstance(data_dir, (str, os.PathLike, type(None))):
+        data_dir = None
+    seed = run.get("seed", 0)
+    seed = seed if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 else 0
+    data = load_dataset(name, args.split, data_dir=data_dir, seed=seed)
+    _check_fits(ckpt.model, data, {"model": args.checkpoint.name}, "--dataset or checkpoint")
+    threads = resolve_threads(args.threads, ckpt.model, 512)
+    set_blas_threads(threads)
+    result = evaluate(ckpt.model, data, progress=None if not args.json else False, threads=threads)
+    if args.json:
+        _say(json_line({"accuracy": result.accuracy, "loss": result.loss, "n": result.n}))
+        return 0
+    correct = int(np.trace(result.confusion))
+    _say(
+        f"{name} {args.split}: accuracy {result.accuracy:.2%} ({correct:,}/{result.n:,}), "
+        f"loss {result.loss:.4f}"
+    )
+    _say("confusion matrix (rows: true class, columns: predicted):")
+    width = max(4, len(str(result.confusion.max())) + 1)
+    _say(" " * 6 + "".join(f"{j:>{width}}" for j in range(len(data.classes))))
+    for i, row in enumerate(result.confusion):
+        name = data.classes[i] if data.classes[i] != str(i) else ""
+        _say(f"{i:>4}  " + "".join(f"{v:>{width}}" for v in row) + f"   {name}".rstrip())
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    ckpt = load_checkpoint(args.checkpoint)
+    model = ckpt.model
+    if model.input_shape is None:
+        raise ConfigError(f"{args.checkpoint}: the model does not record its input shape")
+    out_shape = model.output_shapes()[-1]
+    if len(out_shape) != 2:
+        shape = "(N, " + ", ".join(str(d) for d in out_shape[1:]) + ")"
+        raise ConfigError(
+            f"{args.checkpoint}: the model's output is {shape}, not (N, classes); predict "
+            "needs a classifier"
+        )
+    n_out = out_shape[-1]
+    classes = ckpt.extra.get("classes")
+    if not (isinstance(classes, list) and len(classes) == max(n_out, 2)):
+        classes = [str(i) for i in range(max(n_out, 2))]
+    classes = [str(c) for c in classes]
+    batch = np.stack([load_image(p, model.input_shape, args.invert) for p in args.images])
+    logits = model.predict(batch.astype(model.dtype))
+    if logits.shape[1] == 1:
+        p1 = 1 / (1 + np.exp(-logits[:, 0].astype(np.float64)))
+        probs = np.stack([1 - p1, p1], axis=1)
+    else:
+        z = logits - logits.max(axis=1, keepdims=True)
+        probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    for path, pr in zip(args.images, probs, strict=True):
+        top = np.argsort(pr)[::-1][:3]
+        if args.json:
+            _say(
+                json_line(
+                    {
+                        "image": str(path),
+                        "prediction": classes[top[0]],
+                        "probability": float(pr[top[0]]),
+                        "probabilities": {classes[i]: float(pr[i]) for i in range(len(pr))},
+                    }
+                )
+            )
+        else:
+            others = ", ".join(f"{classes[i]} {pr[i]:.1%}" for i in top[1:])
+            _say(f"{path}: {classes[top[0]]} ({pr[top[0]]:.1%}; then {others})")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    ckpt = load_checkpoint(args.checkpoint)
+    _say(f"checkpoint: {ckpt.path}")
+    _say(ckpt.model.summary())
+    run = ckpt.extra.get("run")
+    if isinstance(run, dict) and run:
+        _say("trained: " + ", ".join(f"{k}={v}" for k, v in run.items() if v is not None))
+    if ckpt.epoch is not None:
+        _say(f"epoch: {ckpt.epoch}")
+        if "position" in ckpt.extra:  # a mid-epoch checkpoint
+            _say(f"--resume goes on {resume_point(ckpt)}")
+    if ckpt.optimizer_state:
+        st = ckpt.optimizer_state
+        _say(f"optimizer: {_optimizer_text(st, ckpt.scheduler_state)}, {st['steps']} steps")
+    history = ckpt.extra.get("history")
+    h = history[-1] if isinstance(history, list) and history else None
+    if isinstance(h, dict):
+        acc, loss = h.get("test_accuracy"), h.get("test_loss")
+        if isinstance(acc, (int, float)) and isinstance(loss, (int, float)):
+            _say(f"last test accuracy: {acc:.2%} (loss {loss:.4f})")
+    return 0
+
+
+def _optimizer_text(state: dict[str, Any], sched: dict[str, Any] | None) -> str:
+    """``SGD(lr=0.05, momentum=0.9, current lr 0.0)``: the learning rate as set, and the one
+    the schedule has reached (the optimiser's state holds only the latter)."""
+    hyper = dict(state["hyper"])
+    current = hyper.get("lr")
+    base = sched.get("base_lr") if isinstance(sched, dict) else None
+    if isinstance(base, (int, float)) and not isinstance(base, bool):
+        hyper["lr"] = base
+    parts = [f"{k}={v}" for k, v in hyper.items()]
+    if current is not None:
+        parts.append(f"current lr {current}")
+    return f"{state['type']}({', '.join(parts)})"

@@ -1,0 +1,175 @@
+"""The ``train`` command's job: from settings to a trained run folder.
+
+The command line parses the arguments into the settings given explicitly and calls
+:func:`train_run`; everything after that happens here, in this order, and each input is read
+once and passed on:
+
+1. the run's settings (``runs.resolve_run``: defaults, recipe, a resumed run's run.json);
+2. the checkpoint to resume, read and verified once (``runs.resumed_checkpoint``), its
+   number of MPI processes checked against this run's;
+3. the data, the model (a zoo model, or ``--init``'s checkpoint), optimiser and schedule;
+4. the run folder (the old run set aside with ``--overwrite``, the checkpoint's settings
+   checked with ``--resume``) and run.json;
+5. ``fit``, given the checkpoint already read.
+
+It reports through ``say`` (one line at a time); the command line prints, and draws the
+pictures of ``--plot`` afterwards (``TrainedRun``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import load_dataset
+from ..errors import ConfigError
+from ..nn.zoo import build_model
+from ..parallel import mpi as distributed
+from ..parallel.threads import resolve_threads, set_blas_threads
+from .evaluate import check_data_fits, default_loss
+from .finetune import init_model
+from .loop import History, fit, make_optimizer, make_scheduler
+from .midepoch import resume_point
+from .runs import (
+    RUN_DEFAULTS,
+    EpochMetrics,
+    prepare_run_folder,
+    record_world_size,
+    resolve_run,
+    resumed_checkpoint,
+    write_run_config,
+)
+
+
+@dataclass
+class TrainedRun:
+    """What ``train_run`` did: the history ``fit`` returned, the run's settings, its folder."""
+
+    history: History
+    run: dict[str, Any]
+    out: Path
+
+
+def train_run(
+    explicit: dict[str, Any],
+    *,
+    out: Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    quiet: bool = False,
+    threads: int | None = None,
+    world: distributed.World | None = None,
+    say: Callable[[str], None] = print,
+) -> TrainedRun:
+    """Train as ``scratchcnn train`` does (see the module docstring); ``explicit`` holds
+    the settings given on the command line (``RUN_DEFAULTS``' keys, and ``data_dir``)."""
+    world = world or distributed.init()
+    run, out = resolve_run(explicit, out, resume=resume, overwrite=overwrite)
+    checkpoint = resumed_checkpoint(out, resume=resume)
+    record_world_size(run, checkpoint, world.size)
+    dtype = np.dtype(run["dtype"])
+    train = load_dataset(run["dataset"], "train", data_dir=run["data_dir"], seed=run["seed"])
+    test = load_dataset(run["dataset"], "test", data_dir=run["data_dir"], seed=run["seed"])
+    if run["limit"]:
+        train = train[: run["limit"]]
+    if run["init"]:
+        model = init_model(run["init"], run["model"], dtype, train)
+    else:
+        model = build_model(run["model"], dtype=dtype, seed=run["seed"])
+        _check_fits(model, train, run)
+    opt = make_optimizer(
+        run["optimizer"], model, run["lr"], run["momentum"], run["weight_decay"], run["clip"]
+    )
+    sched = make_scheduler(run["schedule"], opt, run["epochs"])
+    aside = None
+    if world.rank == 0:  # the only process that writes the run folder
+        aside = prepare_run_folder(
+            out,
+            run,
+            resume=resume,
+            overwrite=overwrite,
+            defaults={**RUN_DEFAULTS, "world_size": 1},
+            checkpoint=checkpoint,
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        write_run_config(out, run)
+    if not quiet:
+        if aside is not None:
+            say(f"moved the previous run in {out} to {aside}")
+        if checkpoint is not None:
+            say(f"resuming the run in {out} {resume_point(checkpoint)}")
+        elif resume:
+            say(f"no checkpoint in {out} yet; starting the run from the beginning")
+        say(
+            f"training {run['model'] or run['init']} on {run['dataset']} ({len(train):,} train / "
+            f"{len(test):,} test images) for {run['epochs']} epochs, batch {run['batch_size']}, "
+            f"{run['optimizer']} lr {run['lr']:g}; writing to {out}"
+        )
+    done = checkpoint.epoch if checkpoint is not None else 0
+    board = _tensorboard(model, out, done or 0) if run["tensorboard"] else None
+
+    def report(m: EpochMetrics) -> None:
+        if board is not None:
+            board(m)
+        if not quiet:
+            say(
+                f"epoch {m.epoch:>3}/{run['epochs']}  train loss {m.train_loss:.4f} "
+                f"acc {m.train_accuracy:6.2%}  test loss {m.test_loss:.4f} "
+                f"acc {m.test_accuracy:6.2%}  {m.seconds:5.1f}s"
+            )
+
+    threads = resolve_threads(threads, model, run["batch_size"])
+    set_blas_threads(threads)
+    history = fit(
+        model,
+        train,
+        test_data=test,
+        epochs=run["epochs"],
+        batch_size=run["batch_size"],
+        optimizer=opt,
+        scheduler=sched,
+        seed=run["seed"],
+        out_dir=out,
+        resume=resume,
+        resume_from=checkpoint,
+        progress=False if quiet else None,
+        on_epoch_end=report,
+        extra={"run": run, "classes": list(train.classes)},
+        augment=run["augment"],
+        checkpoint_every=run["checkpoint_every"],
+        checkpoint_minutes=run["checkpoint_minutes"],
+        world=world,
+        threads=threads,
+    )
+    if board is not None:  # events are flushed every epoch; this closes the file
+        board.close()
+    if history.resumed_from_epoch >= run["epochs"] and not quiet:
+        say(f"the run in {out} already finished {run['epochs']} epochs; raise --epochs to go on")
+    last = history.last if history.epochs else None
+    if last is not None:
+        say(
+            f"test accuracy {last.test_accuracy:.2%} (loss {last.test_loss:.4f}) after "
+            f"{last.epoch} epochs"
+        )
+    say(f"checkpoint: {history.checkpoint}")
+    say(f"metrics:    {history.metrics_file}")
+    return TrainedRun(history, run, out)
+
+
+def _tensorboard(model: Any, out: Path, done: int) -> Any:
+    """The TensorBoard writer for ``train --tensorboard`` (tensorboardX imported only now)."""
+    from .tensorboard import TensorBoardLogger
+
+    return TensorBoardLogger(model, out, resume_epoch=done)
+
+
+def _check_fits(model: Any, data: Any, run: dict[str, Any], hint: str = "--model") -> None:
+    """``check_data_fits``, with the command line's hint."""
+    try:
+        check_data_fits(model, data, default_loss(model), "data set")
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (model {run['model']}); pick a matching {hint}") from exc
