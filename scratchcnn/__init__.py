@@ -62,6 +62,8 @@ from .nn.losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss, MSELoss
 #: Each old name is the same module object as its new one (not a copy), so
 #: ``import scratchcnn.models`` and ``from scratchcnn.kernels import using`` keep working.
 _OLD_NAMES = {
+    "init": "nn.init",
+    "optim": "nn.optim",
     "models": "nn.zoo",
     "kernels": "engine",
     "distributed": "parallel.mpi",
