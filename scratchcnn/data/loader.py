@@ -27,9 +27,10 @@ class Dataset:
 
     ``images`` is (N, C, H, W): uint8 in [0, 255] for image data sets, or a float
     array (float32 for the shapes set), which must be finite. ``labels`` is
-    (N,) and is stored as int64. Indexing with a slice, an integer array or a
-    boolean mask returns a new Dataset with the same name and classes (an
-    integer gives a Dataset of length 1).
+    (N,) and is stored as int64. As in PyTorch, ``dataset[i]`` is one item, an
+    ``(image, label)`` pair (the (C, H, W) image as stored, the label an int);
+    indexing with a slice, an integer array or a boolean mask returns a new Dataset
+    with the same name and classes (``dataset[:1000]``: the first 1,000 images).
     """
 
     images: np.ndarray
@@ -93,12 +94,12 @@ class Dataset:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
-    def __getitem__(self, idx: Any) -> Dataset:
+    def __getitem__(self, idx: Any) -> Any:
         if isinstance(idx, (int, np.integer)) and not isinstance(idx, bool):
             n = len(self)
             if not -n <= idx < n:
                 raise IndexError(f"dataset {self.name!r}: index {idx} out of range for {n} items")
-            idx = slice(int(idx), int(idx) + 1 or None)
+            return self.images[idx], int(self.labels[idx])
         return Dataset(self.images[idx], self.labels[idx], self.classes, self.name)
 
     def __repr__(self) -> str:

@@ -35,9 +35,10 @@ def test_dataset_basics():
     np.testing.assert_array_equal(fancy.images[0], ds.images[9])
     mask = ds[ds.labels == 1]
     assert len(mask) == 3
-    one = ds[-1]
-    assert len(one) == 1 and one.images.shape == (1, 2, 3, 3)
-    np.testing.assert_array_equal(one.images[0], ds.images[9])
+    image, label = ds[-1]  # one item, as in PyTorch
+    assert image.shape == (2, 3, 3) and label == int(ds.labels[9]) and type(label) is int
+    np.testing.assert_array_equal(image, ds.images[9])
+    assert len(ds[9:10]) == 1  # a slice stays a Dataset
     with pytest.raises(IndexError):
         ds[10]
     assert "n=10" in repr(ds)
