@@ -33,7 +33,7 @@ def _small_cnn(rng: np.random.Generator) -> sc.Sequential:
         ],
         input_shape=(2, 6, 6),
     )
-    for _, layer, name in model.named_parameters():
+    for _, layer, name in model.named_leaf_parameters():
         layer.params[name][...] = rng.normal(0, 0.7, layer.params[name].shape)
     return model
 
@@ -149,11 +149,11 @@ def test_explaining_leaves_the_model_as_it_was(rng):
     x = distinct((3, 2, 6, 6), rng)
     model.forward(x)
     model.backward(np.ones((3, 5)))
-    before = {k: la.grads[n].copy() for k, la, n in model.named_parameters()}
+    before = {k: la.grads[n].copy() for k, la, n in model.named_leaf_parameters()}
     sc.gradcam(model, x)
     sc.saliency(model, x)
     assert model.training and all(la.training for la in model.layers)
-    for key, layer, name in model.named_parameters():
+    for key, layer, name in model.named_leaf_parameters():
         np.testing.assert_array_equal(layer.grads[name], before[key])
     for layer in model.layers:
         assert "forward" not in vars(layer) and "backward" not in vars(layer)
@@ -222,7 +222,7 @@ def _residual_model(rng: np.random.Generator) -> sc.Sequential:
         ],
         input_shape=(1, 5, 5),
     )
-    for _, layer, name in model.named_parameters():
+    for _, layer, name in model.named_leaf_parameters():
         layer.params[name][...] = rng.normal(0, 0.8, layer.params[name].shape)
     return model
 

@@ -12,6 +12,7 @@ import pytest
 import scratchcnn as sc
 from scratchcnn.cli import build_parser, main
 from scratchcnn.nn.zoo import lenet5, resnet8
+from scratchcnn.parallel import threads as threads_module
 from scratchcnn.parallel.threads import MACS_PER_THREAD, auto_threads, model_macs, resolve_threads
 
 
@@ -109,6 +110,7 @@ def test_threads_are_chosen_per_workload(monkeypatch):
     big = int(4 * MACS_PER_THREAD / (3 * macs)) + 1
     assert auto_threads(model, big, available=8) == 4
     assert auto_threads(model, big, available=2) == 2
+    monkeypatch.setattr(threads_module, "max_threads", lambda: 8)
     assert resolve_threads(3, model, 32) == 3  # --threads wins
     monkeypatch.setenv("SCRATCHCNN_NUM_THREADS", "2")
     assert resolve_threads(None, model, 32) == 2
@@ -121,3 +123,16 @@ def test_threads_are_chosen_per_workload(monkeypatch):
     monkeypatch.setenv("SCRATCHCNN_NUM_THREADS", "many")
     with pytest.raises(sc.ConfigError, match="SCRATCHCNN_NUM_THREADS='many'"):
         resolve_threads(None, model, 32)
+
+
+def test_thread_counts_are_capped_at_the_cores(monkeypatch):
+    model = lenet5(seed=0)
+    monkeypatch.setattr(threads_module, "max_threads", lambda: 2)
+    with pytest.raises(sc.ConfigError, match="threads: 100000 threads, but this machine gives "):
+        resolve_threads(100000, model, 32)
+    monkeypatch.setenv("SCRATCHCNN_NUM_THREADS", "100000")
+    with pytest.raises(sc.ConfigError, match="SCRATCHCNN_NUM_THREADS: 100000 threads"):
+        resolve_threads(None, model, 32)
+    with pytest.raises(sc.ConfigError, match="ask for at most 2"):
+        sc.parallel.BatchSplit(model, sc.CrossEntropyLoss(), threads=3)
+    assert resolve_threads(2, model, 32) == 2

@@ -98,7 +98,7 @@ def test_mpiexec_without_mpi4py_is_one_line_naming_the_extra(tmp_path):
     env = child_env(1, PMI_SIZE="2", PMI_RANK="0")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     line = error_line(result)
-    assert "mpi4py is not installed" in line and "scratchcnn[mpi]" in line
+    assert "mpi4py is not installed" in line and "pip install -e '.[mpi]'" in line
     assert not (tmp_path / "model.npz").exists()
 
 

@@ -75,10 +75,10 @@ def test_fit_records_the_mean_gradient_norm_of_every_parameter(tmp_path):
             net.train()
             loss_fn.forward(net.forward(x), y)
             net.backward(loss_fn.backward())
-            for key, layer, name in net.named_parameters():
+            for key, layer, name in net.named_leaf_parameters():
                 sums[key] = sums.get(key, 0.0) + float(np.linalg.norm(layer.grads[name]))
         expected = {f"{int(k.split('.')[0]) + 1}.{k.split('.')[1]}": v / 6 for k, v in sums.items()}
-        assert set(record["grad_norms"]) == {k for k, _, _ in model.named_parameters()}
+        assert set(record["grad_norms"]) == {k for k, _, _ in model.named_leaf_parameters()}
         assert record["grad_norms"] == pytest.approx(expected, rel=1e-5)
         assert all(v > 0 for v in expected.values())
 

@@ -40,7 +40,9 @@ def test_first_step_gradients_equal_torch(dtype, rel, rng):
     tloss = torch.nn.functional.cross_entropy(tmodel(torch.tensor(x)), torch.tensor(y))
     tloss.backward()
     assert loss == pytest.approx(tloss.item(), rel=rel)
-    grads = dict(zip([k for k, _, _ in model.named_parameters()], model.gradients(), strict=True))
+    grads = dict(
+        zip([k for k, _, _ in model.named_leaf_parameters()], model.gradients(), strict=True)
+    )
     for name, p in tmodel.named_parameters():
         ref = p.grad.numpy()
         err = np.abs(grads[name] - ref).max() / np.abs(ref).max()

@@ -122,7 +122,7 @@ def test_missing_tensorboardx_is_one_line_naming_the_extra(tmp_path, capsys, mon
     assert main(["train", "--epochs", "1", "--out", str(out), *QUICK]) == 2
     err = capsys.readouterr().err
     assert err == (
-        "scratchcnn: error: TensorBoard logging needs tensorboardX: "
-        "pip install 'scratchcnn[tensorboard]'\n"
+        "scratchcnn: error: TensorBoard logging needs tensorboardX: pip install tensorboardX "
+        "(the [tensorboard] extra: pip install -e '.[tensorboard]' in a clone)\n"
     )
     assert not (out / "model.npz").exists()

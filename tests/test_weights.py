@@ -200,7 +200,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
 def test_missing_extra_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "safetensors", None)
     monkeypatch.setitem(sys.modules, "safetensors.numpy", None)
-    with pytest.raises(sc.MissingDependencyError, match=r"pip install 'scratchcnn\[safetensors\]'"):
+    with pytest.raises(sc.MissingDependencyError, match=r"pip install -e '\.\[safetensors\]'"):
         sc.Sequential([sc.Dense(3, 2)]).save_weights(tmp_path / "w.safetensors")
     assert not (tmp_path / "w.safetensors").exists()
 

@@ -9,7 +9,7 @@ an ``nn.Sequential`` of the same layers loads here, and a file saved here loads 
 ``nn.Sequential`` with ``load_state_dict(strict=True)``. Only weights travel: the
 architecture is code on both sides (use ``scratchcnn.save`` for a full checkpoint).
 
-Writing needs the optional ``safetensors`` package (``pip install 'scratchcnn[safetensors]'``),
+Writing needs the optional ``safetensors`` package (``pip install -e '.[safetensors]'``),
 imported only here and only when writing. Each array is made C-contiguous first: safetensors'
 numpy writer stores an array's raw memory as if it were C-ordered
 (huggingface/safetensors#825), so a Fortran-ordered or strided array would load back
@@ -47,7 +47,10 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024
 MAX_FILE_BYTES = MAX_CHECKPOINT_BYTES
 MAX_RANK = 8
 MAX_DIM = 2**40
-INSTALL_HINT = "pip install 'scratchcnn[safetensors]'"
+INSTALL_HINT = (
+    "pip install safetensors (the [safetensors] extra: pip install -e '.[safetensors]' in a "
+    "clone)"
+)
 
 #: safetensors dtype names -> little-endian numpy dtypes. BF16 has no numpy type: it is read
 #: as uint16 and widened to float32 (exact: bfloat16 is the top half of a float32).

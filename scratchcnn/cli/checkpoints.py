@@ -14,7 +14,6 @@ from ..checkpoint import load_checkpoint
 from ..data import load_dataset
 from ..data.images import load_image
 from ..errors import ConfigError
-from ..parallel.threads import resolve_threads, set_blas_threads
 from ..training.evaluate import evaluate
 from ..training.job import _check_fits
 from ..training.midepoch import resume_point
@@ -35,9 +34,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     seed = seed if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 else 0
     data = load_dataset(name, args.split, data_dir=data_dir, seed=seed)
     _check_fits(ckpt.model, data, {"model": args.checkpoint.name}, "--dataset or checkpoint")
-    threads = resolve_threads(args.threads, ckpt.model, 512)
-    set_blas_threads(threads)
-    result = evaluate(ckpt.model, data, progress=None if not args.json else False, threads=threads)
+    result = evaluate(
+        ckpt.model, data, progress=None if not args.json else False, threads=args.threads
+    )
     if args.json:
         _say(json_line({"accuracy": result.accuracy, "loss": result.loss, "n": result.n}))
         return 0

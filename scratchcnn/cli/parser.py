@@ -62,8 +62,8 @@ def _positive_float(text: str) -> float:
 
 
 _MID_EPOCH = (
-    "also write the checkpoint inside epochs (--resume continues there exactly; default: "
-    "only at the end of each epoch)"
+    "--resume continues there exactly; default: only at the end of each epoch; with "
+    "--checkpoint-{other} too, whichever comes first"
 )
 
 
@@ -138,8 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     _threads_option(p)
-    p.add_argument("--checkpoint-every", type=_positive_int, metavar="STEPS", help=_MID_EPOCH)
-    p.add_argument("--checkpoint-minutes", type=_positive_float, metavar="M", help=_MID_EPOCH)
+    p.add_argument(
+        "--checkpoint-every",
+        type=_positive_int,
+        metavar="STEPS",
+        help="also write the checkpoint after every STEPS optimiser steps, inside epochs ("
+        + _MID_EPOCH.format(other="minutes")
+        + ")",
+    )
+    p.add_argument(
+        "--checkpoint-minutes",
+        type=_positive_float,
+        metavar="M",
+        help="also write the checkpoint when M minutes have passed since the last one, inside "
+        "epochs (" + _MID_EPOCH.format(other="every") + ")",
+    )
     p.set_defaults(func=train.cmd_train)
 
     p = _checkpoint_command(

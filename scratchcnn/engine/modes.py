@@ -11,8 +11,10 @@ The engine has three levels, chosen by the environment variable ``SCRATCHCNN_KER
   route is tested against.
 - ``numba``: as ``auto``, but an error naming the problem if numba cannot be loaded.
 
-The kernels are compiled on first use (a few seconds, once) and cached on disk by numba,
-so later processes start at once.
+The kernels are compiled on first use (a few seconds, once) and cached on disk by numba
+under ``$SCRATCHCNN_CACHE_DIR/numba`` (``~/.cache/scratchcnn/numba``; ``NUMBA_CACHE_DIR``
+chooses another place), never inside the installed package, so later processes start at
+once.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from types import ModuleType
 
 import numpy as np
 
+from .._cache import cache_root
 from ..errors import ConfigError
 
 ENV = "SCRATCHCNN_KERNELS"
@@ -83,6 +86,7 @@ def _load(required: bool) -> ModuleType | None:
         with _lock:
             if _compiled is None and _missing is None:
                 try:
+                    _cache_outside_the_package()
                     from . import _numba
                 except ImportError as exc:  # numba absent, or too old for this NumPy
                     _missing = str(exc)
@@ -103,6 +107,20 @@ def _load(required: bool) -> ModuleType | None:
             stacklevel=3,
         )
     return _compiled
+
+
+def _cache_outside_the_package() -> None:
+    """numba caches compiled kernels next to their source, inside the installed package,
+    unless told otherwise; a reinstall then finds stale files there. Unless the user chose a
+    place (``NUMBA_CACHE_DIR``), keep them under scratchcnn's cache folder instead:
+    ``$SCRATCHCNN_CACHE_DIR/numba`` (set before the kernels are defined, which is when
+    numba picks the place)."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return
+    import numba
+
+    if not numba.config.CACHE_DIR:
+        numba.config.CACHE_DIR = str(cache_root() / "numba")
 
 
 def engine_on() -> bool:

@@ -1,8 +1,9 @@
 """The one door between the formulas in ``scratchcnn.nn`` and the packages above them.
 
 The layers here are the reference: plain NumPy, each read beside its formula. Making them
-fast is the engine's job (``scratchcnn.engine``), and writing them to disk the checkpoint
-package's (``scratchcnn.checkpoint``). ``nn`` imports neither: imports point down
+fast is the engine's job (``scratchcnn.engine``), writing them to disk the checkpoint
+package's (``scratchcnn.checkpoint``), choosing BLAS threads the parallel package's
+(``scratchcnn.parallel.threads``). ``nn`` imports none of them: imports point down
 (docs/architecture.md). Instead each of them *installs* itself here when ``import
 scratchcnn`` loads it, and nn asks through the functions below. With nothing installed
 (``SCRATCHCNN_KERNELS=numpy`` makes the engine decline too) every model runs exactly the
@@ -11,12 +12,14 @@ code of its layers, in the order they were given.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from ..errors import MissingDependencyError
 
 _engine: Any = None
 _storage: Any = None
+_threads: Any = None
 
 
 def install_engine(engine: Any) -> None:
@@ -31,6 +34,19 @@ def install_storage(storage: Any) -> None:
     ``load_weights``, ``save`` and ``load``."""
     global _storage
     _storage = storage
+
+
+def install_threads(choose: Any) -> None:
+    """Called by ``scratchcnn.parallel``: ``choose(model, batch_size)``, a context manager
+    that applies the BLAS thread count chosen for that work (``parallel.threads``)."""
+    global _threads
+    _threads = choose
+
+
+def threads(model: Any, batch_size: int) -> Any:
+    """The BLAS threads for running ``model`` on batches of ``batch_size``, as a context
+    (the count ``scratchcnn.parallel.threads`` chooses; nothing installed: unchanged)."""
+    return contextlib.nullcontext() if _threads is None else _threads(model, batch_size)
 
 
 def plan(model: Any) -> Any:

@@ -76,8 +76,8 @@ def _rng_holders(obj: Any) -> list[Any]:
 
 def _param_tensors(obj: Any) -> list[tuple[str, Any, str]]:
     """(display name, leaf layer, name) for every parameter of a layer, block or Sequential."""
-    if hasattr(obj, "named_parameters"):
-        return list(obj.named_parameters())
+    if hasattr(obj, "named_leaf_parameters"):
+        return list(obj.named_leaf_parameters())
     return [(name, obj, name) for name in getattr(obj, "params", {})]
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ConfigError, ShapeError
 from . import dispatch
-from .layers.sequential import Sequential
+from .layers.sequential import Parameters, Sequential
 
 
 def _check_hyper(name: str, value: Any, lo: float, hi: float = math.inf, lo_open=False) -> float:
@@ -49,6 +49,20 @@ def clip_grad_norm(model: Sequential, max_norm: float) -> float:
     return norm
 
 
+def _owner(params: Any) -> Sequential:
+    """The model an optimiser updates: given itself, or as ``model.parameters()`` (a list
+    that knows its model, as torch's optimisers take it)."""
+    if isinstance(params, Parameters):
+        params = params.owner
+    if isinstance(params, Sequential):
+        return params
+    raise ConfigError(
+        f"an optimizer takes a Sequential model or its model.parameters(), got "
+        f"{type(params).__name__} (a plain list of arrays does not say where their gradients "
+        "are)"
+    )
+
+
 class Optimizer:
     """Base class: walks the model's parameters, keeps per-parameter buffers, saves state.
 
@@ -58,10 +72,10 @@ class Optimizer:
     #: names of the per-parameter buffers a subclass keeps (e.g. ("momentum_buffer",))
     buffer_names: tuple[str, ...] = ()
 
-    def __init__(self, model: Sequential, lr: float, max_grad_norm: float | None = None) -> None:
-        if not isinstance(model, Sequential):
-            raise ConfigError(f"optimizer expects a Sequential model, got {type(model).__name__}")
-        self.model = model
+    def __init__(
+        self, model: Sequential | Parameters, lr: float, max_grad_norm: float | None = None
+    ) -> None:
+        self.model = _owner(model)
         self.lr = _check_hyper("lr", lr, 0.0, lo_open=True)
         self.max_grad_norm = (
             None
@@ -81,7 +95,7 @@ class Optimizer:
             self.last_grad_norm = clip_grad_norm(self.model, self.max_grad_norm)
         self.steps += 1
         update = dispatch.optimizer_update(self) or self._update  # the engine's, if faster
-        for key, layer, name in self.model.named_parameters():
+        for key, layer, name in self.model.named_leaf_parameters():
             p, g = layer.params[name], layer.grads[name]
             st = self.state.get(key)
             if st is None:
@@ -131,7 +145,7 @@ class Optimizer:
             type(self).__init__(fresh, model, lr=lr or 1.0, **hyper)
         except TypeError as exc:
             raise ConfigError(f"optimizer state does not fit {type(self).__name__}: {exc}") from exc
-        params = {key: layer.params[name] for key, layer, name in model.named_parameters()}
+        params = {key: layer.params[name] for key, layer, name in model.named_leaf_parameters()}
         buffers: dict[str, dict[str, np.ndarray]] = {}
         for full, arr in state.get("buffers", {}).items():
             key, _, buf = full.rpartition("/")
@@ -175,7 +189,7 @@ class SGD(Optimizer):
 
     def __init__(
         self,
-        model: Sequential,
+        model: Sequential | Parameters,
         lr: float = 0.01,
         momentum: float = 0.0,
         nesterov: bool = False,
@@ -224,7 +238,7 @@ class Adam(Optimizer):
 
     def __init__(
         self,
-        model: Sequential,
+        model: Sequential | Parameters,
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
@@ -272,7 +286,7 @@ class AdamW(Adam):
 
     def __init__(
         self,
-        model: Sequential,
+        model: Sequential | Parameters,
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
@@ -292,6 +306,17 @@ class LRScheduler:
 
     def lr_at(self, epoch: int) -> float:
         raise NotImplementedError
+
+    #: The epoch the schedule was made to end at (None: it has no end).
+    @property
+    def ends_at(self) -> int | None:
+        return None
+
+    def stretch(self, epochs: int) -> bool:
+        """Make a schedule that ends before ``epochs`` end there instead (what a resumed run
+        given more epochs does, instead of following the formula past its end); True if it
+        changed. The rate becomes the stretched schedule's at the current epoch."""
+        return False
 
     def step(self) -> float:
         self.epoch += 1
@@ -343,9 +368,22 @@ class CosineAnnealingLR(LRScheduler):
     """lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2.
 
     Past ``T_max`` the formula goes on as torch's does (the cosine is periodic: the rate
-    climbs back towards base_lr over the next T_max epochs); it is not held at eta_min."""
+    climbs back towards base_lr over the next T_max epochs); it is not held at eta_min. A
+    resumed run given more epochs stretches it instead (``stretch``: T_max becomes the new
+    number of epochs), so it never trains at the bottom of the curve or climbs back."""
 
     settings = ("T_max", "eta_min")
+
+    @property
+    def ends_at(self) -> int:
+        return self.T_max
+
+    def stretch(self, epochs: int) -> bool:
+        if epochs <= self.T_max:
+            return False
+        self.T_max = int(epochs)
+        self.optimizer.lr = self.lr_at(self.epoch)
+        return True
 
     def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0) -> None:
         super().__init__(optimizer)

@@ -9,6 +9,7 @@ Not to be confused with the ``Parallel`` block (branches side by side inside a m
 
 from __future__ import annotations
 
+from ..nn import dispatch as _dispatch
 from . import mpi, supervise, threads
 from .allocator import tune_allocator
 from .split import (
@@ -36,3 +37,5 @@ __all__ = [
     "threads",
     "tune_allocator",
 ]
+
+_dispatch.install_threads(threads.chosen_threads)

@@ -451,7 +451,8 @@ def init(timeout: float | None = None, heartbeat: float | None = None) -> World:
     except ImportError as exc:
         raise DistributedError(
             f"this process was started by mpiexec ({size or 'several'} processes) but mpi4py "
-            "is not installed; pip install 'scratchcnn[mpi]'"
+            "is not installed; pip install mpi4py mpich (the [mpi] extra: pip install -e "
+            "'.[mpi]' in a clone)"
         ) from exc
     comm = MPI.COMM_WORLD
     comm.Set_errhandler(MPI.ERRORS_RETURN)

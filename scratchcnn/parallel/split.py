@@ -39,7 +39,6 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -52,6 +51,7 @@ from ..nn.layers.sequential import Sequential
 from ..nn.losses import Loss
 from . import procsplit
 from .procsplit import SplitStartError
+from .threads import blas_threads, check_threads
 
 #: Smallest slice worth a thread: below this the hand-off (tens of microseconds) and the
 #: smaller GEMMs cost more than the second core gives back.
@@ -163,29 +163,10 @@ def resolve_backend(backend: str | None = None) -> str:
 
 class OneBlasThread:
     """Call it for a context in which BLAS runs one thread in this process: each slice of a
-    split owns one core. The same as threadpoolctl's ``limit(limits=1, user_api="blas")``,
-    through library handles found once (that context manager looks every library up again
-    on each entry: 21 against 9.5 us a call, measured here; a split LeNet-5 step is 4-5 ms).
-    Nothing is set when BLAS already runs one thread."""
+    split owns one core (``threads.blas_threads(1)``, through library handles found once)."""
 
-    def __init__(self) -> None:
-        from threadpoolctl import ThreadpoolController
-
-        self._libs = ThreadpoolController().select(user_api="blas").lib_controllers
-
-    @contextmanager
-    def __call__(self) -> Iterator[None]:
-        changed = []
-        try:
-            for lib in self._libs:
-                n = lib.num_threads
-                if n is not None and n != 1:
-                    lib.set_num_threads(1)
-                    changed.append((lib, n))
-            yield
-        finally:
-            for lib, n in changed:
-                lib.set_num_threads(n)
+    def __call__(self) -> Any:
+        return blas_threads(1)
 
 
 class BatchSplit:
@@ -205,9 +186,7 @@ class BatchSplit:
         threads: int | None = None,
         backend: str | None = None,
     ) -> None:
-        threads = 1 if threads is None else threads
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ConfigError(f"threads must be a positive int, got {threads!r}")
+        threads = check_threads(1 if threads is None else threads, "threads")
         self.backend = resolve_backend(backend)
         self._procs: Any = None
         self.model = model

@@ -1,4 +1,4 @@
-"""How many BLAS threads the command line uses, chosen per workload.
+"""How many BLAS threads a workload gets, chosen per workload, at every entry point.
 
 OpenBLAS starts one thread per core and its idle workers spin. On LeNet-sized work (a batch
 of 32 28x28 images is a few small matrix products per layer) a second thread gains nothing,
@@ -10,14 +10,24 @@ The choice depends only on the model, the batch size and the BLAS's own setting,
 the machine's current load: the thread count changes how matrix products sum (the last
 bits of the results), and an exact ``--resume`` needs the same count as the first run.
 
-Order of precedence: ``--threads N``, then ``$SCRATCHCNN_NUM_THREADS``, then the automatic
-choice, which never exceeds what the BLAS was started with (``OPENBLAS_NUM_THREADS``,
-``OMP_NUM_THREADS`` ... keep working as a ceiling).
+Order of precedence: ``--threads N`` (``threads=N`` in Python), then
+``$SCRATCHCNN_NUM_THREADS``, then the automatic choice, which never exceeds what the BLAS
+was started with (``OPENBLAS_NUM_THREADS``, ``OMP_NUM_THREADS`` ... keep working as a
+ceiling). A count above the machine's cores is refused in one line (each thread of a split
+batch is a worker process: 100,000 of them would exhaust the machine).
+
+Every entry point chooses this way and applies the count for the duration of its work
+only (:func:`blas_threads`, restored afterwards): the command line, ``fit``, ``evaluate``
+and ``Sequential.predict`` (which reaches :func:`chosen_threads` through
+``scratchcnn.nn.dispatch``). In your own loop, ``with blas_threads(1):`` does the same.
 """
 
 from __future__ import annotations
 
 import os
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..errors import ConfigError
@@ -26,9 +36,12 @@ from ..nn.layers.sequential import Sequential
 __all__ = [
     "MACS_PER_THREAD",
     "auto_threads",
+    "blas_threads",
+    "check_threads",
+    "chosen_threads",
+    "max_threads",
     "model_macs",
     "resolve_threads",
-    "set_blas_threads",
 ]
 
 #: Multiply-adds per training step (batch x per-image MACs) that one more thread needs to
@@ -43,14 +56,24 @@ ENV_VAR = "SCRATCHCNN_NUM_THREADS"
 
 def model_macs(model: Sequential) -> int:
     """Multiply-adds of one forward pass for one image, counted over Conv2D and Dense (the
-    layers that call BLAS), inside blocks too; 0 if the model does not know its input shape."""
+    layers that call BLAS), inside blocks too; 0 if the model does not know its input shape.
+    Remembered per model for its current layers and input shape (``predict`` asks every
+    call)."""
     if model.input_shape is None:
         return 0
+    key = (tuple(map(id, model.layers)), tuple(model.input_shape))
+    cached = _MACS.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
     total, shape = 0, (1, *model.input_shape)
     for layer in model.layers:
         macs, shape = _layer_macs(layer, shape)
         total += macs
+    _MACS[model] = (key, total)
     return total
+
+
+_MACS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _layer_macs(layer: Any, shape: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
@@ -79,39 +102,91 @@ def _layer_macs(layer: Any, shape: tuple[int, ...]) -> tuple[int, tuple[int, ...
 def auto_threads(model: Sequential, batch_size: int, available: int | None = None) -> int:
     """One thread per MACS_PER_THREAD multiply-adds of a training step (forward + backward
     is about 3x the forward), at least 1, at most ``available`` and MAX_AUTO_THREADS."""
-    available = available or os.cpu_count() or 1
+    available = available or max_threads()
     step = 3 * model_macs(model) * max(1, batch_size)
     return max(1, min(int(step // MACS_PER_THREAD), available, MAX_AUTO_THREADS))
+
+
+def max_threads() -> int:
+    """The cores this process may run on (its CPU affinity where the OS says, else the
+    machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def check_threads(n: Any, where: str) -> int:
+    """``n`` if it is a positive int of at most :func:`max_threads`; else one line naming
+    ``where`` it came from."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"{where} must be a positive integer, got {n!r}")
+    cores = max_threads()
+    if n > cores:
+        raise ConfigError(
+            f"{where}: {n} threads, but this machine gives this process {cores} "
+            f"core{'s' if cores != 1 else ''}; ask for at most {cores}"
+        )
+    return n
 
 
 def resolve_threads(requested: int | None, model: Sequential, batch_size: int) -> int:
     """The thread count to use: ``requested`` (``--threads``), else $SCRATCHCNN_NUM_THREADS,
     else :func:`auto_threads` capped at the BLAS's current setting."""
-    if requested is None:
-        text = os.environ.get(ENV_VAR, "").strip()
-        if text:
-            try:
-                requested = int(text)
-            except ValueError:
-                requested = 0
-            if requested < 1:
-                raise ConfigError(f"{ENV_VAR}={text!r}: expected a positive integer")
     if requested is not None:
-        return requested
+        return check_threads(requested, "threads")
+    text = os.environ.get(ENV_VAR, "").strip()
+    if text:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise ConfigError(f"{ENV_VAR}={text[:40]!r}: expected a positive integer")
+        return check_threads(value, ENV_VAR)
     return auto_threads(model, batch_size, _current_blas_threads())
 
 
-def _current_blas_threads() -> int | None:
-    from threadpoolctl import threadpool_info
+_LIBS: list[Any] | None = None
 
-    counts = [p["num_threads"] for p in threadpool_info() if p.get("user_api") == "blas"]
+
+def blas_libraries() -> list[Any]:
+    """threadpoolctl's controllers of the BLAS libraries loaded in this process, looked up
+    once (looking them up again costs more than a small step: 21 against 9.5 us a call)."""
+    global _LIBS
+    if _LIBS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _LIBS = list(ThreadpoolController().select(user_api="blas").lib_controllers)
+    return _LIBS
+
+
+def _current_blas_threads() -> int | None:
+    counts = [n for n in (lib.num_threads for lib in blas_libraries()) if n is not None]
     return min(counts) if counts else None
 
 
-def set_blas_threads(n: int) -> None:
-    """Limit the BLAS to ``n`` threads from now on in this process (threadpoolctl). The
-    command line calls it once, before the work; a library never changes it behind its
-    caller's back (Python code uses ``threadpoolctl.threadpool_limits`` itself)."""
-    from threadpoolctl import threadpool_limits
+@contextmanager
+def blas_threads(n: int) -> Iterator[int]:
+    """Within this block the BLAS runs ``n`` threads; afterwards, what it ran before.
+    Nothing is set where it runs ``n`` already."""
+    changed = []
+    try:
+        for lib in blas_libraries():
+            old = lib.num_threads
+            if old is not None and old != n:
+                lib.set_num_threads(n)
+                changed.append((lib, old))
+        yield n
+    finally:
+        for lib, old in changed:
+            lib.set_num_threads(old)
 
-    threadpool_limits(limits=n, user_api="blas")
+
+@contextmanager
+def chosen_threads(model: Any, batch_size: int, requested: int | None = None) -> Iterator[int]:
+    """:func:`resolve_threads`' count for ``model`` at ``batch_size``, applied to the BLAS
+    for the duration of the block; yields the count."""
+    n = resolve_threads(requested, model, batch_size)
+    with blas_threads(n):
+        yield n

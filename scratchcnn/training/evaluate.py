@@ -19,6 +19,7 @@ from ..errors import ConfigError, ScratchCNNError
 from ..nn.layers.sequential import Sequential
 from ..nn.losses import BCEWithLogitsLoss, CrossEntropyLoss, Loss
 from ..parallel.split import BatchSplit
+from ..parallel.threads import chosen_threads
 
 
 def progress_off(progress: bool | None) -> bool | None:
@@ -74,8 +75,8 @@ def evaluate(
 ) -> EvalResult:
     """Loss, accuracy and confusion matrix of ``model`` on ``dataset`` in eval mode.
 
-    ``threads``: batches are split over this many threads (``scratchcnn.parallel``; default
-    None: not split)."""
+    ``threads``: the BLAS threads, and the slices each batch is split into
+    (``scratchcnn.parallel``); None chooses as the command line does."""
     loss_fn = loss_fn or default_loss(model)
     check_data_fits(model, dataset, loss_fn, "data")
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, dtype=model.dtype)
@@ -83,14 +84,17 @@ def evaluate(
     model.eval()
     total, preds = 0.0, []
     route = engine.loss_route(loss_fn)
-    splitter = BatchSplit(model, loss_fn, threads)
     try:
-        for x, y in tqdm(loader, desc="evaluate", leave=False, disable=progress_off(progress)):
-            logits = splitter.forward(x)
-            total += route.forward(logits, targets_for(loss_fn, logits, y)) * len(y)
-            preds.append(predicted_classes(logits))
+        with (
+            chosen_threads(model, batch_size, threads) as n,
+            BatchSplit(model, loss_fn, n) as split,
+        ):
+            bar = tqdm(loader, desc="evaluate", leave=False, disable=progress_off(progress))
+            for x, y in bar:
+                logits = split.forward(x)
+                total += route.forward(logits, targets_for(loss_fn, logits, y)) * len(y)
+                preds.append(predicted_classes(logits))
     finally:
-        splitter.close()
         model.train(was_training)
     pred = np.concatenate(preds)
     k = dataset.num_classes

@@ -29,12 +29,12 @@ from ..data import load_dataset
 from ..errors import ConfigError
 from ..nn.zoo import build_model
 from ..parallel import mpi as distributed
-from ..parallel.threads import resolve_threads, set_blas_threads
 from .evaluate import check_data_fits, default_loss
 from .finetune import init_model
 from .loop import History, fit, make_optimizer, make_scheduler
 from .midepoch import resume_point
 from .runs import (
+    FINE_TUNE_LR_FACTOR,
     RUN_DEFAULTS,
     EpochMetrics,
     prepare_run_folder,
@@ -102,12 +102,20 @@ def train_run(
             say(f"moved the previous run in {out} to {aside}")
         if checkpoint is not None:
             say(f"resuming the run in {out} {resume_point(checkpoint)}")
+            end = (checkpoint.scheduler_state or {}).get("T_max")
+            if isinstance(end, int) and end < run["epochs"] and checkpoint.epoch is not None:
+                say(
+                    f"its cosine schedule was made for {end} epochs: stretched to "
+                    f"{run['epochs']} (the rate goes on from where the longer curve is at "
+                    f"epoch {checkpoint.epoch}, never from the bottom)"
+                )
         elif resume:
             say(f"no checkpoint in {out} yet; starting the run from the beginning")
         say(
             f"training {run['model'] or run['init']} on {run['dataset']} ({len(train):,} train / "
-            f"{len(test):,} test images) for {run['epochs']} epochs, batch {run['batch_size']}, "
-            f"{run['optimizer']} lr {run['lr']:g}; writing to {out}"
+            f"{len(test):,} test images) for {_count(run['epochs'], 'epoch')}, batch "
+            f"{run['batch_size']}, {run['optimizer']} lr {run['lr']:g}{_lr_note(run, explicit)}; "
+            f"writing to {out}"
         )
     done = checkpoint.epoch if checkpoint is not None else 0
     board = _tensorboard(model, out, done or 0) if run["tensorboard"] else None
@@ -119,11 +127,9 @@ def train_run(
             say(
                 f"epoch {m.epoch:>3}/{run['epochs']}  train loss {m.train_loss:.4f} "
                 f"acc {m.train_accuracy:6.2%}  test loss {m.test_loss:.4f} "
-                f"acc {m.test_accuracy:6.2%}  {m.seconds:5.1f}s"
+                f"acc {m.test_accuracy:6.2%}  {m.seconds:5.1f}s{eval_gap_hint(model, m)}"
             )
 
-    threads = resolve_threads(threads, model, run["batch_size"])
-    set_blas_threads(threads)
     history = fit(
         model,
         train,
@@ -153,11 +159,47 @@ def train_run(
     if last is not None:
         say(
             f"test accuracy {last.test_accuracy:.2%} (loss {last.test_loss:.4f}) after "
-            f"{last.epoch} epochs"
+            f"{_count(last.epoch, 'epoch')}{eval_gap_hint(model, last)}"
         )
     say(f"checkpoint: {history.checkpoint}")
     say(f"metrics:    {history.metrics_file}")
     return TrainedRun(history, run, out)
+
+
+#: Test accuracy this far (absolute) below the training accuracy, with BatchNorm in the
+#: model, gets a word of explanation.
+EVAL_GAP = 0.2
+
+
+def eval_gap_hint(model: Any, m: EpochMetrics) -> str:
+    """Why the test accuracy (eval mode) can be far below the training accuracy (batch
+    statistics) early in a run with BatchNorm: its running statistics have not settled."""
+    if m.test_accuracy is None or m.train_accuracy - m.test_accuracy < EVAL_GAP:
+        return ""
+    tracked = [
+        int(layer.buffers["num_batches_tracked"])
+        for _, layer in model.named_layers()
+        if "num_batches_tracked" in getattr(layer, "buffers", {})
+    ]
+    if not tracked:
+        return ""
+    return (
+        f"  (test far below train: in eval mode BatchNorm normalises with its running "
+        f"statistics, which have seen {min(tracked):,} steps; they settle over a few hundred "
+        "more)"
+    )
+
+
+def _lr_note(run: dict[str, Any], explicit: dict[str, Any]) -> str:
+    """Why the rate is what it is, when it is not the recipe's."""
+    if run["init"] and "lr" not in explicit:
+        return f" (fine-tuning: {FINE_TUNE_LR_FACTOR:g} x the recipe's rate; --lr sets another)"
+    return ""
+
+
+def _count(n: int, what: str) -> str:
+    """ "1 epoch", "3 epochs"."""
+    return f"{n:,} {what}{'' if n == 1 else 's'}"
 
 
 def _tensorboard(model: Any, out: Path, done: int) -> Any:

@@ -41,6 +41,7 @@ from ..nn.optim import SGD, Adam, AdamW, CosineAnnealingLR, LRScheduler, Optimiz
 from ..parallel import mpi as distributed
 from ..parallel.allocator import tune_allocator
 from ..parallel.split import BatchSplit
+from ..parallel.threads import blas_threads, resolve_threads
 from .evaluate import (
     EvalResult,
     check_data_fits,
@@ -84,9 +85,11 @@ class FitSettings:
     ``on_epoch_end(metrics)``: called after every epoch (the command line prints them);
     ``extra``: JSON data stored in the checkpoint; ``checkpoint_every`` (steps) /
     ``checkpoint_minutes``: also checkpoint inside epochs (``midepoch``); ``world``: the MPI
-    processes training together (default ``distributed.init()``); ``threads``: split each
-    batch over this many threads or processes (``scratchcnn.parallel.BatchSplit``; None: not
-    split). Results are bit-identical for a given thread count.
+    processes training together (default ``distributed.init()``); ``threads``: the BLAS
+    threads, and the slices each batch is split into over threads or processes
+    (``scratchcnn.parallel.BatchSplit``); None chooses as the command line does
+    (``scratchcnn.parallel.threads``: one for LeNet-sized work, or
+    $SCRATCHCNN_NUM_THREADS). Results are bit-identical for a given thread count.
     """
 
     epochs: int = 5
@@ -186,6 +189,10 @@ class _Fit:
             dtype=model.dtype,
             augment=s.augment,
         )
+        # BLAS threads (and the batch split) as the command line chooses them: one thread
+        # for LeNet-sized work, where a second gains nothing and a busy machine makes it
+        # 20-40x slower; ``threads``, or $SCRATCHCNN_NUM_THREADS, decide otherwise.
+        self.threads = resolve_threads(s.threads, model, s.batch_size)
         self.world = world = s.world or distributed.init()
         _check_shards(world, len(train_data), self.loader.batch_size)
         self.writer = world.rank == 0  # only rank 0 writes files and shows progress
@@ -224,6 +231,10 @@ class _Fit:
             ckpt = load_checkpoint(self.ckpt_path)
         done = restore(ckpt, self.model, self.optimizer, s.scheduler, self.loader, self.world.size)
         self.start, self.history, self.position = done.epoch, done.history, done.position
+        if s.scheduler is not None:
+            # A schedule that ends before the epochs asked for is stretched to end with them
+            # (past its end a cosine climbs back from about zero: torch's formula).
+            s.scheduler.stretch(s.epochs)
         if self.position is not None and self.position.epoch > s.epochs:
             raise ConfigError(
                 f"{ckpt.path}: the run stopped inside epoch {self.position.epoch}; "
@@ -265,6 +276,10 @@ class _Fit:
             )
 
     def run(self) -> History:
+        with blas_threads(self.threads):
+            return self._epochs()
+
+    def _epochs(self) -> History:
         s, model, optimizer, scheduler = self.s, self.model, self.optimizer, self.s.scheduler
         for epoch in range(self.start + 1, s.epochs + 1):
             position = self.position
@@ -288,7 +303,7 @@ class _Fit:
                         self.after_step if self.clock.active else None,
                     ),
                     norms.update,
-                    s.threads,
+                    self.threads,
                 )
                 self.position = None
                 if not math.isfinite(train_loss):
@@ -307,7 +322,7 @@ class _Fit:
                 if scheduler is not None:
                     scheduler.step()
                 test = (
-                    _evaluate(model, s.test_data, self.loss_fn, self.world, s.threads)
+                    _evaluate(model, s.test_data, self.loss_fn, self.world, self.threads)
                     if s.test_data is not None
                     else None
                 )
@@ -468,7 +483,7 @@ def _evaluate(
     k = data.num_classes
     sums = np.zeros(2 + k * k)
     if hi > lo:
-        part = evaluate(model, data[lo:hi], loss_fn)
+        part = evaluate(model, data[lo:hi], loss_fn, threads=threads)
         sums[:] = [part.loss * part.n, part.n, *part.confusion.ravel()]
     world.allreduce(sums)
     confusion = np.rint(sums[2:]).astype(np.int64).reshape(k, k)

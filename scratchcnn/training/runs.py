@@ -60,6 +60,9 @@ RUN_DEFAULTS: dict[str, Any] = {
     "checkpoint_minutes": None,
 }
 
+#: With ``--init`` and no ``--lr``, the learning rate is the recipe's times this.
+FINE_TUNE_LR_FACTOR = 0.1
+
 #: Settings a resumed run may change (``--epochs``: train longer; ``--tensorboard`` and
 #: ``--checkpoint-*``: event files and how often checkpoints are written, which shape nothing
 #: in the training).
@@ -241,6 +244,11 @@ def resolve_run(
             f"{out} already holds a run ({CHECKPOINT_NAME}); pass --resume to continue it, "
             "--overwrite to replace it, or choose another --out"
         )
+    resumed = resume and (out / RUN_CONFIG).exists()
+    if explicit.get("init") and "lr" not in explicit and not resumed:
+        # Fine-tuning: the recipe's rate is a from-scratch rate, which undoes what the
+        # weights learned (LeNet-5 on mnist-5k: 97.5 % -> 94.2 % after one epoch at 0.05).
+        run["lr"] = run["lr"] * FINE_TUNE_LR_FACTOR
     run.update(explicit)
     if run["init"] and "model" not in explicit:
         run["model"] = None  # the checkpoint's network

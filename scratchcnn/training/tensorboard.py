@@ -1,5 +1,5 @@
 """TensorBoard event files for a training run, written through tensorboardX (no torch, no
-TensorFlow; ``pip install 'scratchcnn[tensorboard]'``). Imported only when asked for.
+TensorFlow; ``pip install -e '.[tensorboard]'``). Imported only when asked for.
 
 ``TensorBoardLogger(model, run_dir)`` is a callable for ``fit(..., on_epoch_end=...)``. Per
 epoch (the step is the epoch number) it writes
@@ -27,7 +27,10 @@ from ..errors import MissingDependencyError
 from ..nn.layers import Conv2D
 from ..nn.layers.base import leaf_layers
 
-INSTALL_HINT = "pip install 'scratchcnn[tensorboard]'"
+INSTALL_HINT = (
+    "pip install tensorboardX (the [tensorboard] extra: pip install -e '.[tensorboard]' in a "
+    "clone)"
+)
 
 
 def _summary_writer() -> Any:
@@ -95,7 +98,7 @@ class TensorBoardLogger:
         for tag, value in scalars.items():
             if value is not None:
                 w.add_scalar(tag, float(value), step)
-        for key, layer, name in self.model.named_parameters():
+        for key, layer, name in self.model.named_leaf_parameters():
             w.add_histogram(f"weights/{key}", np.asarray(layer.params[name]), step)
             if name in layer.grads:
                 w.add_histogram(f"grads/{key}", np.asarray(layer.grads[name]), step)

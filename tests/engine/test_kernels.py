@@ -546,3 +546,32 @@ def test_a_numba_that_fails_to_load_falls_back_to_numpy(monkeypatch):
     assert engine.active() is None
     with pytest.raises(ConfigError, match="RuntimeError: cannot cache function"):
         engine.set_mode("numba")
+
+
+def test_compiled_kernels_are_cached_outside_the_package(tmp_path):
+    """numba's cache goes under SCRATCHCNN_CACHE_DIR/numba (NUMBA_CACHE_DIR wins), never next
+    to the installed package, where a reinstall would find stale files."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import numpy as np, scratchcnn as sc\n"
+        "sc.models.lenet5().forward(np.zeros((2, 1, 28, 28), np.float32))\n"
+    )
+    package = Path(sc.__file__).parent
+    before = set(package.rglob("*.nbi"))
+    for var, folder in (
+        ("SCRATCHCNN_CACHE_DIR", tmp_path / "ours"),
+        ("NUMBA_CACHE_DIR", tmp_path / "theirs"),
+    ):
+        env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+        env[var] = str(folder)
+        env["PYTHONPATH"] = os.pathsep.join(sys.path)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        cached = list(folder.rglob("*.nbi"))
+        assert cached, f"nothing cached under {folder}"
+    assert (tmp_path / "ours" / "numba").is_dir()
+    assert set(package.rglob("*.nbi")) == before  # nothing new inside the package

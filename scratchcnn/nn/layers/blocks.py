@@ -136,8 +136,13 @@ class _Block(Layer):
         """(key prefix, leaf layer) depth-first in forward order, e.g. ("body.0", Conv2D)."""
         return leaves(self.named_children(), prefix)
 
-    def named_parameters(self) -> Iterator[tuple[str, Layer, str]]:
-        """(key, leaf layer, name) for each trainable tensor, keys like "body.0.weight"."""
+    def named_parameters(self) -> Iterator[tuple[str, np.ndarray]]:
+        """(key, array) for each trainable tensor, keys like "body.0.weight"."""
+        for key, layer, name in self.named_leaf_parameters():
+            yield key, layer.params[name]
+
+    def named_leaf_parameters(self) -> Iterator[tuple[str, Layer, str]]:
+        """(key, leaf layer, name) for each trainable tensor (see Sequential's)."""
         return leaf_parameters(self.named_layers())
 
     def named_tensors(self) -> Iterator[tuple[str, np.ndarray]]:

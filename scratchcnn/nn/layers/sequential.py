@@ -9,6 +9,7 @@ import numpy as np
 
 from ...errors import ConfigError, DTypeError, ShapeError
 from .. import dispatch
+from .activations import sigmoid, softmax
 from .base import (
     Layer,
     accepts_input_grad,
@@ -21,6 +22,15 @@ from .base import (
 )
 
 
+class Parameters(list):
+    """A model's trainable arrays (a plain list), with the model they belong to as
+    ``owner``: what an optimiser needs to find their gradients."""
+
+    def __init__(self, arrays: Iterable[np.ndarray], owner: Any) -> None:
+        super().__init__(arrays)
+        self.owner = owner
+
+
 class Sequential:
     """Layers applied in order: y = layers[-1](...layers[0](x)).
 
@@ -29,8 +39,9 @@ class Sequential:
     Conv2D/Dense skip that work during training). ``state_dict()`` keys follow
     torch.nn.Sequential: ``"<index>.<name>"``, e.g. ``"0.weight"``, ``"3.running_mean"``.
 
-    ``input_shape`` (C, H, W) is optional; when given, ``summary()`` needs no argument and
-    ``predict`` knows what size images the model takes.
+    Layers are given as arguments, ``Sequential(conv, relu, pool)``, or as one list,
+    ``Sequential([conv, relu, pool])``. ``input_shape`` (C, H, W) is optional; when given,
+    ``summary()`` needs no argument and ``predict`` knows what size images the model takes.
 
     ``forward`` runs the layers one after another, as written, unless the engine
     (``scratchcnn.engine``) has a plan for them: faster routes for the same layers, tested
@@ -38,11 +49,14 @@ class Sequential:
     """
 
     def __init__(
-        self, layers: Iterable[Layer] = (), input_shape: tuple[int, ...] | None = None
+        self, *layers: Layer | Iterable[Layer], input_shape: tuple[int, ...] | None = None
     ) -> None:
         self.layers: list[Layer] = []
+        # Sequential([a, b]) as before, or Sequential(a, b) as in torch.nn.Sequential.
+        if len(layers) == 1 and not hasattr(layers[0], "forward"):
+            layers = tuple(layers[0])  # type: ignore[arg-type]
         for layer in layers:
-            self.add(layer)
+            self.add(layer)  # type: ignore[arg-type]
         self.input_shape = tuple(int(d) for d in input_shape) if input_shape else None
         self.training = True
         self._ran: Any = None  # the engine's plan the last forward ran, for backward
@@ -86,8 +100,10 @@ class Sequential:
         return dx if input_grad else None
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Outputs in eval mode, in batches. Integer images (uint8) are scaled to [0, 1];
-        other inputs are cast to the model's dtype. Restores the previous mode afterwards."""
+        """The model's outputs (for a classifier: the logits) in eval mode, in batches.
+        Integer images (uint8) are scaled to [0, 1]; other inputs are cast to the model's
+        dtype. Restores the previous mode afterwards. Class probabilities:
+        :meth:`predict_proba`."""
         x = np.asarray(x)
         if x.dtype.kind in "ui":
             x = x.astype(self.dtype) / 255
@@ -102,10 +118,23 @@ class Sequential:
         was_training = self.training
         self.eval()
         try:
-            outs = [self.forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+            # BLAS threads as the command line chooses them (one for LeNet-sized work)
+            with dispatch.threads(self, min(batch_size, len(x))):
+                outs = [self.forward(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
         finally:
             self.train(was_training)
         return np.concatenate(outs)
+
+    def predict_proba(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Class probabilities, (N, classes), rows summing to 1: the softmax of
+        :meth:`predict`'s logits, or for a one-output (binary) model the two columns
+        P(class 0) = 1 - sigmoid(z) and P(class 1) = sigmoid(z)."""
+        z = self.predict(x, batch_size)
+        z = z.reshape(len(z), -1)
+        if z.shape[1] == 1:
+            p1 = sigmoid(z[:, 0])
+            return np.stack([1 - p1, p1], axis=1)
+        return softmax(z, axis=1)
 
     def train(self, mode: bool = True) -> Sequential:
         self.training = bool(mode)
@@ -122,15 +151,27 @@ class Sequential:
         (Residual, Parallel) are walked into: "0", "1", "3.body.0", "3.shortcut.1", ..."""
         return leaves(((str(i), la) for i, la in enumerate(self.layers)), prefix)
 
-    def named_parameters(self) -> Iterator[tuple[str, Layer, str]]:
-        """(key, leaf layer, name) for each trainable tensor; key as in ``state_dict``."""
+    def named_parameters(self) -> Iterator[tuple[str, np.ndarray]]:
+        """(key, array) for each trainable tensor, as torch's ``named_parameters()``; the key
+        as in ``state_dict`` ("0.weight", "3.body.1.bias")."""
+        for key, layer, name in self.named_leaf_parameters():
+            yield key, layer.params[name]
+
+    def named_leaf_parameters(self) -> Iterator[tuple[str, Layer, str]]:
+        """(key, leaf layer, name) for each trainable tensor: where it lives, so that its
+        gradient (``layer.grads[name]``, replaced by every backward) can be found too."""
         return leaf_parameters(self.named_layers())
 
-    def parameters(self) -> list[np.ndarray]:
-        return [layer.params[name] for _, layer, name in self.named_parameters()]
+    def parameters(self) -> Parameters:
+        """The trainable arrays, in ``state_dict`` order. The list knows its model, so an
+        optimiser takes it as torch's do: ``SGD(model.parameters(), lr=0.01)``."""
+        return Parameters(
+            (layer.params[name] for _, layer, name in self.named_leaf_parameters()), self
+        )
 
     def gradients(self) -> list[np.ndarray]:
-        return [layer.grads[name] for _, layer, name in self.named_parameters()]
+        """dL/dparam of the last backward, in the order of ``parameters()``."""
+        return [layer.grads[name] for _, layer, name in self.named_leaf_parameters()]
 
     def num_params(self) -> int:
         return int(sum(p.size for p in self.parameters()))
@@ -269,6 +310,18 @@ class Sequential:
         return f"Sequential({inner}\n)"
 
     # --- files (scratchcnn.checkpoint, reached through nn.dispatch) --------------------
+    def save(self, path: Any, **state: Any) -> Any:
+        """Write the model (architecture and weights) as a checkpoint, like ``sc.save(model,
+        path, **state)`` (``optimizer=``, ``epoch=``, ... as there); returns the path.
+        ``Sequential.load(path)`` reads it back."""
+        return dispatch.storage().save(self, path, **state)
+
+    @classmethod
+    def load(cls, path: Any) -> Sequential:
+        """The model saved at ``path`` by :meth:`save` (or ``scratchcnn train``), checked
+        before anything in the file is used."""
+        return dispatch.storage().load(path)
+
     def save_weights(self, path: Any) -> None:
         """Write ``state_dict()`` to ``path`` (str or os.PathLike) as a safetensors file, which
         loads into the same network in torch; see :mod:`scratchcnn.checkpoint.safetensors`."""

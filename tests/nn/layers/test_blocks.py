@@ -80,7 +80,7 @@ def test_gradcheck(kind, training, rng):
 def test_block_alone_gradcheck(kind, rng):
     result = sc.gradcheck(BLOCKS[kind](), rng.standard_normal((2, 3, 6, 6)), atol=1e-6, rtol=1e-4)
     assert result.ok, str(result)
-    assert len(result.checks) == 1 + sum(1 for _ in BLOCKS[kind]().named_parameters())
+    assert len(result.checks) == 1 + sum(1 for _ in BLOCKS[kind]().named_leaf_parameters())
 
 
 def assert_close(ours, theirs, what, rel=1e-9):
@@ -109,7 +109,7 @@ def test_torch_parity_forward_and_every_gradient(kind, training, rng):
     dy = rng.standard_normal(y.shape)
     yt.backward(torch.tensor(dy))
     assert_close(model.backward(dy), xt.grad, "dL/dx")
-    grads = {key: layer.grads[name] for key, layer, name in model.named_parameters()}
+    grads = {key: layer.grads[name] for key, layer, name in model.named_leaf_parameters()}
     torch_params = dict(net.named_parameters())
     assert set(grads) == set(torch_params)
     for key, g in grads.items():
@@ -135,7 +135,7 @@ def test_state_dict_keys_are_torchs():
     for key in ("3.body.0.weight", "3.shortcut.1.running_mean", "5.branches.1.0.weight"):
         assert key in keys
     assert keys == list(twin(model).state_dict())
-    assert [k for k, _, _ in model.named_parameters()] == [
+    assert [k for k, _, _ in model.named_leaf_parameters()] == [
         k for k, _ in twin(model).named_parameters()
     ]
 
@@ -221,10 +221,10 @@ def test_input_grad_skip_with_blocks(rng):
     for model in (model_of(identity_block), sc.Sequential([identity_block(), sc.ReLU()])):
         y = model.forward(x)
         assert model.backward(np.ones_like(y), input_grad=False) is None
-        expected = {k: la.grads[n].copy() for k, la, n in model.named_parameters()}
+        expected = {k: la.grads[n].copy() for k, la, n in model.named_leaf_parameters()}
         model.forward(x)
         model.backward(np.ones_like(y))
-        for k, la, n in model.named_parameters():
+        for k, la, n in model.named_leaf_parameters():
             np.testing.assert_array_equal(la.grads[n], expected[k])
 
 
