@@ -48,8 +48,7 @@ MAX_FILE_BYTES = MAX_CHECKPOINT_BYTES
 MAX_RANK = 8
 MAX_DIM = 2**40
 INSTALL_HINT = (
-    "pip install safetensors (the [safetensors] extra: pip install -e '.[safetensors]' in a "
-    "clone)"
+    "pip install safetensors (the [safetensors] extra: pip install -e '.[safetensors]' in a clone)"
 )
 
 #: safetensors dtype names -> little-endian numpy dtypes. BF16 has no numpy type: it is read

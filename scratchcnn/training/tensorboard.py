@@ -28,8 +28,7 @@ from ..nn.layers import Conv2D
 from ..nn.layers.base import leaf_layers
 
 INSTALL_HINT = (
-    "pip install tensorboardX (the [tensorboard] extra: pip install -e '.[tensorboard]' in a "
-    "clone)"
+    "pip install tensorboardX (the [tensorboard] extra: pip install -e '.[tensorboard]' in a clone)"
 )
 
 

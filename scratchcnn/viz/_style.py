@@ -24,10 +24,15 @@ from ..errors import DataError, os_reason
 #: Resolution of every figure scratchcnn writes; pixel size = figsize (inches) * DPI.
 DPI = 100
 
-#: Colormaps: a sequential one for values that are >= 0, a diverging one (centred at 0)
-#: for anything that can be negative, gradients above all.
-SEQUENTIAL_CMAP = "Blues"
+#: One colour rule per kind of value, in every figure, and said on it (the *_KEY texts):
+#: values that can be negative (activations, weights, gradients) on a diverging map
+#: centred at 0; values that cannot (ReLU outputs, |gradient|, Grad-CAM) on one sequential
+#: map; counts (the confusion matrix) in blues; images in grey.
 DIVERGING_CMAP = "RdBu_r"
+SEQUENTIAL_CMAP = "viridis"
+COUNT_CMAP = "Blues"
+DIVERGING_KEY = "red > 0, blue < 0, white = 0"
+SEQUENTIAL_KEY = "dark = 0, yellow = largest"
 HIGHLIGHT = "#ff7f0e"
 
 

@@ -48,22 +48,33 @@ def _show(ax, img: np.ndarray, title: str) -> None:
 
 
 def _three_panels(
-    image: np.ndarray, heat: np.ndarray, title: str, heat_title: str, path: str | Path
+    image: np.ndarray,
+    heat: np.ndarray,
+    title: str,
+    heat_title: str,
+    path: str | Path,
+    bar_label: str,
+    note: str = "",
 ) -> Path:
-    """Input, heat map alone, heat map over the input."""
+    """Input, heat map alone (with a labelled colour bar), heat map over the input; ``note``
+    a line under the panels."""
     fig = _style.new_figure(*EXPLAIN_FIGSIZES[Path(path).name])
     fig.suptitle(title, fontsize=13, fontweight="bold")
     axes = fig.subplots(1, 3)
     img = _display(image)
     _show(axes[0], img, "input")
-    shown = axes[1].imshow(heat, cmap="inferno", vmin=0, interpolation="nearest")
+    cmap = _style.SEQUENTIAL_CMAP
+    shown = axes[1].imshow(heat, cmap=cmap, vmin=0, interpolation="nearest")
     axes[1].set_title(heat_title, fontsize=11)
     axes[1].set_xticks([])
     axes[1].set_yticks([])
-    fig.colorbar(shown, ax=axes[1], shrink=0.8)
+    bar = fig.colorbar(shown, ax=axes[1], shrink=0.8)
+    bar.set_label(f"{bar_label} ({_style.SEQUENTIAL_KEY})", fontsize=9)
     _show(axes[2], img if img.ndim == 3 else np.stack([img] * 3, axis=-1), "overlay")
     top = float(heat.max())
-    axes[2].imshow(heat / top if top > 0 else heat, cmap="inferno", alpha=0.55, vmin=0, vmax=1)
+    axes[2].imshow(heat / top if top > 0 else heat, cmap=cmap, alpha=0.55, vmin=0, vmax=1)
+    if note:
+        fig.text(0.5, 0.02, note, ha="center", va="bottom", fontsize=10, wrap=True)
     return _style.save_figure(fig, path)
 
 
@@ -76,6 +87,8 @@ def plot_saliency(t: Trace, label: str, path: str | Path) -> Path:
         f"Saliency: |d score({label}) / d pixel|, from the layers' own backward",
         "|gradient| (max over channels)",
         path,
+        "|d score / d pixel|",
+        "bright pixels: where a small change of the input changes the class score most",
     )
 
 
@@ -88,12 +101,22 @@ def plot_gradcam(
         fig.text(0.5, 0.5, f"No Grad-CAM: {note}", ha="center", va="center", fontsize=13, wrap=True)
         return _style.save_figure(fig, path)
     h, w = t.x.shape[-2:]
+    flat = not np.any(cam > 0)
     return _three_panels(
         t.x[0],
         upsample(cam, (h, w)),
-        f"Grad-CAM for {label} on layer {layer} ({cam.shape[0]}x{cam.shape[1]}, upsampled)",
+        f"Grad-CAM for {label} on layer {layer}",
         "ReLU(sum_c mean(dscore/dA_c) A_c)",
         path,
+        "Grad-CAM",
+        f"computed on the layer's {cam.shape[0]}x{cam.shape[1]} map, stretched to the "
+        f"{h}x{w} image (bilinear)"
+        + (
+            "; blank: no channel of this layer adds to the score here (ReLU keeps only the "
+            "positive part), so Grad-CAM has nothing to show; try an earlier --layer"
+            if flat
+            else ""
+        ),
     )
 
 
@@ -105,7 +128,14 @@ def _boxes(ax, stats: list[LayerStats], which: str, title: str) -> None:
         boxes.append(
             {"whislo": p[0], "q1": p[1], "med": p[2], "q3": p[3], "whishi": p[4], "mean": mean}
         )
-    ax.bxp(boxes, showfliers=False, showmeans=True, patch_artist=True)
+    drawn = ax.bxp(boxes, showfliers=False, showmeans=True, patch_artist=True)
+    ax.legend(
+        [drawn["boxes"][0], drawn["medians"][0], drawn["means"][0], drawn["whiskers"][0]],
+        ["middle 50 % (quartiles)", "median", "mean", "5-95 %"],
+        loc="upper left",
+        fontsize=8,
+        ncol=4,
+    )
     ax.set_xticks(range(1, len(stats) + 1), [f"{s.prefix}\n{s.name}" for s in stats])
     ax.set_title(title, fontsize=11)
     ax.grid(axis="y", alpha=0.3)
@@ -134,7 +164,7 @@ def plot_layer_stats(stats: list[LayerStats], label: str, path: str | Path) -> P
     axes[2].legend(loc="best")
     axes[2].grid(alpha=0.3)
     dead = [0.0 if s.dead_fraction is None else 100 * s.dead_fraction for s in stats]
-    bars = axes[3].bar(x, dead, color=["tab:red" if s.dead_fraction else "0.8" for s in stats])
+    bars = axes[3].bar(x, dead, color=["tab:blue" if s.dead_fraction else "0.8" for s in stats])
     for bar, s in zip(bars, stats, strict=True):
         if s.dead_fraction is not None:
             axes[3].text(
@@ -148,7 +178,10 @@ def plot_layer_stats(stats: list[LayerStats], label: str, path: str | Path) -> P
     axes[3].set_xticks(x, names)
     axes[3].set_ylim(0, 110)
     axes[3].set_ylabel("% zero outputs")
-    axes[3].set_title("dead ReLUs for this image (outputs exactly 0)")
+    axes[3].set_title(
+        "ReLU outputs that are exactly 0 for this image (a ReLU is 0 wherever its input is "
+        "negative: half or more for one image is normal)"
+    )
     for ax in axes:
         ax.tick_params(axis="x", labelsize=8)
     return _style.save_figure(fig, path)

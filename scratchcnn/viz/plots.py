@@ -17,7 +17,7 @@ from typing import Any
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure, SubFigure
-from matplotlib.ticker import MaxNLocator, PercentFormatter
+from matplotlib.ticker import Formatter, MaxNLocator
 
 from ..checkpoint import load
 from ..data import Dataset, load_dataset
@@ -175,6 +175,25 @@ def _series(metrics: list[dict[str, Any]], key: str) -> np.ndarray:
     )
 
 
+class StepPercent(Formatter):
+    """Percent tick labels with as many decimals as the step between ticks needs: 72.5 %
+    on 2.5 % steps (a fixed 0 decimals labelled it "72"), 0.25 % on finer ones."""
+
+    _ticks: tuple[float, ...] = ()
+
+    def set_locs(self, locs: Any) -> None:
+        self._ticks = tuple(float(v) for v in locs)
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        locs = np.asarray(self._ticks, dtype=float)
+        steps = np.diff(np.sort(locs)) if locs.size > 1 else np.array([1.0])
+        step = float(steps[steps > 0].min()) if (steps > 0).any() else 1.0
+        decimals = 0
+        while decimals < 4 and abs(step * 10**decimals - round(step * 10**decimals)) > 1e-6:
+            decimals += 1
+        return f"{x:.{decimals}f}%"
+
+
 def plot_curves(data: RunData, path: str | Path) -> Path:
     """Loss and accuracy per epoch, train and test, in two panels."""
     epochs = np.array([m["epoch"] for m in data.metrics])
@@ -207,7 +226,7 @@ def plot_curves(data: RunData, path: str | Path) -> Path:
         pad = max(0.5, 0.05 * (hi - lo))
         ax.set_xlim(lo - pad, hi + pad)
         if what == "accuracy":
-            ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+            ax.yaxis.set_major_formatter(StepPercent())
         ax.grid(alpha=0.3)
         if ax.get_lines():
             ax.legend(loc="best")
@@ -221,7 +240,7 @@ def plot_confusion(data: RunData, path: str | Path) -> Path:
     counts = confusion_matrix(data.test.labels, data.predicted, k)
     fig = _style.new_figure(*FIGSIZES["confusion.png"])
     ax = fig.add_subplot()
-    image = ax.imshow(counts, cmap="Blues", vmin=0, interpolation="nearest")
+    image = ax.imshow(counts, cmap=_style.COUNT_CMAP, vmin=0, interpolation="nearest")
     fontsize = 11 if k <= 10 else max(5.0, 110 / k)
     colours = _style.text_colours(image.cmap, image.norm, counts)
     for (i, j), n in np.ndenumerate(counts):
@@ -379,7 +398,7 @@ def _draw_maps(sub: SubFigure, maps: np.ndarray, title: str) -> None:
             continue
         image = ax.imshow(
             maps[ch],
-            cmap=_style.DIVERGING_CMAP if diverging else "viridis",
+            cmap=_style.DIVERGING_CMAP if diverging else _style.SEQUENTIAL_CMAP,
             vmin=vlim[0],
             vmax=vlim[1],
             interpolation="nearest",
@@ -387,7 +406,8 @@ def _draw_maps(sub: SubFigure, maps: np.ndarray, title: str) -> None:
         ax.set_title(f"channel {ch}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    sub.suptitle(title + (" (red > 0, blue < 0)" if diverging else ""), fontsize=12)
+    key = _style.DIVERGING_KEY if diverging else _style.SEQUENTIAL_KEY
+    sub.suptitle(f"{title} ({key})", fontsize=12)
     sub.colorbar(image, ax=list(axes), shrink=0.8, aspect=15)
 
 

@@ -81,10 +81,13 @@ _FRAME = "#e66101"
 _CORNER = 12
 
 
-def _draw_edges(ax: Any, edges: np.ndarray, input_shape: tuple[int, int], top: float) -> Any:
+def _draw_edges(
+    ax: Any, zoom: Any, edges: np.ndarray, input_shape: tuple[int, int], top: float
+) -> Any:
     """Draw an edge map at its true place in the input's pixel grid: a "valid" output is
-    (k - 1) / 2 = 1 pixel in from every side, which the outline of the input and a zoom on
-    its top-left corner show (at full size a 2-pixel difference is invisible)."""
+    (k - 1) / 2 = 1 pixel in from every side, which the outline of the input and, beside the
+    map (``zoom``, an axes of its own, so nothing of the map is hidden), its top-left
+    corner enlarged show (at full size a 2-pixel difference is invisible)."""
     h, w = input_shape
     off = (h - edges.shape[0]) // 2
     extent = (off - 0.5, off + edges.shape[1] - 0.5, off + edges.shape[0] - 0.5, off - 0.5)
@@ -94,9 +97,11 @@ def _draw_edges(ax: Any, edges: np.ndarray, input_shape: tuple[int, int], top: f
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
     ax.add_patch(Rectangle((-0.5, -0.5), w, h, fill=False, ec=_FRAME, lw=1.5, ls="--"))
+    ax.add_patch(Rectangle((-0.5, -0.5), _CORNER, _CORNER, fill=False, ec=_FRAME, lw=1.5))
     ax.tick_params(labelsize=8)
     ax.set_xlabel("x (input pixels)", fontsize=9)
-    inset = ax.inset_axes((0.6, 0.6, 0.38, 0.38))
+    ax.set_ylabel("y (input pixels)", fontsize=9)
+    inset = zoom
     inset.imshow(edges, interpolation="nearest", **kw)
     inset.set_facecolor("#fdb863")
     inset.set_xlim(-0.5, _CORNER - 0.5)
@@ -105,7 +110,7 @@ def _draw_edges(ax: Any, edges: np.ndarray, input_shape: tuple[int, int], top: f
     inset.set_xticks([0, _CORNER - 1])
     inset.set_yticks([0, _CORNER - 1])
     inset.tick_params(labelsize=7)
-    inset.set_title(f"top-left {_CORNER}x{_CORNER} pixels", fontsize=8)
+    inset.set_title(f"top-left\n{_CORNER}x{_CORNER} pixels,\nenlarged", fontsize=8)
     for spine in inset.spines.values():
         spine.set_edgecolor(_FRAME)
     return image
@@ -132,7 +137,8 @@ def sobel_demo(
         fontsize=16,
         fontweight="bold",
     )
-    grid = fig.add_gridspec(2, 4, width_ratios=[1, 1, 1, 0.04])
+    # input | edge map, its corner | edge map, its corner | colour bar
+    grid = fig.add_gridspec(2, 6, width_ratios=[1, 1, 0.34, 1, 0.34, 0.04])
     ax = fig.add_subplot(grid[0, 0])
     _style.show_image(ax, gray, f"input, grayscale: {_size(gray)} (H x W)", fontsize=12)
     inner = grid[1, 0].subgridspec(1, 2)
@@ -155,22 +161,25 @@ def sobel_demo(
     for row, mode in enumerate(("same", "valid")):
         vertical, horizontal = results[mode]
         explain = "padded by 1: size kept" if mode == "same" else "no padding: shrinks by k-1 = 2"
-        for col, (edges, label) in enumerate(
-            ((vertical, "|vertical edges|"), (horizontal, "|horizontal edges|")), start=1
+        for col, (edges, label) in zip(
+            (1, 3),
+            ((vertical, "|vertical edges|"), (horizontal, "|horizontal edges|")),
+            strict=True,
         ):
             axe = fig.add_subplot(grid[row, col])
-            image_artist = _draw_edges(axe, np.abs(edges), gray.shape, top)
+            zoom = fig.add_subplot(grid[row, col + 1].subgridspec(2, 1)[0])
+            image_artist = _draw_edges(axe, zoom, np.abs(edges), gray.shape, top)
             axe.set_title(
                 f'padding="{mode}": {label}\noutput {_size(edges)} ({explain})', fontsize=12
             )
-    cbar = fig.colorbar(image_artist, cax=fig.add_subplot(grid[:, 3]))
+    cbar = fig.colorbar(image_artist, cax=fig.add_subplot(grid[:, 5]))
     cbar.set_label(
         "|filter response| (darker = stronger edge; clipped at the 99th percentile)", fontsize=11
     )
     fig.supxlabel(
         "Each output is drawn at its place in the input's pixel grid (dashed orange: the "
         'input\'s outline; orange fill: no output pixel). "valid" starts 1 pixel in, as the '
-        "corner zooms show.",
+        "enlarged top-left corners beside each map show.",
         fontsize=11,
     )
     out = Path(out_dir) / "sobel.png"

@@ -326,7 +326,12 @@ def plot_walkthrough(w: Walkthrough, path: str | Path) -> Path:
 
     # Row 1: forward through the convolution part.
     ax = rows[0].subplots(1, 5)
-    _matrix(ax[0], w.image, "input image x (5x5)")
+    shape = (
+        "an open rectangle\n(top, right, bottom; no left side)"
+        if w.class_name == "rectangle"
+        else "a cross: row 2 and column 2"
+    )
+    _matrix(ax[0], w.image, f"input image x (5x5),\n{shape}")
     _matrix(ax[1], w.kernel, f"kernel K (3x3)\nconv bias b = {w.conv_bias:.3f}")
     _matrix(ax[2], w.conv_out, "convolution result\nb + sum K * window of x")
     _matrix(
@@ -368,6 +373,8 @@ def plot_walkthrough(w: Walkthrough, path: str | Path) -> Path:
     )
     _matrix(ax[3], w.dL_dflat[None], "dL/dflat = dL/dz * w")
     _matrix(ax[4], w.dL_dpooled, "dL/dpooled\n(dL/dflat as 2x2)")
+    for panel in ax:  # tops (and titles) in one line, whatever a panel's height
+        panel.set_anchor("N")
 
     # Row 3: the parameter gradients and the routed gradient.
     ax = rows[2].subplots(1, 6, gridspec_kw={"width_ratios": [1.5, 0.6, 1.2, 1.2, 1.2, 0.6]})

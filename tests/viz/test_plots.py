@@ -238,3 +238,19 @@ def test_model_that_does_not_fit_the_data(shapes_dir, lenet_dir, tmp_path):
     (run / "model.npz").write_bytes((lenet_dir / "model.npz").read_bytes())
     with pytest.raises(DataError, match=r"\(1, 28, 28\).*\(1, 5, 5\)"):
         plot_run(run)
+
+
+@pytest.mark.parametrize(
+    "locs, expected",
+    [
+        ([70.0, 72.5, 75.0], ["70.0%", "72.5%", "75.0%"]),
+        ([55.0, 60.0, 65.0], ["55%", "60%", "65%"]),
+        ([90.0, 90.25, 90.5], ["90.00%", "90.25%", "90.50%"]),
+    ],
+)
+def test_percent_ticks_keep_the_decimals_their_step_needs(locs, expected):
+    from scratchcnn.viz.plots import StepPercent
+
+    fmt = StepPercent()
+    fmt.set_locs(locs)
+    assert [fmt(v) for v in locs] == expected
