@@ -19,6 +19,7 @@ constructor takes arguments), and the layer works in ``Sequential``, the optimis
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
@@ -336,8 +337,19 @@ def accepts_input_grad(layer: Any) -> bool:
     """True if ``layer.backward`` takes ``input_grad`` (layers that can skip dL/dx)."""
     if getattr(layer, "supports_input_grad_skip", False):
         return True
+    backward = layer.backward
     try:
-        return "input_grad" in inspect.signature(layer.backward).parameters
+        return _takes_input_grad(getattr(backward, "__func__", backward))
+    except TypeError:  # an unhashable callable: ask without remembering
+        return _takes_input_grad.__wrapped__(backward)
+
+
+@functools.lru_cache(maxsize=256)
+def _takes_input_grad(function: Any) -> bool:
+    # Asked once per training step: remember the answer per function (a signature costs
+    # more than a small layer's whole backward pass at batch 1).
+    try:
+        return "input_grad" in inspect.signature(function).parameters
     except (TypeError, ValueError):
         return False
 
