@@ -32,7 +32,7 @@ def test_meter_averages_each_parameters_norm_over_steps():
     assert meter.means() == pytest.approx({"0.weight": np.sqrt(6) / 2, "0.bias": 3.0})
 
 
-class _Spy(sc.Layer):
+class Spy(sc.Layer):
     """Identity that keeps a copy of every batch it sees (to replay fit's batches)."""
 
     def __init__(self) -> None:
@@ -52,7 +52,7 @@ def test_fit_records_the_mean_gradient_norm_of_every_parameter(tmp_path):
     step's gradient can be recomputed here from the batches fit used."""
     data = load_dataset("shapes", "train", seed=0)[:96]
     net = shapes_net(seed=0)
-    spy = _Spy()
+    spy = Spy()
     model = sc.Sequential([spy, *net.layers], input_shape=net.input_shape)
     fit(
         model,

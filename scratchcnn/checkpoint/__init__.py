@@ -15,13 +15,19 @@ from __future__ import annotations
 import sys
 
 from ..nn import dispatch as _dispatch
-from .files import atomic_write_bytes, read_regular_file, remove_stale_temp_files
+from .files import (
+    atomic_write_bytes,
+    check_output_path,
+    read_regular_file,
+    remove_stale_temp_files,
+)
 from .npz import Checkpoint, load, load_checkpoint, save
 from .safetensors import load_weights, read_safetensors, save_weights
 
 __all__ = [
     "Checkpoint",
     "atomic_write_bytes",
+    "check_output_path",
     "load",
     "load_checkpoint",
     "load_weights",

@@ -9,6 +9,11 @@
   target with ``os.replace`` and the folder fsynced, so the file on disk is always the
   previous complete version or the new complete one. Temporary files left behind by a
   writer that was killed (its PID is gone) are removed by the next successful write.
+* :func:`check_output_path` is what the writer asks first, and what a command asks before it
+  starts work: the target must be absent or a regular file (a device node, a FIFO, a folder
+  or a socket is never replaced by a file), must not be a symbolic link (the writer never
+  follows one to somewhere the user did not name, nor replaces the link), and must not be
+  one of the command's inputs (``export m.npz m.npz`` would destroy what it reads).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import re
 import stat
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -94,6 +99,44 @@ def read_regular_file(
     return b"".join(chunks)
 
 
+def check_output_path(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """``path`` as a Path if a file may be written there; else one :class:`FileWriteError`
+    line. Refused: an existing target that is not a regular file, a symbolic link (to
+    anything, even a missing file), and a target that is the same file as one of ``inputs``
+    (by device and inode, so another name for the same file is caught too)."""
+    path = Path(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise FileWriteError(f"{path}: cannot write it ({os_reason(exc)})") from exc
+    if st is not None:
+        if stat.S_ISLNK(st.st_mode):
+            raise FileWriteError(
+                f"{path}: is a symbolic link; refusing to write through it or replace it "
+                "(name the real file, or remove the link)"
+            )
+        for test, what in _KINDS:
+            if test(st.st_mode):
+                raise FileWriteError(
+                    f"{path}: is {what}, not a regular file; refusing to write over it"
+                )
+        if not stat.S_ISREG(st.st_mode):
+            raise FileWriteError(f"{path}: is not a regular file; refusing to write over it")
+        for source in inputs:
+            try:
+                same = os.path.samefile(path, source)
+            except OSError:
+                continue
+            if same:
+                raise FileWriteError(
+                    f"{path}: is also the input {os.fspath(source)}; refusing to overwrite "
+                    "what is being read (choose another output path)"
+                )
+    return path
+
+
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -162,14 +205,22 @@ def _new_file_mode(path: Path) -> int:
     return 0o666 & ~mask
 
 
-def atomic_write_bytes(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
+def atomic_write_bytes(
+    path: str | os.PathLike,
+    write: Callable[[IO[bytes]], Any],
+    *,
+    inputs: Iterable[str | os.PathLike] = (),
+) -> None:
     """Call ``write(fileobj)`` on a temporary file next to ``path``, then atomically replace
     ``path`` with it (after flush + fsync), fsync the folder, and remove temporary files that
     killed writers of ``path`` left behind. On any error the temporary file is removed and
     ``path`` is untouched; an ``OSError`` (disk full, file too large, permission denied)
     becomes a one-line :class:`FileWriteError` naming ``path``. The file gets the
-    permissions a plain write would give it (the umask's, or the replaced file's)."""
-    path = Path(path)
+    permissions a plain write would give it (the umask's, or the replaced file's).
+
+    The target is checked first (:func:`check_output_path`): never a device, FIFO, folder
+    or symbolic link, never one of ``inputs``."""
+    path = check_output_path(path, inputs)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         mode = _new_file_mode(path)

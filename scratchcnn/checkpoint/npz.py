@@ -46,7 +46,7 @@ import numpy as np
 from ..errors import CheckpointError, ScratchCNNError
 from ..nn.layers.base import resolve_layer_type
 from ..nn.layers.sequential import Sequential
-from .files import atomic_write_bytes, read_regular_file
+from .files import atomic_write_bytes, check_output_path, read_regular_file
 from .safezip import MAX_CHECKPOINT_BYTES, MAX_ENTRIES, stored_entries
 from .schema import MAX_INPUT_ELEMENTS, check_metadata
 
@@ -149,8 +149,17 @@ def save(
         ) from exc
     arrays[META_KEY] = np.frombuffer(blob, dtype=np.uint8)
     data = checkpoint_bytes(arrays)
+    path = check_output_path(path)
+    # What we write, we can read: the loader's every check, run on these bytes first.
+    try:
+        _parse(path, data, MAX_ENTRIES)
+    except CheckpointError as exc:
+        reason = str(exc).removeprefix(f"{path}: ")
+        raise CheckpointError(
+            f"{path}: not written: the checkpoint could not be loaded back ({reason})"
+        ) from exc
     atomic_write_bytes(path, lambda fh: fh.write(data))
-    return Path(path)
+    return path
 
 
 @dataclass
@@ -349,7 +358,12 @@ def load_checkpoint(
     Files larger than ``max_bytes`` (default 2 GiB) or with more than ``max_entries`` arrays
     are refused before they are parsed."""
     path = Path(path)
-    data = _read_file(path, max_bytes)
+    return _parse(path, _read_file(path, max_bytes), max_entries)
+
+
+def _parse(path: Path, data: bytes, max_entries: int) -> Checkpoint:
+    """Everything :func:`load_checkpoint` checks, on the bytes of a file (``save`` runs it on
+    what it is about to write)."""
     sealed = _check_seal(path, data)
     arrays = _read_arrays(path, data, max_entries)
     raw = arrays.pop(META_KEY, None)

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import CheckpointError, MissingDependencyError, ScratchCNNError
-from .files import atomic_write_bytes, read_regular_file
+from .files import atomic_write_bytes, check_output_path, read_regular_file
 from .safezip import MAX_CHECKPOINT_BYTES
 
 if TYPE_CHECKING:
@@ -89,6 +89,13 @@ def save_weights(model: Sequential, path: str | os.PathLike) -> None:
         key: arr if arr.flags.c_contiguous else arr.copy(order="C")
         for key, arr in model.state_dict().items()
     }
+    # What we write, we can read: load_weights refuses NaN and inf, so saving does too.
+    bad = [k for k, a in state.items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
+    if bad:
+        raise CheckpointError(
+            f"{path}: not written: {bad[0]} contains NaN or inf, which load_weights refuses"
+        )
+    path = check_output_path(path)
     data = writer.save(state)
     atomic_write_bytes(path, lambda fh: fh.write(data))
 
@@ -203,7 +210,7 @@ def _entry(
     if not isinstance(spec, dict) or set(spec) != _ENTRY_KEYS:
         raise _bad(path, f"tensor {key!r} must have exactly dtype, shape and data_offsets")
     dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:  # a list or object: unhashable
         known = ", ".join(DTYPES)
         raise _bad(path, f"tensor {key!r} has dtype {str(dtype)[:20]!r}; known: {known}")
     if (

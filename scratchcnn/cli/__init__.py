@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
+from typing import Any
 
 from ..errors import ScratchCNNError, os_reason
 from .output import error as _error
+from .output import printable
 from .parser import build_parser
 
 __all__ = ["build_parser", "main"]
@@ -28,7 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     with its traceback."""
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        # A warning, ours or a library's (numpy, matplotlib, PIL), is printed as one line of
+        # ours when it happens, each distinct one once, with no source line or file path.
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = _ShowWarning()
+            return args.func(args)
     except ScratchCNNError as exc:
         return _error(exc)
     except BrokenPipeError:
@@ -47,6 +55,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("scratchcnn: interrupted", file=sys.stderr)
         return 130
+
+
+class _ShowWarning:
+    """``warnings.showwarning`` for the command line: ``scratchcnn: warning: ...``."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def __call__(self, message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+        text = " ".join(str(message).split())
+        if text not in self.seen:
+            self.seen.add(text)
+            print(f"scratchcnn: warning: {printable(text)}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

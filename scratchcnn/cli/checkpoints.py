@@ -17,7 +17,32 @@ from ..errors import ConfigError
 from ..training.evaluate import evaluate
 from ..training.job import _check_fits
 from ..training.midepoch import resume_point
+from .output import printable
 from .output import say as _say
+
+
+def check_takes_images(model: Any, checkpoint: Any, command: str) -> None:
+    """One line if ``model`` cannot be given an image: no recorded input shape, or one that
+    is not (C, H, W) (an MLP imported from ONNX takes (N, features))."""
+    shape = model.input_shape
+    if shape is None:
+        raise ConfigError(f"{checkpoint}: the model does not record its input shape")
+    if len(shape) != 3:
+        taken = "(N, " + ", ".join(str(d) for d in shape) + ")"
+        raise ConfigError(
+            f"{checkpoint}: the model takes {taken}, not images (N, C, H, W); {command} "
+            "reads image files, so it needs a model whose input is an image"
+        )
+
+
+def check_finite_output(values: np.ndarray, checkpoint: Any, image: Any) -> None:
+    """One line if the model's output for ``image`` holds inf or NaN (weights or a rescale
+    that overflow float32), instead of printing ``nan%``."""
+    if not np.isfinite(values).all():
+        raise ConfigError(
+            f"{checkpoint}: the model's output for {image} is not finite (inf or NaN): its "
+            "weights or scale factors overflow float32; the checkpoint cannot classify"
+        )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -34,9 +59,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     seed = seed if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 else 0
     data = load_dataset(name, args.split, data_dir=data_dir, seed=seed)
     _check_fits(ckpt.model, data, {"model": args.checkpoint.name}, "--dataset or checkpoint")
-    result = evaluate(
-        ckpt.model, data, progress=None if not args.json else False, threads=args.threads
-    )
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        result = evaluate(
+            ckpt.model, data, progress=None if not args.json else False, threads=args.threads
+        )
+    if not np.isfinite(result.loss):
+        raise ConfigError(
+            f"{args.checkpoint}: the model's outputs on {name} {args.split} are not finite (inf "
+            "or NaN): its weights or scale factors overflow float32; the checkpoint cannot "
+            "classify"
+        )
     if args.json:
         _say(json_line({"accuracy": result.accuracy, "loss": result.loss, "n": result.n}))
         return 0
@@ -49,7 +81,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     width = max(4, len(str(result.confusion.max())) + 1)
     _say(" " * 6 + "".join(f"{j:>{width}}" for j in range(len(data.classes))))
     for i, row in enumerate(result.confusion):
-        name = data.classes[i] if data.classes[i] != str(i) else ""
+        name = printable(data.classes[i]) if data.classes[i] != str(i) else ""
         _say(f"{i:>4}  " + "".join(f"{v:>{width}}" for v in row) + f"   {name}".rstrip())
     return 0
 
@@ -57,8 +89,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     model = ckpt.model
-    if model.input_shape is None:
-        raise ConfigError(f"{args.checkpoint}: the model does not record its input shape")
+    check_takes_images(model, args.checkpoint, "predict")
     out_shape = model.output_shapes()[-1]
     if len(out_shape) != 2:
         shape = "(N, " + ", ".join(str(d) for d in out_shape[1:]) + ")"
@@ -72,9 +103,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         classes = [str(i) for i in range(max(n_out, 2))]
     classes = [str(c) for c in classes]
     batch = np.stack([load_image(p, model.input_shape, args.invert) for p in args.images])
-    logits = model.predict(batch.astype(model.dtype))
+    with np.errstate(over="ignore", invalid="ignore"):
+        logits = model.predict(batch.astype(model.dtype)).astype(np.float64)
+    for path, row in zip(args.images, logits, strict=True):
+        check_finite_output(row, args.checkpoint, path)
     if logits.shape[1] == 1:
-        p1 = 1 / (1 + np.exp(-logits[:, 0].astype(np.float64)))
+        p1 = 1 / (1 + np.exp(-logits[:, 0]))
         probs = np.stack([1 - p1, p1], axis=1)
     else:
         z = logits - logits.max(axis=1, keepdims=True)
@@ -93,8 +127,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 )
             )
         else:
-            others = ", ".join(f"{classes[i]} {pr[i]:.1%}" for i in top[1:])
-            _say(f"{path}: {classes[top[0]]} ({pr[top[0]]:.1%}; then {others})")
+            shown = [printable(c) for c in classes]
+            others = ", ".join(f"{shown[i]} {pr[i]:.1%}" for i in top[1:])
+            _say(f"{path}: {shown[top[0]]} ({pr[top[0]]:.1%}; then {others})")
     return 0
 
 
@@ -104,7 +139,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     _say(ckpt.model.summary())
     run = ckpt.extra.get("run")
     if isinstance(run, dict) and run:
-        _say("trained: " + ", ".join(f"{k}={v}" for k, v in run.items() if v is not None))
+        settings = (f"{printable(k)}={printable(v)}" for k, v in run.items() if v is not None)
+        _say("trained: " + ", ".join(settings))
     if ckpt.epoch is not None:
         _say(f"epoch: {ckpt.epoch}")
         if "position" in ckpt.extra:  # a mid-epoch checkpoint

@@ -25,16 +25,28 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+#: The largest integer any option takes (epochs, batch size, limit, seed, threads): what a
+#: checkpoint may record (a 32-bit signed integer), so a run can save what it was given.
+MAX_OPTION_INT = 2**31 - 1
+
+
 def _int_at_least(low: int, what: str) -> Any:
-    """An argparse type: an integer >= ``low``, named ``what`` in the error."""
+    """An argparse type: an integer from ``low`` to :data:`MAX_OPTION_INT`, named ``what``
+    in the error."""
 
     def parse(text: str) -> int:
+        if len(text) > 40:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text[:20]!r}...")
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        if value > MAX_OPTION_INT:
+            raise argparse.ArgumentTypeError(
+                f"expected {what} up to {MAX_OPTION_INT:,} (2**31 - 1), got {value:,}"
+            )
         return value
 
     return parse

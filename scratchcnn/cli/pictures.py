@@ -6,9 +6,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from ..checkpoint import load_checkpoint
 from ..data.images import load_image
 from ..errors import ConfigError
+from .checkpoints import check_finite_output, check_takes_images
+from .output import printable
 from .output import say as _say
 
 
@@ -34,9 +38,10 @@ def _explain_checkpoint(args: argparse.Namespace) -> int:
         raise ConfigError("explain CHECKPOINT needs an IMAGE too: scratchcnn explain CKPT IMAGE")
     ckpt = load_checkpoint(args.checkpoint)
     model = ckpt.model
-    if model.input_shape is None:
-        raise ConfigError(f"{args.checkpoint}: the model does not record its input shape")
+    check_takes_images(model, args.checkpoint, "explain")
     image = load_image(args.image, model.input_shape).astype(model.dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        check_finite_output(model.predict(image[None]), args.checkpoint, args.image)
     classes = ckpt.extra.get("classes")
     classes = [str(c) for c in classes] if isinstance(classes, list) else None
     # A run folder's checkpoint is always model.npz: name the folder after the run instead.
@@ -44,8 +49,8 @@ def _explain_checkpoint(args: argparse.Namespace) -> int:
     name = ckpt_path.parent.name if ckpt_path.stem == "model" else ckpt_path.stem
     out = args.out or Path("runs") / f"explain-{name}"
     result = explain_model(model, image, out, classes, target=args.target, layer=args.layer)
-    _say(f"{args.image}: " + ", ".join(f"{name} {p:.1%}" for name, p in result.top))
-    _say(f"explaining class {result.target}; gradients are of its score (logit)")
+    _say(f"{args.image}: " + ", ".join(f"{printable(name)} {p:.1%}" for name, p in result.top))
+    _say(f"explaining class {printable(result.target)}; gradients are of its score (logit)")
     _say(format_layer_table(result.stats))
     if result.gradcam_layer is None:
         _say(f"no Grad-CAM: {result.gradcam_note}")

@@ -170,7 +170,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     numbers (or null) for the losses and accuracies. Blank lines are skipped. DataError for a
     missing file, an empty one, or a malformed line (naming the line number)."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):  # anything else there is named by the reader
         raise DataError(f"{path}: no metrics.jsonl (written by `scratchcnn train --out RUN_DIR`)")
     text = _read_text(path, "metrics.jsonl file", "it")
     records = []

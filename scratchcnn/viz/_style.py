@@ -8,6 +8,7 @@ headless and never touches the caller's matplotlib state.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from ..errors import DataError, os_reason
+from ..checkpoint import atomic_write_bytes
 
 #: Resolution of every figure scratchcnn writes; pixel size = figsize (inches) * DPI.
 DPI = 100
@@ -47,9 +48,11 @@ def new_figure(width: float, height: float) -> Figure:
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` as an RGB PNG of exactly figsize * DPI pixels; returns the path.
 
-    The canvas is rendered by Agg and written by Pillow without the alpha channel (smaller
-    files, same picture). The parent folder is created if needed; an unwritable path raises
-    DataError naming it.
+    The canvas is rendered by Agg and encoded by Pillow without the alpha channel (smaller
+    files, same picture), in memory; the file is then written atomically by the one writer
+    (``checkpoint.files.atomic_write_bytes``): on a full disk an earlier picture stays
+    complete and no truncated PNG is left. A target that is a device, a FIFO, a folder or a
+    symbolic link is refused; any failure is one FileWriteError line naming the path.
     """
     from PIL import Image
 
@@ -58,11 +61,9 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
     canvas.draw()
     rgb = np.asarray(canvas.buffer_rgba())[..., :3]
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.ascontiguousarray(rgb)).save(path, format="PNG")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot write the picture ({os_reason(exc)})") from exc
+    png = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(png, format="PNG")
+    atomic_write_bytes(path, lambda fh: fh.write(png.getbuffer()))
     return path
 
 

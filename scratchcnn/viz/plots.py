@@ -10,12 +10,16 @@ Models with one output are binary: the prediction is ``logit > 0``.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 import numpy as np
+from matplotlib.cm import ScalarMappable
+from matplotlib.collections import LineCollection
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure, SubFigure
 from matplotlib.ticker import Formatter, MaxNLocator
 
@@ -102,7 +106,7 @@ def load_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 def _load_run_json(path: Path) -> dict[str, Any]:
     """run.json through the one reader (``training.runs``), missing said with a hint."""
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise DataError(
             f"{path}: missing; it names the run's dataset (written by `scratchcnn train --out`)"
         )
@@ -169,9 +173,23 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int
 # --------------------------------------------------------------------------- pictures
 
 
+#: Values beyond this magnitude (a diverged loss of 1e308) are left off the plot and said so:
+#: matplotlib's tick arithmetic overflows long before float64 does.
+PLOT_LIMIT = 1e30
+
+
 def _series(metrics: list[dict[str, Any]], key: str) -> np.ndarray:
-    return np.array(
+    values = np.array(
         [np.nan if m.get(key) is None else float(m[key]) for m in metrics], dtype=np.float64
+    )
+    with np.errstate(invalid="ignore"):
+        return np.where(np.abs(values) < PLOT_LIMIT, values, np.nan)
+
+
+def _off_scale(metrics: list[dict[str, Any]], key: str) -> int:
+    """How many epochs recorded ``key`` but have no point on the plot (too large, inf)."""
+    return sum(m.get(key) is not None for m in metrics) - int(
+        np.count_nonzero(~np.isnan(_series(metrics, key)))
     )
 
 
@@ -206,7 +224,11 @@ def plot_curves(data: RunData, path: str | Path) -> Path:
             values = _series(data.metrics, f"{split}_{what}")
             if what == "accuracy":
                 values = values * 100
+            off = _off_scale(data.metrics, f"{split}_{what}")
+            note = f"; {off} epoch{'s' * (off != 1)} off the scale (diverged)" if off else ""
             if np.all(np.isnan(values)):
+                if off:
+                    ax.plot([], [], color=colour, label=f"{split}: {note[2:]}")
                 continue
             last = values[~np.isnan(values)][-1]
             final = f"{last:.1f}%" if what == "accuracy" else f"{last:.4f}"
@@ -216,7 +238,7 @@ def plot_curves(data: RunData, path: str | Path) -> Path:
                 marker="o",
                 color=colour,
                 linewidth=2,
-                label=f"{split} (last: {final})",
+                label=f"{split} (last: {final}{note})",
             )
         ax.set_title(f"{what} per epoch", fontsize=12)
         ax.set_xlabel("epoch")
@@ -510,6 +532,11 @@ def plot_misclassified(data: RunData, path: str | Path) -> Path:
     return _style.save_figure(fig, path)
 
 
+#: More parameters than this get a colour bar instead of a legend (a legend of 10,000 names
+#: takes minutes to lay out and cannot be read).
+MAX_LEGEND_KEYS = 48
+
+
 def plot_grad_norms(data: RunData, path: str | Path) -> Path:
     """Each parameter's gradient L2 norm (mean over the epoch's steps) per epoch, log scale,
     coloured from the first layer (dark) to the last (light)."""
@@ -528,23 +555,44 @@ def plot_grad_norms(data: RunData, path: str | Path) -> Path:
         return _style.save_figure(fig, path)
     keys = list(dict.fromkeys(k for _, n in records for k in n))
     ax = fig.add_subplot()
-    colours = matplotlib.colormaps["viridis"](np.linspace(0, 0.9, len(keys)))
-    epochs = [e for e, _ in records]
-    for key, colour in zip(keys, colours, strict=True):
-        values = [n.get(key, np.nan) for _, n in records]
-        values = [v if v > 0 else np.nan for v in values]  # a zero norm has no place on a log axis
-        ax.plot(epochs, values, marker="o", color=colour, label=key, linewidth=1.8)
-    ax.set_yscale("log")
+    epochs = np.array([e for e, _ in records], dtype=np.float64)
+    norms = np.array([[n.get(k, np.nan) for _, n in records] for k in keys], dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        # A zero norm has no place on a log axis; an inf or huge one is said in the title.
+        exploded = int(np.count_nonzero(norms >= PLOT_LIMIT))
+        norms = np.where((norms > 0) & (norms < PLOT_LIMIT), norms, np.nan)
+    cmap = matplotlib.colormaps[_style.SEQUENTIAL_CMAP]
+    colours = cmap(np.linspace(0, 0.9, len(keys)))
+    if len(keys) <= MAX_LEGEND_KEYS:
+        for key, colour, values in zip(keys, colours, norms, strict=True):
+            ax.plot(epochs, values, marker="o", color=colour, label=key, linewidth=1.8)
+        ax.legend(
+            loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, ncols=1 + len(keys) // 24
+        )
+    else:  # thousands of parameters: one collection of lines, a colour bar for the order
+        segments = [np.column_stack([epochs, values]) for values in norms]
+        ax.add_collection(LineCollection(segments, colors=colours, linewidths=1.0))
+        ax.autoscale_view()
+        bar = fig.colorbar(
+            ScalarMappable(Normalize(1, len(keys)), cmap), ax=ax, shrink=0.85, pad=0.02
+        )
+        bar.set_label(f"parameter, first layer (dark) to last (light) of {len(keys):,}")
+    if np.isnan(norms).all():
+        ax.text(0.5, 0.5, "no finite, positive norm to draw", ha="center", transform=ax.transAxes)
+    else:
+        ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("mean over steps of ||dL/dparam||")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3, which="both")
+    warning = f"\n{exploded:,} norms were infinite or above {PLOT_LIMIT:g}: exploded" * bool(
+        exploded
+    )
     ax.set_title(
         f"Gradient norm per parameter over training: {data.description}\n"
-        "falling towards zero = vanishing, growing without bound = exploding",
+        f"falling towards zero = vanishing, growing without bound = exploding{warning}",
         fontsize=13,
     )
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, ncols=1 + len(keys) // 24)
     return _style.save_figure(fig, path)
 
 

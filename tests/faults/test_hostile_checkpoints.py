@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import socket
 import stat
@@ -689,17 +690,19 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path, capsys):
     assert "pick one" in captured_error(capsys)
 
 
-def test_resume_with_more_epochs_keeps_the_saved_schedule(tmp_path):
-    """T_max is a saved setting (as in torch): resuming a 2-epoch cosine run for 4 epochs
-    continues the 2-epoch schedule past its end, as torch's CosineAnnealingLR would."""
+def test_resume_with_more_epochs_stretches_the_saved_schedule(tmp_path):
+    """T_max is a saved setting (as in torch); resuming a finished 2-epoch cosine run for 4
+    epochs stretches it to 4 (the rate goes on from where the stretched curve stands at
+    epoch 2) instead of training epoch 3 at the bottom of the old curve, lr 0."""
     out = tmp_path / "run"
     assert main(["train", *QUICK, "--epochs", "2", "--out", str(out)]) == 0
     assert main(["train", "--epochs", "4", "--out", str(out), "--resume"]) == 0
     ckpt = sc.load_checkpoint(out / "model.npz")
-    assert ckpt.scheduler_state["T_max"] == 2 and ckpt.scheduler_state["epoch"] == 4
+    assert ckpt.scheduler_state["T_max"] == 4 and ckpt.scheduler_state["epoch"] == 4
     lrs = [m["lr"] for m in ckpt.extra["history"]]
     assert lrs[0] == pytest.approx(0.05) and lrs[1] == pytest.approx(0.025)
-    assert lrs[2] == pytest.approx(0.0, abs=1e-12) and lrs[3] == pytest.approx(0.025)
+    assert lrs[2] == pytest.approx(0.025)  # cos(pi * 2 / 4): half the base rate, not 0
+    assert lrs[3] == pytest.approx(0.05 * (1 + math.cos(math.pi * 3 / 4)) / 2)
 
 
 def test_run_files_follow_the_umask(tmp_path):

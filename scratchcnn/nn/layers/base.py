@@ -80,6 +80,12 @@ def resolve_layer_type(name: Any) -> type[Layer]:
         if len(matches) > 1:
             names = ", ".join(sorted(layer_type_name(c) for c in matches))
             raise ConfigError(f"layer type {name!r} is ambiguous: it could be {names}")
+    if "." in name and _is_private(name.rpartition(".")[2]):
+        raise ConfigError(
+            f"unknown layer type {name!r}: a private class (its name starts with '_') is not "
+            "registered, so a model holding it cannot be saved and loaded; give the class a "
+            "public name"
+        )
     if "." in name:
         raise ConfigError(
             f"unknown layer type {name!r}: a custom layer must be imported before loading "
