@@ -352,17 +352,30 @@ class _Walk:
                 raise DataError(_loop(path)) from None
             return False
 
+    def _entry_is_dir(self, e: os.DirEntry[str]) -> bool:
+        """_is_dir from the folder listing's own file type (no system call) unless ``e`` is
+        a symlink."""
+        if e.is_symlink():
+            return self._is_dir(Path(e.path))
+        try:
+            return e.is_dir(follow_symlinks=False)
+        except OSError:
+            return False
+
     def images(self, top: Path, label: int) -> list[ImageFile]:
         """Every image file under the class folder ``top`` (at any depth), sorted by path."""
         out: list[ImageFile] = []
         top_id = _dir_id(top)
         self.visited.add(top_id)
-        stack: list[tuple[Path, dict[tuple[int, int], Path], int]] = [(top, {top_id: top}, 0)]
+        rel_top = top.relative_to(self.root).as_posix()
+        stack: list[tuple[Path, str, dict[tuple[int, int], Path], int]] = [
+            (top, rel_top, {top_id: top}, 0)
+        ]
         while stack:
-            folder, ancestors, depth = stack.pop()
+            folder, rel, ancestors, depth = stack.pop()
             for e in self.listdir(folder):
-                path = Path(e.path)
-                if self._is_dir(path):
+                if self._entry_is_dir(e):
+                    path = Path(e.path)
                     key = _dir_id(path)
                     if key in ancestors:
                         raise DataError(
@@ -377,9 +390,9 @@ class _Walk:
                             f"in {top}"
                         )
                     self.visited.add(key)
-                    stack.append((path, {**ancestors, key: path}, depth + 1))
+                    stack.append((path, f"{rel}/{e.name}", {**ancestors, key: path}, depth + 1))
                 elif _is_image_name(e.name):
-                    f = self._image_file(path, label)
+                    f = self._image_file(e, f"{rel}/{e.name}", label)
                     if f is not None:
                         out.append(f)
                 else:
@@ -387,19 +400,18 @@ class _Walk:
         out.sort(key=lambda f: f.path)
         return out
 
-    def _image_file(self, path: Path, label: int) -> ImageFile | None:
-        rel = path.relative_to(self.root).as_posix()
+    def _image_file(self, e: os.DirEntry[str], rel: str, label: int) -> ImageFile | None:
         try:
-            st = os.stat(path)
+            st = e.stat()  # follows a symlink
         except FileNotFoundError:
-            return self._bad(rel, f"{path}: broken symlink or vanished file, not an image")
+            return self._bad(rel, f"{e.path}: broken symlink or vanished file, not an image")
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise DataError(_loop(path)) from None
-            return self._bad(rel, f"{path}: cannot read it ({os_reason(exc)})")
+                raise DataError(_loop(Path(e.path))) from None
+            return self._bad(rel, f"{e.path}: cannot read it ({os_reason(exc)})")
         if not stat.S_ISREG(st.st_mode):
             kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a device, FIFO or socket"
-            return self._bad(rel, f"{path}: not a regular file ({kind}), expected an image file")
+            return self._bad(rel, f"{e.path}: not a regular file ({kind}), expected an image file")
         return ImageFile(rel, label, int(st.st_size), int(st.st_mtime_ns))
 
     def _bad(self, rel: str, reason: str) -> None:
