@@ -174,8 +174,10 @@ class ImageFolder(Dataset):
     filter. ``channels``: 1 or 3; None gives 3 if any image holds colour, else 1.
     ``skip_bad_images``: leave out files that cannot be read as images (``skipped`` lists
     them) instead of stopping at the first. ``progress``: a tqdm bar while decoding (None:
-    only on a terminal). The images are uint8 (N, C, H, W), memory-mapped from the decode
-    cache (read-only).
+    only on a terminal). ``classes``: the class names to label by, in label order (a trained
+    model's, to evaluate it on another folder); every class folder must be one of them, and
+    any of them may be absent. The images are uint8 (N, C, H, W), memory-mapped from the
+    decode cache (read-only).
 
     Attributes besides the Dataset's: ``root``, ``samples`` (row i's file, relative to
     root), ``skipped``, ``mean`` and ``std`` (per channel, pixels in [0, 1]), ``info`` (an
@@ -194,8 +196,18 @@ class ImageFolder(Dataset):
         *,
         skip_bad_images: bool = False,
         progress: bool | None = None,
+        classes: Sequence[str] | None = None,
     ) -> None:
-        loaded = _load(path, image_size, channels, None, 0, skip_bad_images, progress, True)
+        if classes is not None:
+            names = list(classes) if not isinstance(classes, str) else []
+            if not names or not all(isinstance(c, str) and c for c in names):
+                raise ConfigError(f"classes must be a list of class names, got {classes!r}")
+            if len(set(names)) != len(names):
+                raise ConfigError(f"classes must not repeat a name, got {classes!r}")
+            classes = names
+        loaded = _load(
+            path, image_size, channels, None, 0, skip_bad_images, progress, classes or True
+        )
         train, _, info = loaded
         super().__init__(train.images, train.labels, train.classes, train.name)
         object.__setattr__(self, "root", info.root)
@@ -453,18 +465,21 @@ def _check_root(root: Path) -> None:
 
 
 def _classes_and_files(
-    walk: _Walk, top: Path, allowed: Sequence[str] | None = None
+    walk: _Walk, top: Path, allowed: Sequence[str] | None = None, what: str = "training"
 ) -> tuple[list[str], list[ImageFile]]:
     """The class names of ``top`` and its image files, labelled by their position in
-    ``allowed`` (the training classes) or in the class names themselves."""
+    ``allowed`` (the training classes, or those given) or in the class names themselves."""
     names = walk.class_names(top)
     classes = list(allowed) if allowed is not None else names
+    if allowed is not None:  # grouped by class in label order, as the names' own would be
+        names = [c for c in classes if c in names] + [c for c in names if c not in classes]
     files: list[ImageFile] = []
     for name in names:
         if name not in classes:
             raise DataError(
-                f"{top / name}: class {name!r} is not one of the {len(classes)} training "
-                f"classes ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})"
+                f"{top / name}: class {name!r} is not one of the {len(classes)} "
+                f"{'training ' if what == 'training' else ''}classes "
+                f"({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''})"
             )
         bad_before = len(walk.bad)
         found = walk.images(top / name, classes.index(name))
@@ -503,7 +518,8 @@ def _layout(root: Path) -> tuple[Path, Path | None]:
 def _held_out(files: Sequence[ImageFile], val_split: float, seed: int) -> np.ndarray:
     """A boolean mask of the files held out: in each class round(val_split * n) of its n
     files (half up; at most n - 1, so every class keeps a training image), chosen by
-    ``default_rng(seed)`` one class after the other."""
+    ``default_rng(seed)`` one class after the other. ``files`` are grouped by class in label
+    order, as _classes_and_files lists them."""
     labels = np.fromiter((f.label for f in files), np.int64, len(files))
     rng = np.random.default_rng(seed)
     mask = np.zeros(len(files), bool)
@@ -586,22 +602,26 @@ def _load(
     seed: int,
     skip_bad_images: bool,
     progress: bool | None,
-    one_folder: bool,
+    one_folder: bool | list[str],
 ) -> tuple[Dataset, Dataset | None, ImageFolderInfo]:
+    """Both entry points. ``one_folder``: False for image_folder_splits, True for
+    ImageFolder, or ImageFolder's list of class names."""
     root = Path(path).expanduser()
     size_asked, channels_asked = _image_size(image_size), _channels(channels)
     _check_root(root)
     walk = _Walk(root, bool(skip_bad_images))
-    if one_folder:
+    if one_folder is True:
         names = walk.class_names(root)
-        if "train" in names and set(names) <= {"train", *_TEST_NAMES}:
+        if len(names) > 1 and "train" in names and set(names) <= {"train", *_TEST_NAMES}:
+            other = names[0] if names[-1] == "train" else names[-1]
             raise DataError(
-                f"{root}: holds train/ and {names[-1] if names[-1] != 'train' else names[0]}/"
-                ", a split layout; use image_folder_splits() for it, or ImageFolder on "
-                f"{root / 'train'}"
+                f"{root}: holds train/ and {other}/, a split layout; use image_folder_splits() "
+                f"for it, or ImageFolder on {root / 'train'}"
             )
         walk = _Walk(root, bool(skip_bad_images))  # count the entries once
-        classes, files = _classes_and_files(walk, root)
+    if one_folder:
+        given = one_folder if isinstance(one_folder, list) else None
+        classes, files = _classes_and_files(walk, root, given, "given")
         splits = {"all": files}
         source, stats = "", "all"
     else:
@@ -663,7 +683,10 @@ def _load(
         for skips in entry.skipped.values():
             if skips:  # built with skip_bad_images=True; this call wants the error
                 raise DataError(f"{skips[0][1]}; {_SKIP_HINT}")
-    return _datasets(root, classes, splits, entry, walk, source, val_split, seed, stats)
+    every_class = not isinstance(one_folder, list)  # classes from the folders: all learnt
+    return _datasets(
+        root, classes, splits, entry, walk, source, val_split, seed, stats, every_class
+    )
 
 
 def _datasets(
@@ -676,6 +699,7 @@ def _datasets(
     val_split: float | None,
     seed: int,
     stats: str,
+    every_class: bool,
 ) -> tuple[Dataset, Dataset | None, ImageFolderInfo]:
     name = root.name or str(root)
     kept: dict[str, list[ImageFile]] = {}
@@ -687,7 +711,7 @@ def _datasets(
     datasets = {}
     for split, files in kept.items():
         labels = np.fromiter((f.label for f in files), np.int64, len(files))
-        if split == stats:
+        if split == stats and every_class:
             counts = np.bincount(labels, minlength=len(classes))
             if (counts == 0).any():
                 lost = classes[int(np.flatnonzero(counts == 0)[0])]

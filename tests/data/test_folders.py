@@ -396,3 +396,14 @@ def test_a_model_trains_on_an_image_folder(tmp_path):
     )
     assert np.isfinite(history.last.train_loss) and len(history.epochs) == 8
     assert sc.train.evaluate(model, test).accuracy > 0.8  # tints tell the classes apart
+
+
+def test_a_folder_labelled_by_given_classes(tmp_path):
+    """Evaluating a trained model on another folder: its classes, its label order."""
+    root = make_folder(tmp_path / "e", {"owl": 2, "cat": 1})  # no "dog", one class is fine
+    ds = ImageFolder(root, classes=["cat", "dog", "owl"], progress=False)
+    assert ds.classes == ("cat", "dog", "owl") and ds.labels.tolist() == [0, 2, 2]
+    assert ds.samples == ("cat/000.png", "owl/000.png", "owl/001.jpg")
+    np.testing.assert_array_equal(ds.images[0], expected_row(root / "cat/000.png", (3, 12, 10)))
+    only = make_folder(tmp_path / "one", {"dog": 2})
+    assert ImageFolder(only, classes=("cat", "dog"), progress=False).labels.tolist() == [1, 1]

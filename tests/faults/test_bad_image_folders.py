@@ -129,6 +129,16 @@ def test_split_layouts_that_do_not_fit(tmp_path):
     )
 
 
+def test_given_classes_that_do_not_fit(tmp_path):
+    root = two_classes(tmp_path / "d")
+    assert error(ImageFolder, root, classes=["a", "c"]) == (
+        f"{root / 'b'}: class 'b' is not one of the 2 classes (a, c)"
+    )
+    for bad in ("ab", [], ["a", "a"], ["a", 3]):
+        with pytest.raises(ConfigError, match="classes must"):
+            ImageFolder(root, classes=bad)
+
+
 def test_nothing_to_hold_out(tmp_path):
     root = tmp_path / "d"
     picture(root / "a" / "1.png")
