@@ -230,3 +230,19 @@ def test_ab_refuses_what_it_cannot_compare():
         assert result.returncode != 0
         assert message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_bench_image_folder_measures_first_and_cached_passes(tmp_path):
+    out = run(
+        "bench_image_folder.py",
+        *("--images", "60", "--size", "8", "--classes", "3", "--json", str(tmp_path / "i.json")),
+    )
+    assert "speed-up of a cached epoch" in out
+    data = json.loads((tmp_path / "i.json").read_text())
+    assert set(data["rows"]) == {"first", "first-sized", "cached", "cached-2"}
+    for row in data["rows"].values():
+        assert row["train"] + row["test"] == 60 and row["shape"] == [3, 8, 8]
+        assert row["vmhwm_mib"] > 20 and row["peak_rss_anon_mib"] > 0
+    rows = data["rows"]
+    assert rows["first"]["checksum"][0] == rows["cached"]["checksum"][0]  # the same batches
+    assert len(rows["cached"]["checksum"]) == 2

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -31,9 +34,11 @@ from scratchcnn.errors import DataError
 __all__ = [
     "MAX_IMAGE_BYTES",
     "MAX_IMAGE_PIXELS",
+    "ImageHeader",
     "load_grayscale_image",
     "load_image",
     "open_image_file",
+    "probe_image",
 ]
 
 #: Largest image file read (bytes): far above any photograph, far below memory trouble.
@@ -43,6 +48,7 @@ MAX_IMAGE_BYTES = 64 * 2**20
 MAX_IMAGE_PIXELS = 40_000_000
 
 Fit = Callable[[int, int], tuple[int, int]]
+T = TypeVar("T")
 
 _HIGH_DEPTH = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA_MODES = {"LA": "LA", "La": "LA", "PA": "RGBA", "RGBA": "RGBA", "RGBa": "RGBA"}
@@ -68,9 +74,10 @@ def open_image_file(path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _decode(path: Path, fit: Fit, invert: bool | None) -> tuple[np.ndarray, bool]:
-    """Decode ``path`` resized to ``fit(width, height)`` = (W, H). Returns ((H, W) or
-    (H, W, 3) float32 in [0, 1], composited onto the background, is_rgb)."""
+@contextmanager
+def _open_header(path: Path) -> Iterator[Any]:
+    """The Pillow image of ``path`` with only its header read, its pixel count checked
+    against MAX_IMAGE_PIXELS before anything is decoded; closed on leaving."""
     from PIL import Image
 
     # Pillow warns above its own pixel limit and raises at twice it, from the header; we
@@ -89,7 +96,16 @@ def _decode(path: Path, fit: Fit, invert: bool | None) -> tuple[np.ndarray, bool
             raise DataError(_too_many_pixels(path, (w, h)))
         if w < 1 or h < 1:
             raise DataError(f"{path}: image of {w}x{h} pixels has nothing to read")
-        size = fit(w, h)
+        yield img
+
+
+def _decode(path: Path, fit: Fit, invert: bool | None) -> tuple[np.ndarray, bool]:
+    """Decode ``path`` resized to ``fit(width, height)`` = (W, H). Returns ((H, W) or
+    (H, W, 3) float32 in [0, 1], composited onto the background, is_rgb)."""
+    from PIL import Image
+
+    with _open_header(path) as img:
+        size = fit(*img.size)
         img.seek(0)  # animated images: the first frame
         img.draft(None, size)  # JPEG: decode at a reduced scale when that is still >= size
         mode = img.mode
@@ -188,14 +204,76 @@ def load_grayscale_image(path: str | os.PathLike[str], max_side: int) -> np.ndar
 def _read(path: str | os.PathLike[str], fit: Fit, invert: bool | None) -> tuple[np.ndarray, bool]:
     """open_image_file + _decode, every decoding failure turned into one DataError line."""
     path = open_image_file(path)
+    return _foreign(path, lambda: _decode(path, fit, invert))
+
+
+def _foreign(path: Path, work: Callable[[], T]) -> T:
+    """``work()`` on the foreign file ``path``: Pillow's warnings silenced, every failure one
+    DataError line naming the file."""
     try:
         # A foreign file can make Pillow warn (corrupt EXIF, odd chunks ...): that would be
         # a second line on stderr, and the file either decodes or is refused anyway.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return _decode(path, fit, invert)
+            return work()
     except DataError:
         raise
     except Exception as exc:  # any failure to decode a foreign file is the file's fault
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise DataError(f"{path}: cannot read it as an image ({reason:.160})") from None
+
+
+#: Pillow modes that hold colour. A palette image (P, PA) holds colour when it uses a palette
+#: entry whose red, green and blue differ; every other mode (1, L, LA, I, I;16, F) is grey.
+_COLOUR_MODES = frozenset({"RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV"})
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the header of an image file says, without decoding its pixels."""
+
+    width: int
+    height: int
+    mode: str  #: Pillow's mode ("RGB", "L", "P", "I;16", "CMYK" ...)
+    colour: bool  #: the file stores colour (see :func:`probe_image`)
+
+
+def probe_image(path: str | os.PathLike[str]) -> ImageHeader:
+    """Read only the header of an image file: its size, its mode and whether it holds colour.
+
+    The same checks as :func:`load_image` before anything is decoded (a regular file of at
+    most :data:`MAX_IMAGE_BYTES` bytes, at most :data:`MAX_IMAGE_PIXELS` pixels, something
+    Pillow recognises as an image), each failure one :class:`DataError` line naming the file.
+    ``colour`` is True for RGB, RGBA, CMYK, YCbCr, LAB and HSV images, and for palette images
+    that use a palette entry that is not grey (for these, and only these, the pixel indices
+    are decoded to know); False for 1-bit, grey, 16-bit, 32-bit and float images. A truncated
+    file whose header is whole passes here (palette images aside) and fails when decoded.
+    """
+    path = open_image_file(path)
+
+    def header() -> ImageHeader:
+        with _open_header(path) as img:
+            mode = img.mode
+            colour = mode in _COLOUR_MODES
+            if mode in ("P", "PA"):
+                colour = _palette_colour(img)
+            return ImageHeader(int(img.size[0]), int(img.size[1]), mode, colour)
+
+    return _foreign(path, header)
+
+
+def _palette_colour(img: Any) -> bool:
+    """Whether a palette image uses a palette entry that is not grey. Palettes often hold
+    colours an image never uses (Pillow's RGB -> P conversion gives the 216-colour web
+    palette even to a grey image), so the indices are decoded: this mode only."""
+    palette = img.getpalette() or []
+    rgb = np.asarray(palette, dtype=np.int64)[: len(palette) // 3 * 3].reshape(-1, 3)
+    grey = (rgb[:, 0] == rgb[:, 1]) & (rgb[:, 1] == rgb[:, 2])
+    if grey.all():
+        return False
+    counts = img.getcolors(256)  # (count, index) or, for PA, (count, (index, alpha))
+    if counts is None:  # pragma: no cover - a palette image has at most 256 indices
+        return True
+    used = np.array([c if isinstance(c, int) else c[0] for _, c in counts], dtype=np.int64)
+    used = used[used < len(grey)]
+    return bool((~grey[used]).any())

@@ -2,9 +2,10 @@
 
 A Dataset holds every image of one split at once (MNIST's 60,000 images are
 47 MB as uint8), so batching is plain NumPy indexing: no worker processes, no
-per-item Python loop. The loader owns a ``np.random.Generator`` whose state can
-be saved and restored, so a resumed training run sees exactly the same future
-shuffles as an uninterrupted one.
+per-item Python loop. The images may also be a read-only ``np.memmap`` (an image
+folder's decode cache): a batch then reads its rows from the file. The loader owns a
+``np.random.Generator`` whose state can be saved and restored, so a resumed training run
+sees exactly the same future shuffles as an uninterrupted one.
 """
 
 from __future__ import annotations

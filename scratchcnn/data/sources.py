@@ -4,7 +4,11 @@
 ``fashion-mnist`` are read from IDX files found, in this order, in ``data_dir``
 (when given; then nowhere else), the Debian ``dataset-fashion-mnist`` folder
 (Fashion-MNIST only), the cache, or downloaded once into the cache with every
-file's SHA-256 checked. ``shapes`` is generated from a seed. See docs/data.md.
+file's SHA-256 checked. ``cifar10`` and ``cifar100`` are read from the binary
+version's files in ``data_dir`` (when given; then nowhere else) or the cache,
+where the official archive is downloaded once (or put by hand), its SHA-256
+checked, and the binary files taken out of it. ``shapes`` is generated from a
+seed. See docs/data.md.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scratchcnn.data.cifar import CIFAR, extract_cifar, find_cifar_files, read_cifar
 from scratchcnn.data.idx import read_mnist_pair
 from scratchcnn.data.loader import Dataset
 from scratchcnn.data.shapes import SHAPE_CLASSES, make_shapes
@@ -46,7 +51,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DATASETS: tuple[str, ...] = ("mnist-5k", "mnist", "fashion-mnist", "shapes")
+DATASETS: tuple[str, ...] = ("mnist-5k", "mnist", "fashion-mnist", "shapes", "cifar10", "cifar100")
 SPLITS: tuple[str, ...] = ("train", "test")
 
 MNIST_CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10))
@@ -87,10 +92,15 @@ MIRRORS: dict[str, tuple[str, ...]] = {
         "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
         "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
     ),
+    # The authors' page (https://www.cs.toronto.edu/~kriz/cifar.html): the binary version.
+    "cifar10": ("https://www.cs.toronto.edu/~kriz/",),
+    "cifar100": ("https://www.cs.toronto.edu/~kriz/",),
 }
 
 #: Size in bytes and SHA-256 of each official .gz file, as listed in
-#: tensorflow/datasets tensorflow_datasets/url_checksums/{mnist,fashion_mnist}.txt.
+#: tensorflow/datasets tensorflow_datasets/url_checksums/{mnist,fashion_mnist}.txt;
+#: for CIFAR, of the binary archives (the authors publish their MD5s:
+#: c32a1d4ab5d03f1284b67883e8d87530 and 03b5dce01913d631647c71ecec9e9cb8; docs/data.md).
 CHECKSUMS: dict[str, dict[str, tuple[int, str]]] = {
     "mnist": {
         "train-images-idx3-ubyte.gz": (
@@ -128,6 +138,18 @@ CHECKSUMS: dict[str, dict[str, tuple[int, str]]] = {
             "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
         ),
     },
+    "cifar10": {
+        "cifar-10-binary.tar.gz": (
+            170052171,
+            "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd",
+        ),
+    },
+    "cifar100": {
+        "cifar-100-binary.tar.gz": (
+            168513733,
+            "58a81ae192c23a4be8b1804d68e518ed807d710a4eb253b1f2a199162a40d8ec",
+        ),
+    },
 }
 
 #: Number of images of the generated shapes set, per split.
@@ -144,6 +166,8 @@ _ALIASES = {
     "mnist-5000": "mnist-5k",
     "fashion": "fashion-mnist",
     "fashionmnist": "fashion-mnist",
+    "cifar-10": "cifar10",
+    "cifar-100": "cifar100",
 }
 
 # The opener used for downloads; tests replace it.
@@ -193,9 +217,10 @@ def load_dataset(
     """Load split ``"train"`` or ``"test"`` of a named data set as a :class:`Dataset`.
 
     ``name`` is one of :data:`DATASETS`. ``data_dir`` and ``download`` only
-    concern ``mnist`` and ``fashion-mnist``; ``seed`` only concerns ``shapes``
-    (train = ``make_shapes(2000, seed)``, test = ``make_shapes(500, seed +
-    SHAPES_TEST_SEED_OFFSET)``). Image data sets are uint8 (N, 1, 28, 28).
+    concern ``mnist``, ``fashion-mnist``, ``cifar10`` and ``cifar100``; ``seed`` only
+    concerns ``shapes`` (train = ``make_shapes(2000, seed)``, test = ``make_shapes(500,
+    seed + SHAPES_TEST_SEED_OFFSET)``). The MNIST-style sets are uint8 (N, 1, 28, 28), the
+    CIFAR sets uint8 (N, 3, 32, 32) (CIFAR-100 with its 100 fine labels).
     """
     key = canonical_dataset_name(name)
     if split not in SPLITS:
@@ -206,6 +231,10 @@ def load_dataset(
         offset = 0 if split == "train" else SHAPES_TEST_SEED_OFFSET
         images, labels = make_shapes(SHAPES_SIZES[split], seed + offset)
         return Dataset(images, labels, SHAPE_CLASSES, "shapes")
+    if key in CIFAR:
+        folder = _locate_cifar(key, split, data_dir, download)
+        images, labels = read_cifar(folder, key, split)
+        return Dataset(images, labels, CIFAR[key].classes, key)
     classes = MNIST_CLASSES if key == "mnist" else FASHION_MNIST_CLASSES
     images_path, labels_path = _locate_idx(key, split, data_dir, download)
     images, labels = read_mnist_pair(images_path, labels_path, (28, 28), len(classes))
@@ -302,7 +331,16 @@ def _locate_idx(
             f"{cache}: missing {', '.join(gz_missing)} for {name} {split} and download is off "
             f"(looked in {where}); {_how_to_get(name, cache)}"
         )
-    # The folders this call creates, removed again if nothing could be downloaded into them.
+    _download_all(name, gz_missing, cache)
+    found, missing = _find_in(cache, stems)
+    if missing:  # pragma: no cover - _download raises instead
+        raise DataError(f"{cache}: still missing {', '.join(missing)} after download")
+    return found[0], found[1]
+
+
+def _download_all(name: str, filenames: list[str], cache: Path) -> None:
+    """Download ``filenames`` of ``name`` into ``cache``; a cache folder this call created
+    is removed again when nothing could be downloaded into it."""
     created = [p for p in (cache, *cache.parents) if not p.exists()]
     try:
         cache.mkdir(parents=True, exist_ok=True)
@@ -312,7 +350,7 @@ def _locate_idx(
             f"SCRATCHCNN_CACHE_DIR to a writeable folder or pass --data-dir"
         ) from None
     try:
-        for filename in gz_missing:
+        for filename in filenames:
             _download(name, filename, cache)
     except DataError:
         for folder in created:
@@ -321,19 +359,96 @@ def _locate_idx(
             except OSError:
                 break
         raise
-    found, missing = _find_in(cache, stems)
-    if missing:  # pragma: no cover - _download raises instead
-        raise DataError(f"{cache}: still missing {', '.join(missing)} after download")
-    return found[0], found[1]
 
 
 def _how_to_get(name: str, cache: Path) -> str:
-    """The short hint: all four files of the data set, one mirror, where to put them."""
+    """The short hint: every file of the data set, one mirror, where to put them."""
+    if name in CIFAR:
+        layout = CIFAR[name]
+        return (
+            f"to get {name} by hand, download {layout.archive} from {MIRRORS[name][0]} into "
+            f"{cache} (it is checked and unpacked there), or pass --data-dir DIR "
+            f"(data_dir=DIR in Python) where its {layout.folder} folder is"
+        )
     files = [f"{stem}.gz" for pair in IDX_FILES.values() for stem in pair]
     return (
         f"to get {name} by hand, download {', '.join(files)} from {MIRRORS[name][0]} into "
         f"{cache}, or pass --data-dir DIR (data_dir=DIR in Python) where they are"
     )
+
+
+# ------------------------------------------------------------------ CIFAR lookup
+
+
+def _locate_cifar(
+    name: str, split: str, data_dir: str | os.PathLike[str] | None, download: bool
+) -> Path:
+    """The folder holding ``split``'s binary files of ``name``: ``data_dir`` itself or its
+    ``cifar-10-batches-bin`` / ``cifar-100-binary`` subfolder when given (nothing else is
+    tried); else the cache, where the official archive is unpacked, downloaded first when
+    it is not there yet (and ``download`` allows)."""
+    layout = CIFAR[name]
+    if data_dir is not None:
+        root = Path(data_dir).expanduser()
+        wanted = " and ".join(layout.files[split])
+        if not root.is_dir():
+            problem = (
+                "is a file, not a data directory"
+                if root.exists()
+                else ("data directory does not exist")
+            )
+            raise DataError(f"{root}: {problem} (looked for {wanted} of {name} {split} there)")
+        looked = [root, root / layout.folder]
+        for folder in looked:
+            if not find_cifar_files(folder, layout, split):
+                return folder
+        missing = find_cifar_files(root, layout, split)
+        raise DataError(
+            f"{root}: missing {', '.join(missing)} for {name} {split} (looked in {looked[0]} "
+            f"and {looked[1]}; the binary version, {layout.archive} unpacked)"
+        )
+    cache = default_cache_dir() / name
+    folder = cache / layout.folder
+    if not find_cifar_files(folder, layout, split):
+        return folder
+    archive = cache / layout.archive
+    if archive.is_file():
+        _verify_archive(name, archive)
+    elif not download:
+        raise DataError(
+            f"{cache}: no {name} {split} files ({folder}) and no {layout.archive} to unpack, "
+            f"and download is off; {_how_to_get(name, cache)}"
+        )
+    else:
+        _download_all(name, [layout.archive], cache)  # checked while it is downloaded
+    extract_cifar(archive, folder, layout)
+    log.info("unpacked %s into %s", archive, folder)
+    return folder
+
+
+def _verify_archive(name: str, archive: Path) -> None:
+    """Size and SHA-256 of an archive found in the cache (put there by hand, or downloaded
+    earlier) against the official ones, before it is unpacked."""
+    size, sha256 = CHECKSUMS[name][archive.name]
+    digest = hashlib.sha256()
+    got = 0
+    try:
+        with open(archive, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                got += len(chunk)
+                if got > size:
+                    break
+                digest.update(chunk)
+    except OSError as exc:
+        raise DataError(f"{archive}: cannot read it ({os_reason(exc)})") from None
+    if got != size or digest.hexdigest() != sha256:
+        what = f"{got:,} bytes" if got <= size else f"more than {size:,} bytes"
+        raise DataError(
+            f"{archive}: not the official {archive.name} ({what}, sha256 "
+            f"{digest.hexdigest()[:12]}..., expected {size:,} bytes, sha256 {sha256[:12]}...); "
+            "delete it and run again to download it, or pass --data-dir (data_dir= in Python) "
+            "where the unpacked files are"
+        )
 
 
 def _download(name: str, filename: str, cache: Path) -> Path:

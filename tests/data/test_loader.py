@@ -295,3 +295,61 @@ def test_augment_pad_zero_only_flips():
 def test_augment_bad_pad(pad):
     with pytest.raises(ConfigError, match="pad"):
         DataLoader(_digits(), augment=True, pad=pad)
+
+
+# ---------------------------------------------------------------- colour and memory maps
+
+
+def _memmapped(tmp_path, images: np.ndarray) -> np.memmap:
+    """``images`` written to a file and mapped back read-only, as the image-folder cache
+    does."""
+    path = tmp_path / "images.u8"
+    images.tofile(path)
+    return np.memmap(path, dtype=np.uint8, mode="r", shape=images.shape)
+
+
+def test_memmapped_colour_images_batch_like_in_memory_ones(tmp_path):
+    rng = np.random.default_rng(5)
+    images = rng.integers(1, 256, size=(23, 3, 9, 7), dtype=np.uint8)  # RGB, odd sizes
+    labels = np.arange(23) % 4
+    mapped = _memmapped(tmp_path, images)
+    on_disk = Dataset(mapped, labels, tuple("abcd"), "rgb")
+    in_memory = Dataset(images.copy(), labels, tuple("abcd"), "rgb")
+    assert isinstance(on_disk.images, np.memmap) and not on_disk.images.flags.writeable
+    assert on_disk.input_shape == (3, 9, 7)
+    for augment in (False, True):
+        a = DataLoader(on_disk, batch_size=5, seed=11, augment=augment, pad=3)
+        b = DataLoader(in_memory, batch_size=5, seed=11, augment=augment, pad=3)
+        for _epoch in range(2):  # two epochs: two permutations
+            got = list(a)
+            want = list(b)
+            assert len(got) == len(want) == 5
+            for (xa, ya), (xb, yb) in zip(got, want, strict=True):
+                assert xa.dtype == np.float32 and xa.shape[1:] == (3, 9, 7)
+                np.testing.assert_array_equal(xa, xb)
+                np.testing.assert_array_equal(ya, yb)
+    image, label = on_disk[4]
+    np.testing.assert_array_equal(image, images[4])
+    assert label == 0
+    sub = on_disk[:10]  # a slice of a memory map is still a view of the file
+    assert isinstance(sub.images, np.memmap) and len(sub) == 10
+
+
+def test_augment_moves_all_three_channels_together():
+    """Crop and flip apply the same shift and flip to every channel of an image."""
+    h, w = 6, 8
+    plane = np.arange(1, h * w + 1, dtype=np.uint8).reshape(h, w)
+    images = np.stack([np.stack([plane, plane + 100, plane + 200]) for _ in range(16)])
+    ds = Dataset(images, np.zeros(16, np.int64), ("x",), "rgb")
+    (x, _), *_ = DataLoader(ds, batch_size=16, shuffle=False, augment=True, pad=2, seed=2)
+    x = np.rint(x * 255).astype(np.int64)
+    probe = np.random.default_rng(2)  # no shuffle: no permutation drawn before the shifts
+    shifts = probe.integers(0, 5, size=(16, 2))
+    flips = probe.random(16) < 0.5
+    for k in range(16):
+        want = _reference_crop_flip(images[k], *shifts[k], flips[k], 2).astype(np.int64)
+        np.testing.assert_array_equal(x[k], want)
+        inside = want[0] > 0  # pixels not from the padding: channel offsets kept
+        np.testing.assert_array_equal(x[k, 1][inside], x[k, 0][inside] + 100)
+        np.testing.assert_array_equal(x[k, 2][inside], x[k, 0][inside] + 200)
+    assert 0 < flips.sum() < 16

@@ -62,14 +62,14 @@ def _check(ds, images, labels, name):
 
 
 def test_dataset_names():
-    assert DATASETS == ("mnist-5k", "mnist", "fashion-mnist", "shapes")
+    assert DATASETS == ("mnist-5k", "mnist", "fashion-mnist", "shapes", "cifar10", "cifar100")
 
 
 def test_unknown_name_lists_valid_names():
     with pytest.raises(DataError) as err:
-        load_dataset("cifar10")
+        load_dataset("imagenet")
     msg = str(err.value)
-    assert "'cifar10'" in msg
+    assert "'imagenet'" in msg
     for name in DATASETS:
         assert name in msg
 
