@@ -44,7 +44,7 @@ def test_help_states_auto_invert_and_the_numbered_out(capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--help"])
     text = "".join(capsys.readouterr().out.split())  # no wrapping
-    assert "default:auto-invert" in text
+    assert "MNISTfamily:auto-invert" in text and "(photos,CIFAR):never" in text
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = "".join(capsys.readouterr().out.split())  # no wrapping

@@ -46,7 +46,7 @@ def test_lenet5_pooling_choice_and_seeding():
 
 
 def test_build_model_by_name():
-    assert set(MODELS) == {"tiny_cnn", "lenet5", "lenet5_avg", "shapes_net", "resnet8"}
+    assert set(MODELS) == {"tiny_cnn", "lenet5", "lenet5_avg", "shapes_net", "resnet8", "resnet20"}
     assert len(build_model("shapes_net", seed=0)) == 5
     with pytest.raises(sc.ConfigError, match="unknown model 'resnet'; choose one of"):
         build_model("resnet")

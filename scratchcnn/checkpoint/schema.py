@@ -416,6 +416,11 @@ def _check_history(history: Any) -> None:
         _check_fields(entry, HISTORY_RULES, lambda k, w=where: f"{w}.{k}", check_json)
 
 
+def _plain(v: Any) -> bool:
+    """A run setting's value: null, a bool, a string, an integer or a number."""
+    return v is None or isinstance(v, (bool, str)) or is_int(v) or is_number(v)
+
+
 def _check_extra(extra: Any) -> None:
     if not isinstance(extra, dict):
         raise SchemaError(f"'extra' must be a JSON object, got {type(extra).__name__}")
@@ -431,7 +436,7 @@ def _check_extra(extra: Any) -> None:
                 raise _fail("extra.classes", "a list of class names (strings)", value)
         elif key == "run":
             if not isinstance(value, dict) or not all(
-                v is None or isinstance(v, (bool, str)) or is_int(v) or is_number(v)
+                _plain(v) or (isinstance(v, list) and len(v) <= 8 and all(map(_plain, v)))
                 for v in value.values()
             ):
                 raise _fail("extra.run", "an object of plain settings", value)

@@ -4,16 +4,15 @@ it holds."""
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 import numpy as np
 
 from .._json import json_line
 from ..checkpoint import load_checkpoint
-from ..data import load_dataset
 from ..data.images import load_image
 from ..errors import ConfigError
+from ..training.datasets import evaluation_data
 from ..training.evaluate import evaluate
 from ..training.job import _check_fits
 from ..training.midepoch import resume_point
@@ -45,20 +44,58 @@ def check_finite_output(values: np.ndarray, checkpoint: Any, image: Any) -> None
         )
 
 
+#: Data sets of light digits or clothes on a dark background: a picture of dark ink on light
+#: paper is inverted to match them (``predict``'s default, --invert / --no-invert decide).
+DARK_BACKGROUND = ("mnist-5k", "mnist", "fashion-mnist")
+
+
+def auto_invert(ckpt: Any) -> bool | None:
+    """``load_image``'s ``invert`` for a checkpoint when the command line does not say: None
+    (decide by the image's border) for a grey model of the MNIST family or one that does
+    not say what it was trained on, False (never) for anything else: photos are not ink."""
+    run = ckpt.extra.get("run")
+    dataset = run.get("dataset") if isinstance(run, dict) else None
+    if dataset is None:
+        grey = ckpt.model.input_shape is not None and ckpt.model.input_shape[0] == 1
+        return None if grey and "images" not in ckpt.extra else False
+    return None if dataset in DARK_BACKGROUND else False
+
+
+def _classes(ckpt: Any) -> list[str] | None:
+    """The class names a checkpoint records (a list of strings), or None."""
+    classes = ckpt.extra.get("classes")
+    if isinstance(classes, list) and all(isinstance(c, str) for c in classes):
+        return classes
+    return None
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     run = ckpt.extra.get("run")
     run = run if isinstance(run, dict) else {}
-    name = args.dataset or run.get("dataset")
-    if name is None:
+    if args.dataset is None and args.data_dir is None and run.get("dataset") is None:
         raise ConfigError(f"{args.checkpoint}: does not record its data set; pass --dataset")
-    data_dir = args.data_dir if args.data_dir is not None else run.get("data_dir")
-    if not isinstance(data_dir, (str, os.PathLike, type(None))):
-        data_dir = None
-    seed = run.get("seed", 0)
-    seed = seed if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 else 0
-    data = load_dataset(name, args.split, data_dir=data_dir, seed=seed)
+    try:
+        data = evaluation_data(
+            run,
+            ckpt.model,
+            _classes(ckpt),
+            args.split,
+            args.dataset,
+            args.data_dir,
+            progress=None if not args.json else False,
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{args.checkpoint}: {exc}") from exc
+    name = data.name
     _check_fits(ckpt.model, data, {"model": args.checkpoint.name}, "--dataset or checkpoint")
+    known = _classes(ckpt)
+    if known is not None and len(known) == len(data.classes) and list(data.classes) != known:
+        raise ConfigError(
+            f"{args.checkpoint}: the model was trained on the classes {known[:6]}, the data "
+            f"set {name} has {list(data.classes)[:6]}: evaluating one on the other would "
+            "score nonsense"
+        )
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         result = evaluate(
             ckpt.model, data, progress=None if not args.json else False, threads=args.threads
@@ -102,7 +139,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not (isinstance(classes, list) and len(classes) == max(n_out, 2)):
         classes = [str(i) for i in range(max(n_out, 2))]
     classes = [str(c) for c in classes]
-    batch = np.stack([load_image(p, model.input_shape, args.invert) for p in args.images])
+    invert = args.invert if args.invert is not None else auto_invert(ckpt)
+    batch = np.stack([load_image(p, model.input_shape, invert) for p in args.images])
     with np.errstate(over="ignore", invalid="ignore"):
         logits = model.predict(batch.astype(model.dtype)).astype(np.float64)
     for path, row in zip(args.images, logits, strict=True):
@@ -141,6 +179,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     if isinstance(run, dict) and run:
         settings = (f"{printable(k)}={printable(v)}" for k, v in run.items() if v is not None)
         _say("trained: " + ", ".join(settings))
+    classes = _classes(ckpt)
+    if classes is not None:
+        shown = ", ".join(printable(c) for c in classes[:20])
+        more = f", ... ({len(classes)} in all)" if len(classes) > 20 else ""
+        _say(f"classes: {shown}{more}")
+    images = ckpt.extra.get("images")
+    if isinstance(images, dict):
+        _say(f"images: {_images_text(images)}")
     if ckpt.epoch is not None:
         _say(f"epoch: {ckpt.epoch}")
         if "position" in ckpt.extra:  # a mid-epoch checkpoint
@@ -155,6 +201,25 @@ def cmd_info(args: argparse.Namespace) -> int:
         if isinstance(acc, (int, float)) and isinstance(loss, (int, float)):
             _say(f"last test accuracy: {acc:.2%} (loss {loss:.4f})")
     return 0
+
+
+def _images_text(images: dict[str, Any]) -> str:
+    """What an image-folder run read, from the checkpoint's ``extra["images"]``."""
+    parts = []
+    size, channels = images.get("image_size"), images.get("channels")
+    if isinstance(size, list) and len(size) == 2:
+        colour = {1: "grey", 3: "RGB"}.get(channels, "?")
+        parts.append(f"{size[0]}x{size[1]} {colour} ({images.get('resize', '?')} resize)")
+    for key, what in (("train_images", "training"), ("test_images", "test")):
+        if isinstance(images.get(key), int):
+            parts.append(f"{images[key]:,} {what}")
+    if images.get("test_source") == "held-out":
+        split, seed = images.get("val_split"), images.get("seed")
+        parts.append(f"test held out: val_split {split}, seed {seed}")
+    if images.get("skipped"):
+        parts.append(f"{images['skipped']} unreadable files skipped")
+    root = images.get("root")
+    return printable(", ".join(parts) + (f"; from {root}" if isinstance(root, str) else ""))
 
 
 def _optimizer_text(state: dict[str, Any], sched: dict[str, Any] | None) -> str:

@@ -11,9 +11,11 @@ import numpy as np
 
 from .._version import __version__
 from ..data import DATASETS
+from ..data.folders import MAX_IMAGE_SIDE
 from ..data.sources import canonical_dataset_name
 from ..errors import DataError
 from ..nn.zoo import MODELS, RECIPES
+from ..training.datasets import FOLDER
 from ..training.runs import RUN_DEFAULTS
 from . import checkpoints, onnx, pictures, train
 
@@ -97,9 +99,45 @@ def build_parser() -> argparse.ArgumentParser:
         "5,000-digit MNIST subset.",
     )
     p.add_argument("--model", choices=sorted(MODELS), help=f"network (default {d['model']})")
-    _dataset_option(p, f"data set (default {d['dataset']})")
+    _dataset_option(
+        p,
+        f"data set (default {d['dataset']}; 'folder' with --data-dir PATH of class folders is "
+        "found by itself)",
+        folder=True,
+    )
     p.add_argument(
-        "--data-dir", type=Path, help="folder with the IDX files you already have (default: none)"
+        "--data-dir",
+        type=Path,
+        help="a folder of your own images, one subfolder per class (PATH/<class>/*.png, or "
+        "PATH/train/<class>/ and PATH/test/<class>/); or the IDX / CIFAR files you already have "
+        "for --dataset (default: none)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=_image_size,
+        metavar="S|H,W",
+        help="image folders: resize every image to SxS or HxW (Lanczos; default: the images' "
+        "own size when both sides are at most 64, else 32x32)",
+    )
+    p.add_argument(
+        "--channels",
+        type=int,
+        choices=[1, 3],
+        help="image folders: 1 (grey) or 3 (RGB) (default 3 if any training image has colour)",
+    )
+    p.add_argument(
+        "--val-split",
+        type=_fraction,
+        metavar="F",
+        help="image folders without a test folder: hold out this fraction of each class for "
+        f"testing, chosen by --seed (default {d['val_split']}; 0: no test split)",
+    )
+    p.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        default=None,
+        help="image folders: skip files that cannot be read as images (and say how many) "
+        "instead of stopping at the first",
     )
     p.add_argument("--epochs", type=_positive_int, help=f"default {d['epochs']}")
     p.add_argument("--batch-size", type=_positive_int, help=f"default {d['batch_size']}")
@@ -200,8 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="invert",
         action="store_const",
         const=True,
-        help="always invert (dark digit on light paper); default: auto-invert, i.e. invert "
-        "an image whose border is mostly light",
+        help="always invert (dark digit on light paper); default for models of the MNIST "
+        "family: auto-invert, i.e. invert an image whose border is mostly light; for any "
+        "other model (photos, CIFAR): never",
     )
     inv.add_argument(
         "--no-invert",
@@ -316,9 +355,9 @@ def _checkpoint_command(
     return p
 
 
-def _dataset_option(p: argparse.ArgumentParser, text: str) -> None:
+def _dataset_option(p: argparse.ArgumentParser, text: str, folder: bool = False) -> None:
     """--dataset NAME: the names of DATASETS and the aliases load_dataset accepts
-    ("fashion", "mnist5k", ...)."""
+    ("fashion", "mnist5k", ...), and ``folder`` (an image folder) where ``folder``."""
 
     def parse(name: str) -> str:
         try:
@@ -326,9 +365,35 @@ def _dataset_option(p: argparse.ArgumentParser, text: str) -> None:
         except DataError:
             return name  # argparse's choices check names the valid ones
 
+    names = (*DATASETS, FOLDER) if folder else DATASETS
     p.add_argument(
-        "--dataset", type=parse, choices=DATASETS, metavar="{" + ",".join(DATASETS) + "}", help=text
+        "--dataset", type=parse, choices=names, metavar="{" + ",".join(names) + "}", help=text
     )
+
+
+def _image_size(text: str) -> list[int]:
+    """--image-size S or H,W: sides from 1 to 1024."""
+    parts = text.replace("x", ",").split(",")
+    try:
+        sides = [int(v) for v in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected S or H,W (e.g. 32 or 48,64), got {text!r}"
+        ) from None
+    if len(sides) == 1:
+        sides *= 2
+    if len(sides) != 2 or not all(1 <= v <= MAX_IMAGE_SIDE for v in sides):
+        raise argparse.ArgumentTypeError(
+            f"expected S or H,W with sides from 1 to {MAX_IMAGE_SIDE}, got {text!r}"
+        )
+    return sides
+
+
+def _fraction(text: str) -> float:
+    value = _float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text!r}")
+    return value
 
 
 def _threads_option(p: argparse.ArgumentParser) -> None:

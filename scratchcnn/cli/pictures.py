@@ -11,7 +11,7 @@ import numpy as np
 from ..checkpoint import load_checkpoint
 from ..data.images import load_image
 from ..errors import ConfigError
-from .checkpoints import check_finite_output, check_takes_images
+from .checkpoints import auto_invert, check_finite_output, check_takes_images
 from .output import printable
 from .output import say as _say
 
@@ -39,7 +39,7 @@ def _explain_checkpoint(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     model = ckpt.model
     check_takes_images(model, args.checkpoint, "explain")
-    image = load_image(args.image, model.input_shape).astype(model.dtype)
+    image = load_image(args.image, model.input_shape, auto_invert(ckpt)).astype(model.dtype)
     with np.errstate(over="ignore", invalid="ignore"):
         check_finite_output(model.predict(image[None]), args.checkpoint, args.image)
     classes = ckpt.extra.get("classes")

@@ -10,6 +10,7 @@ import sys
 
 from ..parallel import mpi as distributed
 from ..parallel import supervise
+from ..training.datasets import FOLDER, dataset_for
 from ..training.job import train_run
 from ..training.runs import RUN_DEFAULTS
 from .output import error, say
@@ -31,6 +32,10 @@ def _train(args: argparse.Namespace, world: distributed.World) -> int:
     explicit = {k: getattr(args, k) for k in RUN_DEFAULTS if getattr(args, k) is not None}
     if args.data_dir is not None:
         explicit["data_dir"] = str(args.data_dir)
+        if dataset_for(explicit) is not None:  # --data-dir PATH of class folders
+            explicit["dataset"] = dataset_for(explicit)
+        if explicit.get("dataset") == FOLDER:  # evaluate and --resume from anywhere
+            explicit["data_dir"] = os.path.abspath(explicit["data_dir"])
     done = train_run(
         explicit,
         out=args.out,

@@ -57,6 +57,7 @@ __all__ = [
     "ImageFolder",
     "ImageFolderInfo",
     "image_folder_splits",
+    "looks_like_image_folder",
 ]
 
 log = logging.getLogger(__name__)
@@ -262,6 +263,27 @@ def image_folder_splits(
     return _load(
         path, image_size, channels, float(val_split), int(seed), skip_bad_images, progress, False
     )
+
+
+def looks_like_image_folder(path: str | os.PathLike[str]) -> bool:
+    """True if ``path`` is a folder of class folders (or of ``train``/``test`` folders) rather
+    than a folder of IDX or CIFAR files: it holds at least one folder and no file of those
+    formats. Looks at the top level only (a bounded number of entries), reads nothing."""
+    try:
+        with os.scandir(path) as it:
+            folders = 0
+            for n, entry in enumerate(it):
+                if n >= 10_000:
+                    break
+                name = entry.name.lower()
+                if name.endswith(("-ubyte", "-ubyte.gz")) or name.startswith("data_batch"):
+                    return False
+                if name in ("cifar-10-batches-bin", "cifar-100-binary"):
+                    return False
+                folders += entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
+    return folders > 0
 
 
 # ------------------------------------------------------------------ arguments

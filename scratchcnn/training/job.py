@@ -25,10 +25,16 @@ from typing import Any
 
 import numpy as np
 
-from ..data import load_dataset
 from ..errors import ConfigError
 from ..nn.zoo import build_model
 from ..parallel import mpi as distributed
+from .datasets import (
+    FOLDER,
+    RunData,
+    check_folder_settings,
+    load_run_data,
+    with_normalisation,
+)
 from .evaluate import check_data_fits, default_loss
 from .finetune import init_model
 from .loop import History, fit, make_optimizer, make_scheduler
@@ -72,14 +78,15 @@ def train_run(
     checkpoint = resumed_checkpoint(out, resume=resume)
     record_world_size(run, checkpoint, world.size)
     dtype = np.dtype(run["dtype"])
-    train = load_dataset(run["dataset"], "train", data_dir=run["data_dir"], seed=run["seed"])
-    test = load_dataset(run["dataset"], "test", data_dir=run["data_dir"], seed=run["seed"])
+    check_folder_settings(run, explicit)
+    data = load_run_data(run, progress=False if quiet else None)
+    train, test = data.train, data.test
     if run["limit"]:
         train = train[: run["limit"]]
     if run["init"]:
         model = init_model(run["init"], run["model"], dtype, train)
     else:
-        model = build_model(run["model"], dtype=dtype, seed=run["seed"])
+        model = _zoo_model(run, data, dtype)
         _check_fits(model, train, run)
     opt = make_optimizer(
         run["optimizer"], model, run["lr"], run["momentum"], run["weight_decay"], run["clip"]
@@ -111,9 +118,14 @@ def train_run(
                 )
         elif resume:
             say(f"no checkpoint in {out} yet; starting the run from the beginning")
+        if data.folder is not None:
+            say(f"images: {data.description}")
+        tested = f"{len(test):,} test" if test is not None else "no test"
         say(
-            f"training {run['model'] or run['init']} on {run['dataset']} ({len(train):,} train / "
-            f"{len(test):,} test images) for {_count(run['epochs'], 'epoch')}, batch "
+            f"training {run['model'] or run['init']} ({_shape(model.input_shape)} -> "
+            f"{_count(len(train.classes), 'class', 'classes')}, "
+            f"{_parameters(model):,} parameters) on {_data_name(run)} ({len(train):,} train "
+            f"/ {tested} images) for {_count(run['epochs'], 'epoch')}, batch "
             f"{run['batch_size']}, {run['optimizer']} lr {run['lr']:g}{_lr_note(run, explicit)}; "
             f"writing to {out}"
         )
@@ -124,10 +136,15 @@ def train_run(
         if board is not None:
             board(m)
         if not quiet:
+            tested = (
+                f"test loss {m.test_loss:.4f} acc {m.test_accuracy:6.2%}"
+                if m.test_loss is not None
+                else "no test split"
+            )
             say(
                 f"epoch {m.epoch:>3}/{run['epochs']}  train loss {m.train_loss:.4f} "
-                f"acc {m.train_accuracy:6.2%}  test loss {m.test_loss:.4f} "
-                f"acc {m.test_accuracy:6.2%}  {m.seconds:5.1f}s{eval_gap_hint(model, m)}"
+                f"acc {m.train_accuracy:6.2%}  {tested}  {m.seconds:5.1f}s"
+                f"{eval_gap_hint(model, m)}"
             )
 
     history = fit(
@@ -144,7 +161,7 @@ def train_run(
         resume_from=checkpoint,
         progress=False if quiet else None,
         on_epoch_end=report,
-        extra={"run": run, "classes": list(train.classes)},
+        extra=_extra(run, train, data),
         augment=run["augment"],
         checkpoint_every=run["checkpoint_every"],
         checkpoint_minutes=run["checkpoint_minutes"],
@@ -156,7 +173,9 @@ def train_run(
     if history.resumed_from_epoch >= run["epochs"] and not quiet:
         say(f"the run in {out} already finished {run['epochs']} epochs; raise --epochs to go on")
     last = history.last if history.epochs else None
-    if last is not None:
+    if last is not None and last.test_accuracy is None:
+        say(f"train accuracy {last.train_accuracy:.2%} after {_count(last.epoch, 'epoch')}")
+    elif last is not None:
         say(
             f"test accuracy {last.test_accuracy:.2%} (loss {last.test_loss:.4f}) after "
             f"{_count(last.epoch, 'epoch')}{eval_gap_hint(model, last)}"
@@ -197,9 +216,48 @@ def _lr_note(run: dict[str, Any], explicit: dict[str, Any]) -> str:
     return ""
 
 
-def _count(n: int, what: str) -> str:
-    """ "1 epoch", "3 epochs"."""
-    return f"{n:,} {what}{'' if n == 1 else 's'}"
+def _zoo_model(run: dict[str, Any], data: RunData, dtype: np.dtype) -> Any:
+    """The zoo model for the data's image shape and classes, normalised when the data has
+    per-channel statistics (image folders, CIFAR)."""
+    classes = len(data.classes)
+    if run["model"] == "shapes_net" or (run["dataset"] == "shapes" and classes == 2):
+        # one logit for two classes (BCEWithLogitsLoss), as the toy was built
+        model = build_model(run["model"], dtype=dtype, seed=run["seed"])
+        return with_normalisation(model, data)
+    model = build_model(
+        run["model"],
+        dtype=dtype,
+        seed=run["seed"],
+        num_classes=classes,
+        input_shape=data.input_shape,
+    )
+    return with_normalisation(model, data)
+
+
+def _extra(run: dict[str, Any], train: Any, data: RunData) -> dict[str, Any]:
+    """What the checkpoint keeps beside the weights: the settings, the class names, and for
+    an image folder what was read (size, channels, split, statistics, skipped files)."""
+    extra: dict[str, Any] = {"run": run, "classes": list(train.classes)}
+    if data.folder is not None:
+        extra["images"] = {k: v for k, v in data.folder.items() if k != "classes"}
+    return extra
+
+
+def _parameters(model: Any) -> int:
+    return sum(int(p.size) for _, p in model.named_parameters())
+
+
+def _shape(shape: Any) -> str:
+    return "x".join(str(d) for d in shape) if shape is not None else "?"
+
+
+def _data_name(run: dict[str, Any]) -> str:
+    return f"the images in {run['data_dir']}" if run["dataset"] == FOLDER else run["dataset"]
+
+
+def _count(n: int, what: str, plural: str | None = None) -> str:
+    """ "1 epoch", "3 epochs" ("1 class", "10 classes" with ``plural``)."""
+    return f"{n:,} {what if n == 1 else plural or what + 's'}"
 
 
 def _tensorboard(model: Any, out: Path, done: int) -> Any:

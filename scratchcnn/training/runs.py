@@ -29,6 +29,7 @@ from ..checkpoint import Checkpoint, atomic_write_bytes, load_checkpoint, read_r
 from ..data import DATASETS
 from ..errors import CheckpointError, ConfigError, DataError, FileWriteError, os_reason
 from ..nn.zoo import MODELS, RECIPES
+from .datasets import FOLDER
 
 CHECKPOINT_NAME = "model.npz"
 METRICS_NAME = "metrics.jsonl"
@@ -58,6 +59,11 @@ RUN_DEFAULTS: dict[str, Any] = {
     "augment": False,
     "checkpoint_every": None,
     "checkpoint_minutes": None,
+    # An image folder's (--data-dir PATH of class folders; training.datasets):
+    "image_size": None,
+    "channels": None,
+    "val_split": 0.1,
+    "skip_bad_images": False,
 }
 
 #: With ``--init`` and no ``--lr``, the learning rate is the recipe's times this.
@@ -81,7 +87,7 @@ def _count(v: Any, low: int) -> bool:
 #: Every key run.json may hold, with the test its value must pass.
 RUN_FIELDS = {
     "model": lambda v: v is None or v in MODELS,
-    "dataset": lambda v: v in DATASETS,
+    "dataset": lambda v: v in DATASETS or v == FOLDER,
     "epochs": lambda v: _count(v, 1),
     "batch_size": lambda v: _count(v, 1),
     "optimizer": lambda v: v in ("sgd", "adam", "adamw"),
@@ -100,6 +106,13 @@ RUN_FIELDS = {
     "world_size": lambda v: _count(v, 1),
     "checkpoint_every": lambda v: v is None or _count(v, 1),
     "checkpoint_minutes": lambda v: v is None or (_number(v) and v > 0),
+    "image_size": lambda v: (
+        v is None
+        or (isinstance(v, list) and len(v) == 2 and all(_count(d, 1) and d <= 1024 for d in v))
+    ),
+    "channels": lambda v: v is None or (v in (1, 3) and not isinstance(v, bool)),
+    "val_split": lambda v: _number(v) and 0 <= v < 1,
+    "skip_bad_images": lambda v: isinstance(v, bool),
 }
 
 
@@ -216,7 +229,10 @@ def resolve_run(
     if out is None:
         stem = Path(explicit["init"]).stem if "init" in explicit else RUN_DEFAULTS["model"]
         name = f"{explicit.get('model', stem)}-"
-        name += explicit.get("dataset", RUN_DEFAULTS["dataset"])
+        dataset = explicit.get("dataset", RUN_DEFAULTS["dataset"])
+        if dataset == FOLDER:  # runs/lenet5-photos for --data-dir photos/
+            dataset = Path(os.path.abspath(explicit["data_dir"])).name or FOLDER
+        name += dataset
         out = Path("runs") / name
         if not resume and (out / CHECKPOINT_NAME).exists() and not overwrite:
             n = 2

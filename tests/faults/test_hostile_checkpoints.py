@@ -630,6 +630,7 @@ def test_state_shapes_match_every_built_in_layer():
         sc.Softmax(),
         sc.LogSoftmax(),
         sc.Rescale(2.0, 1.0),
+        sc.Normalize([0.5, 0.4], [0.2, 0.3]),
     ]
     for layer in layers:
         expected = {k: v.shape for k, v in layer.named_tensors()}

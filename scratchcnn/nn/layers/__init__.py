@@ -8,7 +8,7 @@ from .conv import Conv2D
 from .dense import Dense, Flatten
 from .normalization import BatchNorm1D, BatchNorm2D, Dropout
 from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
-from .preprocessing import Rescale
+from .preprocessing import Normalize, Rescale
 from .sequential import Sequential
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "LeakyReLU",
     "LogSoftmax",
     "MaxPool2D",
+    "Normalize",
     "Parallel",
     "ReLU",
     "Rescale",
