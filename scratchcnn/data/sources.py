@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scratchcnn._cache import cache_root
 from scratchcnn.data.cifar import CIFAR, extract_cifar, find_cifar_files, read_cifar
 from scratchcnn.data.idx import read_mnist_pair
 from scratchcnn.data.loader import Dataset
@@ -176,15 +177,9 @@ _urlopen = urllib.request.urlopen
 
 def default_cache_dir() -> Path:
     """Cache root: ``$SCRATCHCNN_CACHE_DIR`` (or its older name ``$SCRATCHCNN_CACHE``),
-    else ``$XDG_CACHE_HOME/scratchcnn``, else ``~/.cache/scratchcnn``. Each data set gets a
-    subfolder of it."""
-    env = os.environ.get("SCRATCHCNN_CACHE_DIR") or os.environ.get("SCRATCHCNN_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    if xdg:
-        return Path(xdg).expanduser() / "scratchcnn"
-    return Path.home() / ".cache" / "scratchcnn"
+    else ``$XDG_CACHE_HOME/scratchcnn``, else ``~/.cache/scratchcnn``
+    (``scratchcnn._cache.cache_root``, the one rule). Each data set gets a subfolder of it."""
+    return cache_root()
 
 
 def fashion_mnist_dir() -> Path:

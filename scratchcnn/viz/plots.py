@@ -23,11 +23,12 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure, SubFigure
 from matplotlib.ticker import Formatter, MaxNLocator
 
-from ..checkpoint import load
-from ..data import Dataset, load_dataset
+from ..checkpoint import load_checkpoint
+from ..data import Dataset
 from ..errors import DataError
 from ..nn.layers import Conv2D, LeakyReLU, ReLU, Sigmoid, Tanh
 from ..nn.layers.sequential import Sequential
+from ..training.datasets import FOLDER, evaluation_data
 from ..training.runs import (
     CHECKPOINT_NAME,
     METRICS_NAME,
@@ -93,6 +94,8 @@ class RunData:
     def description(self) -> str:
         """E.g. "lenet5 on mnist-5k" (from run.json), or the folder name."""
         model, dataset = self.run.get("model"), self.run.get("dataset")
+        if dataset == FOLDER and isinstance(self.run.get("data_dir"), str):
+            dataset = Path(self.run["data_dir"]).name  # "resnet8 on photos"
         return f"{model} on {dataset}" if model else f"{self.run_dir.name} ({dataset})"
 
 
@@ -144,12 +147,11 @@ def load_run(run_dir: str | Path, data_dir: str | Path | None = None) -> RunData
             "`scratchcnn train --out RUN_DIR`)"
         )
     run = _load_run_json(run_dir / RUN_CONFIG)
-    model = load(model_path)
-    source = data_dir if data_dir is not None else run.get("data_dir")
-    seed = run.get("seed", 0)
-    test = load_dataset(
-        run["dataset"], "test", data_dir=source, seed=seed if isinstance(seed, int) else 0
-    )
+    ckpt = load_checkpoint(model_path)
+    model = ckpt.model
+    classes = ckpt.extra.get("classes")
+    classes = classes if isinstance(classes, list) else None
+    test = evaluation_data(run, model, classes, "test", run["dataset"], data_dir, progress=False)
     if model.input_shape and tuple(model.input_shape) != test.input_shape:
         raise DataError(
             f"{model_path}: the model takes images of shape {tuple(model.input_shape)} but the "
