@@ -76,7 +76,10 @@ def test_train_evaluate_predict_info_on_a_folder(tmp_path, capsys, monkeypatch):
     info = capsys.readouterr().out
     assert "classes: blue, green, red" in info and "images: 20x24 RGB" in info
 
-    # --resume reads the same split (two more epochs)
+    assert main(["plot", str(run_dir)]) == 0
+    assert "figure: " in capsys.readouterr().out and (run_dir / "confusion.png").is_file()
+
+    # --resume reads the same split (one more epoch)
     assert main(["train", "--data-dir", "photos", "--out", str(run_dir), "--resume",
                  "--epochs", "3", "--batch-size", "8", "--quiet"]) == 0  # fmt: skip
     assert sc.load_checkpoint(run_dir / "model.npz").epoch == 3
