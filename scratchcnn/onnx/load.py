@@ -50,6 +50,7 @@ from .graph import (
     value_dims,
 )
 from .ops import Walker
+from .patterns import rewrite_concats
 
 
 # --- reading the file ------------------------------------------------------------------------
@@ -257,6 +258,7 @@ def model_from_proto(onnx: Any, proto: Any) -> tuple[Sequential, Graph]:
     """Build the Sequential of a parsed ModelProto; also returns the validated graph."""
 
     graph = read_graph(onnx, proto)
+    rewrite_concats(onnx, graph)
     layers, out_shape = Walker(onnx, graph).run()
     check_declared(graph.output_dims, out_shape, f"graph output {graph.output_name!r}")
     model = Sequential(layers, input_shape=tuple(graph.input_shape[1:]))
