@@ -84,6 +84,8 @@ class Walker:
         # perm [0, 2, 3, 1] (ConvNeXt). Their shapes here are NCHW, as the layers see them.
         self.nhwc: set[str] = set()
         self._out_nhwc: bool | None = None
+        # A batch size to fold shapes with, instead of the symbolic one (_fold_concrete).
+        self._concrete_batch: int | None = None
         # The fixed batch size of the graph input, if it declares one.
         b = graph.input_shape[0]
         self.fixed_batch = b if isinstance(b, int) and b > 0 else None
@@ -166,7 +168,8 @@ class Walker:
                 a = self.attrs(node, {"start": (_INT_ATTR, 0), "end": (_INT_ATTR, None)})
                 src = node.inputs[0]
                 if src in self.shapes:
-                    dims = np.array((BATCH, *self.shapes[src][1:]), dtype=np.int64)
+                    n = BATCH if self._concrete_batch is None else self._concrete_batch
+                    dims = np.array((n, *self.shapes[src][1:]), dtype=np.int64)
                 elif src in self.values:
                     dims = np.array(self.values[src].shape, dtype=np.int64)
                 else:
@@ -213,6 +216,15 @@ class Walker:
                     raise node.error("no inputs")
                 axis = _axis(node, axis, parts[0].ndim, "axis")
                 return [np.concatenate(parts, axis=axis)]
+            if op == "Range":
+                self.attrs(node, {})
+                start, limit, delta = (np.asarray(v).reshape(()) for v in ins[:3])
+                if BATCH in (start, limit, delta) or delta == 0:
+                    raise node.unsupported("a range over the batch size, which is not fixed")
+                count = max(int(np.ceil((limit - start) / delta)), 0)
+                if count > MAX_FOLDED_ELEMENTS:
+                    raise node.error(f"folds to {count:,} values; too many")
+                return [np.arange(start, limit, delta).astype(np.result_type(start, limit))]
             if op in ("Add", "Sub", "Mul", "Div"):
                 self.attrs(node, {})
                 a, b = ins[0], ins[1]
@@ -322,7 +334,9 @@ class Walker:
         shape = self.shapes[x]
         self._out_nhwc = None
         try:
-            shuffle = self._channel_shuffle(node, x) if node.op == "Reshape" else None
+            shuffle = None
+            if node.op == "Reshape":
+                shuffle = self._channel_shuffle(node, x) or self._flat_gather(node, x)
             if shuffle is not None:
                 layers, node = shuffle
             else:
@@ -384,6 +398,46 @@ class Walker:
                 raise n.error("reached twice")
             self.visited.add(n.index)
         return [ChannelShuffle(g)], last[0]
+
+    def _fold_concrete(self, name: str, user: Node, batch: int) -> np.ndarray:
+        """The value of ``name`` with the batch size fixed to ``batch`` (not cached)."""
+        saved, self.values = self.values, dict(self.g.consts)
+        self._concrete_batch = batch
+        try:
+            return self._fold(name, user)
+        finally:
+            self.values, self._concrete_batch = saved, None
+
+    def _flat_gather(self, node: Node, x: str) -> tuple[list[Layer], Node] | None:
+        """Reshape to [-1] then Gather(axis 0) of every element in order: the dynamo
+        exporter's ``as_strided`` that changes nothing (ConvNeXt's classifier). Read as
+        nothing, after the indices are checked to be the identity at two batch sizes."""
+        shape = self.shapes[x]
+        try:
+            target = self.const(node, 1, "shape")
+        except OnnxError:
+            return None
+        users = self._users(node.outputs[0])
+        if target is None or [int(v) for v in np.asarray(target).ravel()] != [-1]:
+            return None
+        if len(users) != 1 or users[0].op != "Gather" or users[0].inputs[:1] != node.outputs[:1]:
+            return None
+        gather = users[0]
+        if self.attrs(gather, {"axis": (_INT_ATTR, 0)})["axis"] != 0 or x in self.nhwc:
+            return None
+        per_image = math.prod(shape[1:])
+        for batch in (2, 3):
+            try:
+                idx = self._fold_concrete(gather.inputs[1], gather, batch)
+            except OnnxError:
+                return None
+            if idx.shape != (batch, *shape[1:]) or not np.array_equal(
+                idx.ravel(), np.arange(batch * per_image)
+            ):
+                return None
+        for n in (node, gather):
+            self.visited.add(n.index)
+        return [], gather
 
     def _split(self, node: Node, x: str) -> list[tuple[list[Layer], str]]:
         """A Split on the channel axis: a branch per used output, each starting with the
@@ -521,6 +575,10 @@ def _resolved_target(w: Walker, node: Node, shape: Shape) -> list[Any] | None:
             out.append("N" if i == 0 else shape[i])
         else:
             out.append(d)
+    if out[:1] == [-1] and "N" not in out and -1 not in out[1:]:
+        if math.prod(out[1:]) != math.prod(shape[1:]):
+            return None
+        out[0] = "N"  # (-1, C', ...) keeping the per-image size: -1 is the batch
     if out.count(-1) > 1 or "N" not in out[:1] or out.count("N") != 1:
         return None
     known = math.prod(d for d in out[1:] if d != -1)
