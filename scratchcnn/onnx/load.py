@@ -3,7 +3,9 @@
 The file is untrusted. Before anything is allocated for it:
 
 * it is at most :data:`MAX_FILE_BYTES`, parses as an ONNX ModelProto, imports the default
-  opset at version >= 13, holds at most :data:`MAX_NODES` nodes and no external data files;
+  opset at version >= 13, holds at most :data:`MAX_NODES` nodes; weights stored in external
+  data files beside it are read only from regular files inside its own folder, bounded by
+  their size and checked against the declared shapes (``graph.ExternalData``);
 * every tensor (initializer or Constant) holds exactly the bytes its dims declare (so the
   arrays together are never larger than the file), rank <= 8, a numeric type;
 * every node input is a graph input, an initializer or the output of a node, every value is
@@ -43,6 +45,7 @@ from .graph import (
     MAX_FILE_BYTES,
     MAX_INPUT_ELEMENTS,
     MAX_NODES,
+    ExternalData,
     Graph,
     Node,
     check_declared,
@@ -86,8 +89,9 @@ def _parse(onnx: Any, data: bytes) -> Any:
     return proto
 
 
-def read_graph(onnx: Any, proto: Any) -> Graph:
-    """Validate a ModelProto's structure and return the :class:`Graph`."""
+def read_graph(onnx: Any, proto: Any, folder: Path | None = None) -> Graph:
+    """Validate a ModelProto's structure and return the :class:`Graph`; tensors in external
+    data files are read from ``folder`` (the model's own; None refuses them)."""
     opset = None
     for entry in proto.opset_import:
         if entry.domain in ("", "ai.onnx"):
@@ -107,10 +111,11 @@ def read_graph(onnx: Any, proto: Any) -> Graph:
     if len(g.sparse_initializer):
         raise OnnxError("the graph has sparse initializers; not supported")
     consts: dict[str, np.ndarray] = {}
+    external = ExternalData(folder)
     for t in g.initializer:
         if not t.name or t.name in consts:
             raise OnnxError(f"initializer {t.name!r} is unnamed or defined twice")
-        consts[t.name] = read_tensor(onnx, t, f"initializer {t.name!r}")
+        consts[t.name] = read_tensor(onnx, t, f"initializer {t.name!r}", external)
     inputs = [vi for vi in g.input if vi.name not in consts]
     if len(inputs) != 1:
         names = ", ".join(repr(vi.name) for vi in inputs) or "none"
@@ -185,6 +190,7 @@ def read_graph(onnx: Any, proto: Any) -> Graph:
         dtype=np.dtype(np.float32 if in_elem == 1 else np.float64),
         opset=opset,
         metadata=metadata,
+        external=external,
     )
     for vi in g.value_info:
         if vi.type.WhichOneof("value") == "tensor_type":
@@ -247,17 +253,18 @@ def load_with_graph(path: str | os.PathLike) -> tuple[Sequential, Graph]:
     onnx = require_onnx()
     data = _read(path)
     try:
-        return model_from_proto(onnx, _parse(onnx, data))
+        return model_from_proto(onnx, _parse(onnx, data), folder=path.parent)
     except OnnxError as exc:
         raise OnnxError(f"{path}: {exc}") from None
     except RecursionError:
         raise OnnxError(f"{path}: the graph is nested too deeply") from None
 
 
-def model_from_proto(onnx: Any, proto: Any) -> tuple[Sequential, Graph]:
-    """Build the Sequential of a parsed ModelProto; also returns the validated graph."""
+def model_from_proto(onnx: Any, proto: Any, folder: Path | None = None) -> tuple[Sequential, Graph]:
+    """Build the Sequential of a parsed ModelProto; also returns the validated graph.
+    ``folder`` is where its external data files are (the model's own folder), if any."""
 
-    graph = read_graph(onnx, proto)
+    graph = read_graph(onnx, proto, folder)
     rewrite_concats(onnx, graph)
     layers, out_shape = Walker(onnx, graph).run()
     check_declared(graph.output_dims, out_shape, f"graph output {graph.output_name!r}")

@@ -160,7 +160,7 @@ class Walker:
         ins = [self.values.get(i) if i else None for i in node.inputs]
         try:
             if op == "Constant":
-                return [constant_node(self.onnx, node)]
+                return [constant_node(self.onnx, node, self.g.external)]
             if op == "Identity":
                 self.attrs(node, {})
                 return [ins[0]]
