@@ -13,6 +13,7 @@ Used by ``benchmarks/torchvision_import.py`` and ``tests/onnx/test_onnx_torchvis
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.machinery
 import importlib.util
@@ -20,6 +21,8 @@ import sys
 import types
 import warnings
 from typing import Any
+
+import numpy as np
 
 
 def models() -> types.ModuleType:
@@ -46,9 +49,10 @@ def models() -> types.ModuleType:
 
 
 def build(name: str, seed: int = 0, **kwargs: Any) -> Any:
-    """``torchvision.models.<name>(weights=None)`` in eval mode, seeded, BatchNorm running
-    statistics and affine parameters moved away from their defaults (so a folded or kept
-    BatchNorm is really tested)."""
+    """``torchvision.models.<name>(weights=None)`` in eval mode, seeded; BatchNorm running
+    statistics, normalisation weights and biases and ConvNeXt's layer scale moved away from
+    their constant initial values (so a folded or kept BatchNorm is really tested, and each
+    parameter tensor can be told from the others by its values)."""
     import torch
 
     torch.manual_seed(seed)
@@ -61,6 +65,62 @@ def build(name: str, seed: int = 0, **kwargs: Any) -> Any:
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.75)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.75)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm)):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.5 + 0.75)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+            if hasattr(m, "layer_scale"):  # ConvNeXt: 1e-6 everywhere at init
+                m.layer_scale.copy_(torch.rand(m.layer_scale.shape, generator=g) * 0.5 + 0.25)
     return net.eval()
+
+
+def rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def exact_reference(net: Any) -> Any:
+    """``net`` with every Hardsigmoid computed as relu6(x + 3) / 6: the same values, but
+    torch's own float64 Hardsigmoid backward multiplies by 1/6 rounded to float32 (a
+    relative error of 3e-8), and relu6's backward is exact."""
+    import torch
+
+    class ExactHardsigmoid(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.relu6(x + 3) / 6
+
+    for parent in list(net.modules()):
+        for key, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Hardsigmoid):
+                setattr(parent, key, ExactHardsigmoid())
+    return net
+
+
+def gradient_check(model: Any, net: Any, x: np.ndarray) -> dict[str, Any]:
+    """One cross-entropy step in float64 on both; the largest relative error over the loss,
+    dL/dx and the parameter gradients that correspond (by value) to torch parameters."""
+    net = exact_reference(copy.deepcopy(net))
+    import torch
+
+    import scratchcnn as sc
+
+    labels = np.arange(len(x)) % 7
+    fn = sc.CrossEntropyLoss()
+    loss = fn.forward(model.forward(x), labels)
+    dx = model.backward(fn.backward())
+    xt = torch.tensor(x, requires_grad=True)
+    tloss = torch.nn.functional.cross_entropy(net(xt), torch.from_numpy(labels))
+    tloss.backward()
+    worst = {"loss": abs(loss - tloss.item()) / abs(tloss.item()), "dx": rel(dx, xt.grad.numpy())}
+    by_value: dict[bytes, list[Any]] = {}
+    for p in net.parameters():
+        by_value.setdefault(p.detach().numpy().tobytes(), []).append(p)
+    matched = 0
+    params = list(model.named_parameters())
+    for key, layer, name in params:
+        found = by_value.get(np.ascontiguousarray(layer.params[name]).tobytes(), [])
+        if len(found) != 1:
+            continue
+        matched += 1
+        err = rel(layer.grads[name].ravel(), found[0].grad.numpy().ravel())
+        worst[key] = err
+    top = max(worst, key=worst.get)
+    return {"grad_err": worst[top], "grad_worst": top, "matched": f"{matched}/{len(params)}"}

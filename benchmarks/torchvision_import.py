@@ -60,7 +60,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from _harness import compare
-from _torchvision import build
+from _torchvision import build, gradient_check, rel
 
 import scratchcnn as sc
 from scratchcnn.onnx import load
@@ -101,56 +101,6 @@ def quiet_export(net: torch.nn.Module, x: torch.Tensor, path: Path, exporter: st
             torch.onnx.export(net, (x,), str(path), dynamo=exporter == "dynamo", **kwargs)
     finally:
         logging.disable(logging.NOTSET)
-
-
-def rel(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
-
-
-class ExactHardsigmoid(torch.nn.Module):
-    """relu6(x + 3) / 6: torch's Hardsigmoid, whose float64 backward multiplies by 1/6
-    rounded to float32 (a relative error of 3e-8); this one's backward is exact."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.relu6(x + 3) / 6
-
-
-def exact_reference(net: torch.nn.Module) -> torch.nn.Module:
-    """``net`` with every Hardsigmoid computed as :class:`ExactHardsigmoid` (same values,
-    gradients exact to float64)."""
-    for parent in list(net.modules()):
-        for key, child in list(parent.named_children()):
-            if isinstance(child, torch.nn.Hardsigmoid):
-                setattr(parent, key, ExactHardsigmoid())
-    return net
-
-
-def gradient_check(model: sc.Sequential, net: torch.nn.Module, x: np.ndarray) -> dict[str, Any]:
-    """One cross-entropy step in float64 on both; the largest relative error over the loss,
-    dL/dx and the parameter gradients that correspond (by value) to torch parameters."""
-    net = exact_reference(copy.deepcopy(net))
-    labels = np.arange(len(x)) % 7
-    fn = sc.CrossEntropyLoss()
-    loss = fn.forward(model.forward(x), labels)
-    dx = model.backward(fn.backward())
-    xt = torch.tensor(x, requires_grad=True)
-    tloss = torch.nn.functional.cross_entropy(net(xt), torch.from_numpy(labels))
-    tloss.backward()
-    worst = {"loss": abs(loss - tloss.item()) / abs(tloss.item()), "dx": rel(dx, xt.grad.numpy())}
-    by_value: dict[bytes, list[torch.nn.Parameter]] = {}
-    for p in net.parameters():
-        by_value.setdefault(p.detach().numpy().tobytes(), []).append(p)
-    matched = 0
-    params = list(model.named_parameters())
-    for key, layer, name in params:
-        found = by_value.get(np.ascontiguousarray(layer.params[name]).tobytes(), [])
-        if len(found) != 1:
-            continue
-        matched += 1
-        err = rel(layer.grads[name].ravel(), found[0].grad.numpy().ravel())
-        worst[key] = err
-    top = max(worst, key=worst.get)
-    return {"grad_err": worst[top], "grad_worst": top, "matched": f"{matched}/{len(params)}"}
 
 
 def timing(model: sc.Sequential, net: torch.nn.Module, path: Path, size: int,

@@ -317,8 +317,9 @@ class Walker:
             raise node.error("reached twice")
         self.visited.add(node.index)
         acts = [i for i, v in enumerate(node.inputs) if v and self.g.kind.get(v) == "act"]
-        if acts == [1] and node.op in ("Add", "Mul", "Sub") and len(node.inputs) == 2:
-            # c + x and c * x are x + c and x * c; c - x is marked for _elementwise.
+        if acts == [1] and node.op in ("Add", "Mul", "Sub", "Min", "Max") and len(node.inputs) == 2:
+            # c + x and c * x are x + c and x * c (min, max too); c - x is marked for
+            # _elementwise.
             node = _swapped(node)
             acts = [0]
         if acts != [0]:
