@@ -21,9 +21,10 @@ size kept symbolic. Each layer's output shape is checked against its input as th
 and the result against the graph's declared output. Any problem is one :class:`OnnxError`
 line naming the node, its op and the attribute or input at fault.
 
-The model comes back in eval mode (ONNX graphs describe inference). Training flags in the
-graph (``BatchNormalization(training_mode=1)``, ``Dropout``'s ``training_mode`` input) are not
-part of a scratchcnn model: ``model.train()`` / ``model.eval()`` decide.
+The model comes back in eval mode (ONNX graphs describe inference). A
+``BatchNormalization(training_mode=1)`` is not part of a scratchcnn model: ``model.train()``
+/ ``model.eval()`` decide. A ``Dropout`` whose ``training_mode`` input is true drops units at
+inference: it is refused in one line, never read as the identity.
 """
 
 from __future__ import annotations
@@ -236,13 +237,15 @@ def _topological(nodes: list[Node], producer: dict[str, Node]) -> list[Node]:
 def load(path: str | os.PathLike) -> Sequential:
     """Read an ONNX file into a :class:`~scratchcnn.Sequential` (in eval mode).
 
-    Supported: graphs written by ``torch.onnx.export`` (both exporters, opset 13 and later)
-    and hand-built graphs whose nodes form a chain (or residual/parallel blocks) of Conv,
+    Supported: graphs written by ``torch.onnx.export`` (both exporters, opset 13 and later,
+    the weights inside the file or in external data files beside it) and hand-built graphs
+    whose nodes form a chain (or residual, parallel, gate and dense-concat blocks) of Conv,
     MaxPool, AveragePool, GlobalAveragePool, Gemm, MatMul (+ Add), Flatten, Reshape to
-    (N, -1), BatchNormalization, Dropout, Identity, Relu, LeakyRelu, Sigmoid, Tanh,
-    Softmax, LogSoftmax, and Mul/Add/Sub/Div by a scalar; see ``docs/onnx.md``. Anything
-    else raises one :class:`~scratchcnn.OnnxError` line naming the node, its op and the
-    attribute.
+    (N, -1), BatchNormalization, LayerNormalization, Dropout, Identity, Relu, LeakyRelu,
+    Sigmoid, Tanh, Clip, HardSigmoid, HardSwish, Gelu, Softmax, LogSoftmax, Mul/Add/Sub/Div
+    by a scalar or per-channel constant, channel Split/Slice, channel shuffle, and
+    channels-last Transpose; see ``docs/onnx.md``. Anything else raises one
+    :class:`~scratchcnn.OnnxError` line naming the node, its op and the attribute.
     """
     return load_with_graph(path)[0]
 
