@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -269,3 +270,26 @@ def check_declared(declared: tuple[Any, ...], shape: tuple[int, ...], what: str)
             f"{what} is declared {list(declared)} but the nodes compute "
             f"(N, {', '.join(str(d) for d in shape[1:])})"
         )
+
+
+def topological(nodes: list[Node], producer: dict[str, Node]) -> list[Node]:
+    """Kahn's algorithm; a cycle is an error naming one node on it."""
+    deps: dict[int, set[int]] = {}
+    users: dict[int, list[Node]] = {n.index: [] for n in nodes}
+    for node in nodes:
+        deps[node.index] = {producer[v].index for v in node.inputs if v in producer}
+        for d in deps[node.index]:
+            users[d].append(node)
+    ready = deque(n for n in nodes if not deps[n.index])
+    order: list[Node] = []
+    while ready:
+        node = ready.popleft()
+        order.append(node)
+        for user in users[node.index]:
+            deps[user.index].discard(node.index)
+            if not deps[user.index]:
+                ready.append(user)
+    if len(order) != len(nodes):
+        stuck = next(n for n in nodes if deps[n.index])
+        raise stuck.error("the graph has a cycle through this node")
+    return order

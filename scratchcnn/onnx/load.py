@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +50,7 @@ from .graph import (
     Node,
     check_declared,
     read_tensor,
+    topological,
     value_dims,
 )
 from .ops import Walker
@@ -172,7 +172,7 @@ def read_graph(onnx: Any, proto: Any, folder: Path | None = None) -> Graph:
                 raise node.error(f"input {v!r} is not defined anywhere in the graph")
     if out_vi.name not in known:
         raise OnnxError(f"graph output {out_vi.name!r} is not computed by any node")
-    order = _topological(nodes, producer)
+    order = topological(nodes, producer)
     consumers: dict[str, list[Node]] = {}
     for node in order:
         for v in dict.fromkeys(node.inputs):
@@ -208,29 +208,6 @@ def read_graph(onnx: Any, proto: Any, folder: Path | None = None) -> Graph:
             if out:
                 graph.kind[out] = kind
     return graph
-
-
-def _topological(nodes: list[Node], producer: dict[str, Node]) -> list[Node]:
-    """Kahn's algorithm; a cycle is an error naming one node on it."""
-    deps: dict[int, set[int]] = {}
-    users: dict[int, list[Node]] = {n.index: [] for n in nodes}
-    for node in nodes:
-        deps[node.index] = {producer[v].index for v in node.inputs if v in producer}
-        for d in deps[node.index]:
-            users[d].append(node)
-    ready = deque(n for n in nodes if not deps[n.index])
-    order: list[Node] = []
-    while ready:
-        node = ready.popleft()
-        order.append(node)
-        for user in users[node.index]:
-            deps[user.index].discard(node.index)
-            if not deps[user.index]:
-                ready.append(user)
-    if len(order) != len(nodes):
-        stuck = next(n for n in nodes if deps[n.index])
-        raise stuck.error("the graph has a cycle through this node")
-    return order
 
 
 # --- building the model ------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import numpy as np
 from ..nn.layers import GELU, Clip, Gate, ReLU, ReLU6, Rescale, Sigmoid, SiLU
 from ..nn.layers.activations import _Elementwise, erf
 from ..nn.layers.base import Layer
-from .graph import Graph, Node
+from .graph import Graph, Node, topological
 
 _AXIS_ATTR = 2  # AttributeProto.INT
 
@@ -79,10 +79,8 @@ def rewrite_concats(onnx: Any, g: Graph) -> None:
 
 def _reindex(g: Graph, nodes: list[Node]) -> None:
     """Producers, consumers and a topological order again after nodes changed."""
-    from .load import _topological  # the one sort, shared with the reader
-
     g.producer = {o: n for n in nodes for o in n.outputs if o}
-    g.nodes = _topological(nodes, g.producer)
+    g.nodes = topological(nodes, g.producer)
     g.consumers = {}
     for node in g.nodes:
         for v in dict.fromkeys(node.inputs):
