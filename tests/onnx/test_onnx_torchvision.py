@@ -27,6 +27,7 @@ from torch import nn
 import scratchcnn as sc
 from benchmarks._torchvision import build, gradient_check
 from scratchcnn.onnx import export, load
+from scratchcnn.onnx.commands import import_checkpoint
 from scratchcnn.onnx.load import model_from_proto
 from tests.onnx.helpers import graph_model, rel_err, run_ort, save
 
@@ -321,6 +322,10 @@ def test_shape_arithmetic_is_folded(dynamo, tmp_path):
     model = load(torch_export(net, (3, 6, 6), tmp_path / "f.onnx", dynamo))
     if dynamo:  # torch's default export: the weights in f.onnx.data, beside the graph
         assert (tmp_path / "f.onnx.data").exists()
+        # scratchcnn import reads it as it is
+        notes = import_checkpoint(tmp_path / "f.onnx", tmp_path / "f.npz")
+        assert "wrote" in notes[-1]
+        assert sc.load(tmp_path / "f.npz").config() == model.config()
     x = np.random.default_rng(0).uniform(0, 1, (4, 3, 6, 6)).astype(np.float32)
     with torch.no_grad():
         assert rel_err(model.predict(x), net(torch.from_numpy(x)).numpy()) <= 1e-5
