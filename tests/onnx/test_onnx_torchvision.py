@@ -83,13 +83,11 @@ FAST = [
 ]
 SLOW = [
     ("shufflenet_v2_x0_5", True, 18, {"ChannelSlice", "ChannelShuffle", "Parallel"}),
-    ("mobilenet_v2", True, 17, {"ReLU6", "Residual"}),
     ("regnet_y_400mf", True, 18, {"Gate", "Residual"}),
     ("convnext_tiny", False, 17, {"LayerNorm2D", "GELU", "ChannelScale", "Residual"}),
     ("convnext_tiny", True, 18, {"LayerNorm2D", "GELU", "ChannelScale", "Residual"}),
     ("inception_v3", False, 17, {"Parallel"}),
     ("densenet121", True, 18, {"DenseConcat"}),
-    ("mobilenet_v3_large", True, 17, {"Gate", "Hardswish"}),
 ]
 SIZE = {"inception_v3": 80}
 
