@@ -230,3 +230,17 @@ def test_ab_refuses_what_it_cannot_compare():
         assert result.returncode != 0
         assert message in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_torchvision_import_benchmark_reports_a_row_per_export(tmp_path):
+    """One small model, the TorchScript exporter at opset 17: import, errors and timing."""
+    out = run(
+        "torchvision_import.py",
+        *("--models", "squeezenet1_1", "--exporters", "ts", "--opsets", "17", "--timing"),
+        *("--rounds", "1", "--seconds", "0.02", "--json", str(tmp_path / "t.json")),
+    )
+    assert "squeezenet1_1" in out and "threads 1" in out
+    (row,) = json.loads((tmp_path / "t.json").read_text())
+    assert row["status"] == "ok" and row["out_err"] <= 1e-4 and row["grad_err"] <= 1e-9
+    for batch in ("batch1", "batch16"):
+        assert all(row["timing"][batch][n] > 0 for n in ("scratchcnn", "torch", "onnxruntime"))
