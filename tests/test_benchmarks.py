@@ -246,3 +246,17 @@ def test_bench_image_folder_measures_first_and_cached_passes(tmp_path):
     rows = data["rows"]
     assert rows["first"]["checksum"][0] == rows["cached"]["checksum"][0]  # the same batches
     assert len(rows["cached"]["checksum"]) == 2
+
+
+def test_torchvision_import_benchmark_reports_a_row_per_export(tmp_path):
+    """One small model, the TorchScript exporter at opset 17: import, errors and timing."""
+    out = run(
+        "torchvision_import.py",
+        *("--models", "squeezenet1_1", "--exporters", "ts", "--opsets", "17", "--timing"),
+        *("--rounds", "1", "--seconds", "0.02", "--json", str(tmp_path / "t.json")),
+    )
+    assert "squeezenet1_1" in out and "threads 1" in out
+    (row,) = json.loads((tmp_path / "t.json").read_text())
+    assert row["status"] == "ok" and row["out_err"] <= 1e-4 and row["grad_err"] <= 1e-9
+    for batch in ("batch1", "batch16"):
+        assert all(row["timing"][batch][n] > 0 for n in ("scratchcnn", "torch", "onnxruntime"))

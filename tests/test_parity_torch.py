@@ -163,6 +163,16 @@ ACTS = [
     (sc.Tanh, torch.tanh),
     (sc.Softmax, lambda t: F.softmax(t, dim=1)),
     (sc.Flatten, lambda t: torch.flatten(t, 1)),
+    # issue 24 (torch's float64 hardsigmoid backward uses 1/6 as a float32: 3e-8 off)
+    (sc.ReLU6, F.relu6),
+    (lambda: sc.Clip(-1.5, 2.5), lambda t: F.hardtanh(t, -1.5, 2.5)),
+    (sc.Hardsigmoid, F.hardsigmoid),
+    (sc.Hardswish, F.hardswish),
+    (sc.SiLU, F.silu),
+    (sc.GELU, F.gelu),
+    (lambda: sc.GELU("tanh"), lambda t: F.gelu(t, approximate="tanh")),
+    (lambda: sc.ChannelShuffle(2), lambda t: F.channel_shuffle(t, 2)),
+    (lambda: sc.ChannelSlice(1, 3), lambda t: t[:, 1:3]),
 ]
 
 
@@ -172,6 +182,24 @@ def test_elementwise(ours, theirs, dtype, rng):
     x = (rng.standard_normal((3, 4, 5, 2)) * 3).astype(dtype)
     x[0, 0, 0, 0] = 0.0  # ReLU'(0) = 0 in both
     run_both(ours(), theirs, x, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_layernorm2d_and_channel_scale(dtype, rng):
+    ln = sc.LayerNorm2D(4, eps=1e-6, dtype=dtype)
+    ln.params["weight"][:] = rng.uniform(0.5, 2, 4)
+    ln.params["bias"][:] = rng.standard_normal(4)
+    w, b = tparam(ln.params["weight"]), tparam(ln.params["bias"])
+
+    def torch_ln(t):
+        return F.layer_norm(t.permute(0, 2, 3, 1), (4,), w, b, 1e-6).permute(0, 3, 1, 2)
+
+    x = (rng.standard_normal((3, 4, 5, 2)) * 2 + 1).astype(dtype)
+    run_both(ln, torch_ln, x, dtype, [("weight", w), ("bias", b)])
+    scale = sc.ChannelScale(4, dtype=dtype)
+    scale.params["weight"][:] = rng.uniform(0.5, 2, 4)
+    ws = tparam(scale.params["weight"])
+    run_both(scale, lambda t: t * ws.reshape(4, 1, 1), x, dtype, [("weight", ws)])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -214,11 +214,26 @@ CONFIG_RULES: Rules = {
         key: ("true or false", lambda v: isinstance(v, bool))
         for key in ("bias", "affine", "ceil_mode", "count_include_pad")
     },
+    # ChannelSlice's channel range; Clip's bounds (null: no bound); GELU's form
+    "start": (f"an integer in [0, {MAX_FEATURES}]", lambda v: is_int(v, 0, MAX_FEATURES)),
+    "stop": (f"an integer in [1, {MAX_FEATURES}]", lambda v: is_int(v, 1, MAX_FEATURES)),
+    **{
+        key: ("null or a finite number", lambda v: v is None or is_number(v))
+        for key in ("min_value", "max_value")
+    },
+    "approximate": ('"none" or "tanh"', lambda v: v in ("none", "tanh")),
 }
 
 
 def _is_spec(value: Any) -> bool:
     return isinstance(value, dict) and "type" in value
+
+
+def _is_chain(value: Any) -> bool:
+    """A layer spec or a non-empty list of them (one child of a block)."""
+    return _is_spec(value) or (
+        isinstance(value, list) and bool(value) and all(_is_spec(v) for v in value)
+    )
 
 
 class _Walk:
@@ -251,6 +266,10 @@ class _Walk:
         elif isinstance(value, list) and value and all(_is_spec(v) for v in value):
             for i, item in enumerate(value):
                 self.spec(f"{where}[{i}]", item, depth + 1)
+        elif isinstance(value, list) and value and all(_is_chain(v) for v in value):
+            # a block's list of children, each a spec or a chain (Parallel's branches)
+            for i, item in enumerate(value):
+                self.value(f"{where}[{i}]", key, item, depth)
         elif key in CONFIG_RULES:
             what, ok = CONFIG_RULES[key]
             if not ok(value):

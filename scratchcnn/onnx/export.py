@@ -18,6 +18,17 @@ Dropout             nothing: inference graphs drop it
 Rescale             Mul (scale) then Add (offset), each left out when it does nothing
 Residual            the body and shortcut, then Add
 Parallel            the branches, then Concat (axis 1) or Sum
+Gate                the body, then Mul(x, body(x))
+DenseConcat         the body, then Concat(x, body(x)) on axis 1
+Clip / ReLU6        Clip (bounds as inputs)
+Hardsigmoid         HardSigmoid (alpha, beta)
+Hardswish           HardSwish (opset >= 14; x * HardSigmoid(x) at 13)
+SiLU                Sigmoid, Mul
+GELU                Gelu (opset >= 20); before: Div, Erf, Add, Mul, Mul (exact form only)
+LayerNorm2D         Transpose, LayerNormalization (axis -1), Transpose (opset >= 17)
+ChannelScale        Mul by a (C, 1, 1) constant
+ChannelSlice        Slice on axis 1
+ChannelShuffle      Reshape (N, g, C/g, -1), Transpose, Reshape to Shape(x)
 ==================  ===========================================================
 
 The graph input is named ``input`` with a symbolic batch axis ``N``, the output ``output``;
@@ -53,9 +64,11 @@ _PROTOBUF_LIMIT = 2**31 - 1
 class _Builder:
     """Collects nodes and initializers; hands out unique value names."""
 
-    def __init__(self, onnx: Any, dtype: np.dtype) -> None:
+    def __init__(self, onnx: Any, dtype: np.dtype, opset: int = DEFAULT_OPSET) -> None:
         self.onnx = onnx
         self.dtype = dtype
+        self.opset = opset
+        self.shape: tuple[int, ...] = ()  # the input shape of the layer being emitted
         self.nodes: list[Any] = []
         self.initializers: list[Any] = []
         self._names: set[str] = {"input"}
@@ -65,6 +78,10 @@ class _Builder:
         name = self._unique(name)
         self.initializers.append(self.onnx.numpy_helper.from_array(np.ascontiguousarray(arr), name))
         return name
+
+    def need(self, opset: int, what: str) -> None:
+        if self.opset < opset:
+            raise OnnxError(f"export: {what} needs opset {opset} or newer (asked for {self.opset})")
 
     def node(self, op: str, prefix: str, inputs: list[str], **attrs: Any) -> str:
         name = self._unique(f"/{prefix}/{op}")
@@ -168,18 +185,98 @@ def _emit_rescale(b: _Builder, layer: Any, key: str, x: str) -> str:
     return x
 
 
+def _emit_branch(b: _Builder, child: Any, key: str, x: str) -> str:
+    """A block's child, fed the block's input (whose shape ``b.shape`` holds)."""
+    shape = b.shape
+    out = _emit_all(b, _children(child, key), x)
+    b.shape = shape
+    return out
+
+
 def _emit_residual(b: _Builder, layer: Any, key: str, x: str) -> str:
-    body = _emit_all(b, _children(layer.body, f"{key}.body"), x)
+    body = _emit_branch(b, layer.body, f"{key}.body", x)
     shortcut = x
     if getattr(layer, "shortcut", None) is not None:
-        shortcut = _emit_all(b, _children(layer.shortcut, f"{key}.shortcut"), x)
+        shortcut = _emit_branch(b, layer.shortcut, f"{key}.shortcut", x)
     return b.node("Add", key, [body, shortcut])
+
+
+def _emit_gate(b: _Builder, layer: Any, key: str, x: str) -> str:
+    return b.node("Mul", key, [x, _emit_branch(b, layer.body, f"{key}.body", x)])
+
+
+def _emit_dense_concat(b: _Builder, layer: Any, key: str, x: str) -> str:
+    body = _emit_branch(b, layer.body, f"{key}.body", x)
+    return b.node("Concat", key, [x, body], axis=1)
+
+
+def _emit_clip(b: _Builder, layer: Any, key: str, x: str) -> str:
+    low = "" if layer.min_value is None else b.const(f"{key}.min", layer.min_value)
+    high = "" if layer.max_value is None else b.const(f"{key}.max", layer.max_value)
+    inputs = [x, low, high] if high else ([x, low] if low else [x])
+    return b.node("Clip", key, inputs)
+
+
+def _emit_hardswish(b: _Builder, layer: Any, key: str, x: str) -> str:
+    if b.opset >= 14:
+        return b.node("HardSwish", key, [x])
+    gate = b.node("HardSigmoid", key, [x], alpha=1 / 6, beta=0.5)  # opset 13: x * hardsigmoid
+    return b.node("Mul", key, [x, gate])
+
+
+def _emit_silu(b: _Builder, layer: Any, key: str, x: str) -> str:
+    return b.node("Mul", key, [x, b.node("Sigmoid", key, [x])])
+
+
+def _emit_gelu(b: _Builder, layer: Any, key: str, x: str) -> str:
+    if b.opset >= 20:
+        return b.node("Gelu", key, [x], approximate=layer.approximate)
+    if layer.approximate != "none":
+        b.need(20, "GELU(approximate='tanh')")
+    # x * (1 + erf(x / sqrt 2)) / 2, as torch's exporters write it before opset 20
+    t = b.node("Div", key, [x, b.const(f"{key}.sqrt2", np.sqrt(2.0))])
+    t = b.node("Erf", key, [t])
+    t = b.node("Add", key, [t, b.const(f"{key}.one", 1.0)])
+    t = b.node("Mul", key, [x, t])
+    return b.node("Mul", key, [t, b.const(f"{key}.half", 0.5)])
+
+
+def _emit_layer_norm(b: _Builder, layer: Any, key: str, x: str) -> str:
+    b.need(17, "LayerNorm2D (LayerNormalization)")
+    c = layer.num_features
+    scale = b.const(f"{key}.weight", layer.params.get("weight", np.ones(c)))
+    inputs = [scale, b.const(f"{key}.bias", layer.params.get("bias", np.zeros(c)))]
+    if len(b.shape) == 2:
+        return b.node("LayerNormalization", key, [x, *inputs], axis=-1, epsilon=float(layer.eps))
+    t = b.node("Transpose", key, [x], perm=[0, 2, 3, 1])
+    t = b.node("LayerNormalization", key, [t, *inputs], axis=-1, epsilon=float(layer.eps))
+    return b.node("Transpose", key, [t], perm=[0, 3, 1, 2])
+
+
+def _emit_channel_scale(b: _Builder, layer: Any, key: str, x: str) -> str:
+    w = layer.params["weight"].reshape(-1, *(1,) * (len(b.shape) - 2))
+    return b.node("Mul", key, [x, b.const(f"{key}.weight", w)])
+
+
+def _emit_channel_slice(b: _Builder, layer: Any, key: str, x: str) -> str:
+    def ints(name: str, v: int) -> str:
+        return b.const(f"{key}.{name}", [v], dtype=np.int64)
+
+    inputs = [x, ints("start", layer.start), ints("stop", layer.stop), ints("axes", 1)]
+    return b.node("Slice", key, inputs)
+
+
+def _emit_channel_shuffle(b: _Builder, layer: Any, key: str, x: str) -> str:
+    g, c = layer.groups, b.shape[1]
+    split = b.const(f"{key}.shape", [0, g, c // g, -1], dtype=np.int64)
+    t = b.node("Reshape", key, [x, split])
+    t = b.node("Transpose", key, [t], perm=[0, 2, 1, 3])
+    return b.node("Reshape", key, [t, b.node("Shape", key, [x])])
 
 
 def _emit_parallel(b: _Builder, layer: Any, key: str, x: str) -> str:
     outs = [
-        _emit_all(b, _children(branch, f"{key}.branches.{i}"), x)
-        for i, branch in enumerate(layer.branches)
+        _emit_branch(b, branch, f"{key}.branches.{i}", x) for i, branch in enumerate(layer.branches)
     ]
     if layer.merge == "concat":
         return b.node("Concat", key, outs, axis=1)
@@ -210,6 +307,20 @@ _EMITTERS: dict[str, Any] = {
     "Rescale": _emit_rescale,
     "Residual": _emit_residual,
     "Parallel": _emit_parallel,
+    "Gate": _emit_gate,
+    "DenseConcat": _emit_dense_concat,
+    "Clip": _emit_clip,
+    "ReLU6": _emit_clip,
+    "Hardsigmoid": lambda b, la, k, x: b.node(
+        "HardSigmoid", k, [x], alpha=float(la.alpha), beta=float(la.beta)
+    ),
+    "Hardswish": _emit_hardswish,
+    "SiLU": _emit_silu,
+    "GELU": _emit_gelu,
+    "LayerNorm2D": _emit_layer_norm,
+    "ChannelScale": _emit_channel_scale,
+    "ChannelSlice": _emit_channel_slice,
+    "ChannelShuffle": _emit_channel_shuffle,
 }
 
 
@@ -224,6 +335,7 @@ def _children(container: Any, prefix: str) -> list[tuple[str, Any]]:
 
 
 def _emit_all(b: _Builder, layers: Iterable[tuple[str, Any]], x: str) -> str:
+    """The nodes of ``layers`` in order, from value ``x`` whose shape ``b.shape`` holds."""
     for key, layer in layers:
         kind = type(layer).__name__
         emit = _EMITTERS.get(kind)
@@ -232,7 +344,9 @@ def _emit_all(b: _Builder, layers: Iterable[tuple[str, Any]], x: str) -> str:
                 f"export: layer {key} ({kind}) has no ONNX equivalent; exportable layers: "
                 f"{', '.join(sorted(_EMITTERS))}"
             )
+        shape = b.shape
         x = emit(b, layer, key, x)
+        b.shape = tuple(layer.output_shape(shape))
     return x
 
 
@@ -267,7 +381,8 @@ def to_model_proto(
     dtype = model.dtype
     elem = onnx.helper.np_dtype_to_tensor_dtype(dtype)
     out_shape = model.output_shapes(shape_in)[-1] if len(model) else (1, *shape_in)
-    b = _Builder(onnx, dtype)
+    b = _Builder(onnx, dtype, int(opset))
+    b.shape = (1, *shape_in)
     out = _emit_all(b, ((str(i), layer) for i, layer in enumerate(model.layers)), "input")
     # The graph output is always a node's output named "output": rename the last value.
     if out == "input":

@@ -3,7 +3,9 @@
 The file is untrusted. Before anything is allocated for it:
 
 * it is at most :data:`MAX_FILE_BYTES`, parses as an ONNX ModelProto, imports the default
-  opset at version >= 13, holds at most :data:`MAX_NODES` nodes and no external data files;
+  opset at version >= 13, holds at most :data:`MAX_NODES` nodes; weights stored in external
+  data files beside it are read only from regular files inside its own folder, bounded by
+  their size and checked against the declared shapes (``graph.ExternalData``);
 * every tensor (initializer or Constant) holds exactly the bytes its dims declare (so the
   arrays together are never larger than the file), rank <= 8, a numeric type;
 * every node input is a graph input, an initializer or the output of a node, every value is
@@ -19,9 +21,10 @@ size kept symbolic. Each layer's output shape is checked against its input as th
 and the result against the graph's declared output. Any problem is one :class:`OnnxError`
 line naming the node, its op and the attribute or input at fault.
 
-The model comes back in eval mode (ONNX graphs describe inference). Training flags in the
-graph (``BatchNormalization(training_mode=1)``, ``Dropout``'s ``training_mode`` input) are not
-part of a scratchcnn model: ``model.train()`` / ``model.eval()`` decide.
+The model comes back in eval mode (ONNX graphs describe inference). A
+``BatchNormalization(training_mode=1)`` is not part of a scratchcnn model: ``model.train()``
+/ ``model.eval()`` decide. A ``Dropout`` whose ``training_mode`` input is true drops units at
+inference: it is refused in one line, never read as the identity.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +45,16 @@ from .graph import (
     MAX_FILE_BYTES,
     MAX_INPUT_ELEMENTS,
     MAX_NODES,
+    ExternalData,
     Graph,
     Node,
     check_declared,
     read_tensor,
+    topological,
     value_dims,
 )
 from .ops import Walker
+from .patterns import rewrite_concats
 
 
 # --- reading the file ------------------------------------------------------------------------
@@ -85,8 +90,9 @@ def _parse(onnx: Any, data: bytes) -> Any:
     return proto
 
 
-def read_graph(onnx: Any, proto: Any) -> Graph:
-    """Validate a ModelProto's structure and return the :class:`Graph`."""
+def read_graph(onnx: Any, proto: Any, folder: Path | None = None) -> Graph:
+    """Validate a ModelProto's structure and return the :class:`Graph`; tensors in external
+    data files are read from ``folder`` (the model's own; None refuses them)."""
     opset = None
     for entry in proto.opset_import:
         if entry.domain in ("", "ai.onnx"):
@@ -106,10 +112,11 @@ def read_graph(onnx: Any, proto: Any) -> Graph:
     if len(g.sparse_initializer):
         raise OnnxError("the graph has sparse initializers; not supported")
     consts: dict[str, np.ndarray] = {}
+    external = ExternalData(folder)
     for t in g.initializer:
         if not t.name or t.name in consts:
             raise OnnxError(f"initializer {t.name!r} is unnamed or defined twice")
-        consts[t.name] = read_tensor(onnx, t, f"initializer {t.name!r}")
+        consts[t.name] = read_tensor(onnx, t, f"initializer {t.name!r}", external)
     inputs = [vi for vi in g.input if vi.name not in consts]
     if len(inputs) != 1:
         names = ", ".join(repr(vi.name) for vi in inputs) or "none"
@@ -165,7 +172,7 @@ def read_graph(onnx: Any, proto: Any) -> Graph:
                 raise node.error(f"input {v!r} is not defined anywhere in the graph")
     if out_vi.name not in known:
         raise OnnxError(f"graph output {out_vi.name!r} is not computed by any node")
-    order = _topological(nodes, producer)
+    order = topological(nodes, producer)
     consumers: dict[str, list[Node]] = {}
     for node in order:
         for v in dict.fromkeys(node.inputs):
@@ -184,6 +191,7 @@ def read_graph(onnx: Any, proto: Any) -> Graph:
         dtype=np.dtype(np.float32 if in_elem == 1 else np.float64),
         opset=opset,
         metadata=metadata,
+        external=external,
     )
     for vi in g.value_info:
         if vi.type.WhichOneof("value") == "tensor_type":
@@ -202,40 +210,19 @@ def read_graph(onnx: Any, proto: Any) -> Graph:
     return graph
 
 
-def _topological(nodes: list[Node], producer: dict[str, Node]) -> list[Node]:
-    """Kahn's algorithm; a cycle is an error naming one node on it."""
-    deps: dict[int, set[int]] = {}
-    users: dict[int, list[Node]] = {n.index: [] for n in nodes}
-    for node in nodes:
-        deps[node.index] = {producer[v].index for v in node.inputs if v in producer}
-        for d in deps[node.index]:
-            users[d].append(node)
-    ready = deque(n for n in nodes if not deps[n.index])
-    order: list[Node] = []
-    while ready:
-        node = ready.popleft()
-        order.append(node)
-        for user in users[node.index]:
-            deps[user.index].discard(node.index)
-            if not deps[user.index]:
-                ready.append(user)
-    if len(order) != len(nodes):
-        stuck = next(n for n in nodes if deps[n.index])
-        raise stuck.error("the graph has a cycle through this node")
-    return order
-
-
 # --- building the model ------------------------------------------------------------------------
 def load(path: str | os.PathLike) -> Sequential:
     """Read an ONNX file into a :class:`~scratchcnn.Sequential` (in eval mode).
 
-    Supported: graphs written by ``torch.onnx.export`` (both exporters, opset 13 and later)
-    and hand-built graphs whose nodes form a chain (or residual/parallel blocks) of Conv,
+    Supported: graphs written by ``torch.onnx.export`` (both exporters, opset 13 and later,
+    the weights inside the file or in external data files beside it) and hand-built graphs
+    whose nodes form a chain (or residual, parallel, gate and dense-concat blocks) of Conv,
     MaxPool, AveragePool, GlobalAveragePool, Gemm, MatMul (+ Add), Flatten, Reshape to
-    (N, -1), BatchNormalization, Dropout, Identity, Relu, LeakyRelu, Sigmoid, Tanh,
-    Softmax, LogSoftmax, and Mul/Add/Sub/Div by a scalar; see ``docs/onnx.md``. Anything
-    else raises one :class:`~scratchcnn.OnnxError` line naming the node, its op and the
-    attribute.
+    (N, -1), BatchNormalization, LayerNormalization, Dropout, Identity, Relu, LeakyRelu,
+    Sigmoid, Tanh, Clip, HardSigmoid, HardSwish, Gelu, Softmax, LogSoftmax, Mul/Add/Sub/Div
+    by a scalar or per-channel constant, channel Split/Slice, channel shuffle, and
+    channels-last Transpose; see ``docs/onnx.md``. Anything else raises one
+    :class:`~scratchcnn.OnnxError` line naming the node, its op and the attribute.
     """
     return load_with_graph(path)[0]
 
@@ -246,17 +233,19 @@ def load_with_graph(path: str | os.PathLike) -> tuple[Sequential, Graph]:
     onnx = require_onnx()
     data = _read(path)
     try:
-        return model_from_proto(onnx, _parse(onnx, data))
+        return model_from_proto(onnx, _parse(onnx, data), folder=path.parent)
     except OnnxError as exc:
         raise OnnxError(f"{path}: {exc}") from None
     except RecursionError:
         raise OnnxError(f"{path}: the graph is nested too deeply") from None
 
 
-def model_from_proto(onnx: Any, proto: Any) -> tuple[Sequential, Graph]:
-    """Build the Sequential of a parsed ModelProto; also returns the validated graph."""
+def model_from_proto(onnx: Any, proto: Any, folder: Path | None = None) -> tuple[Sequential, Graph]:
+    """Build the Sequential of a parsed ModelProto; also returns the validated graph.
+    ``folder`` is where its external data files are (the model's own folder), if any."""
 
-    graph = read_graph(onnx, proto)
+    graph = read_graph(onnx, proto, folder)
+    rewrite_concats(onnx, graph)
     layers, out_shape = Walker(onnx, graph).run()
     check_declared(graph.output_dims, out_shape, f"graph output {graph.output_name!r}")
     model = Sequential(layers, input_shape=tuple(graph.input_shape[1:]))

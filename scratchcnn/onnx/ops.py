@@ -18,12 +18,22 @@ import numpy as np
 
 from ..errors import OnnxError, ScratchCNNError
 from ..nn.layers import (
+    GELU,
     AvgPool2D,
     BatchNorm2D,
+    ChannelScale,
+    ChannelShuffle,
+    ChannelSlice,
+    Clip,
     Conv2D,
     Dense,
+    DenseConcat,
     Dropout,
     Flatten,
+    Gate,
+    Hardsigmoid,
+    Hardswish,
+    LayerNorm2D,
     LeakyReLU,
     LogSoftmax,
     MaxPool2D,
@@ -45,6 +55,7 @@ from .graph import (
     check_declared,
     constant_node,
 )
+from .patterns import _Erf, fuse
 
 Shape = tuple[int, ...]
 Converter = Callable[["Walker", Node, Shape], list[Layer]]
@@ -69,6 +80,12 @@ class Walker:
         self.values: dict[str, np.ndarray] = dict(graph.consts)
         self.shapes: dict[str, Shape] = {graph.input_name: (1, *graph.input_shape[1:])}
         self.visited: set[int] = set()
+        # Activations the graph holds channels-last, (N, H, W, C): after a Transpose with
+        # perm [0, 2, 3, 1] (ConvNeXt). Their shapes here are NCHW, as the layers see them.
+        self.nhwc: set[str] = set()
+        self._out_nhwc: bool | None = None
+        # A batch size to fold shapes with, instead of the symbolic one (_fold_concrete).
+        self._concrete_batch: int | None = None
         # The fixed batch size of the graph input, if it declares one.
         b = graph.input_shape[0]
         self.fixed_batch = b if isinstance(b, int) and b > 0 else None
@@ -143,7 +160,7 @@ class Walker:
         ins = [self.values.get(i) if i else None for i in node.inputs]
         try:
             if op == "Constant":
-                return [constant_node(self.onnx, node)]
+                return [constant_node(self.onnx, node, self.g.external)]
             if op == "Identity":
                 self.attrs(node, {})
                 return [ins[0]]
@@ -151,7 +168,8 @@ class Walker:
                 a = self.attrs(node, {"start": (_INT_ATTR, 0), "end": (_INT_ATTR, None)})
                 src = node.inputs[0]
                 if src in self.shapes:
-                    dims = np.array((BATCH, *self.shapes[src][1:]), dtype=np.int64)
+                    n = BATCH if self._concrete_batch is None else self._concrete_batch
+                    dims = np.array((n, *self.shapes[src][1:]), dtype=np.int64)
                 elif src in self.values:
                     dims = np.array(self.values[src].shape, dtype=np.int64)
                 else:
@@ -198,6 +216,28 @@ class Walker:
                     raise node.error("no inputs")
                 axis = _axis(node, axis, parts[0].ndim, "axis")
                 return [np.concatenate(parts, axis=axis)]
+            if op == "Range":
+                self.attrs(node, {})
+                start, limit, delta = (np.asarray(v).reshape(()) for v in ins[:3])
+                if BATCH in (start, limit, delta) or delta == 0:
+                    raise node.unsupported("a range over the batch size, which is not fixed")
+                count = max(int(np.ceil((limit - start) / delta)), 0)
+                if count > MAX_FOLDED_ELEMENTS:
+                    raise node.error(f"folds to {count:,} values; too many")
+                return [np.arange(start, limit, delta).astype(np.result_type(start, limit))]
+            if op in ("Add", "Sub", "Mul", "Div"):
+                self.attrs(node, {})
+                a, b = ins[0], ins[1]
+                if np.any(a == BATCH) or np.any(b == BATCH):
+                    raise node.unsupported("arithmetic on the batch size, which is not fixed")
+                if op == "Div" and a.dtype.kind in "iu":
+                    if np.any(b == 0):
+                        raise node.error("integer division by zero")
+                    q = np.abs(a) // np.abs(b)  # ONNX: integer division truncates
+                    return [(np.sign(a) * np.sign(b) * q).astype(np.result_type(a, b))]
+                fn = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}
+                with np.errstate(all="ignore"):
+                    return [fn[op](a, b).astype(np.result_type(a, b))]
             if op == "Slice":
                 self.attrs(node, {})
                 data, starts, ends = ins[0], ins[1], ins[2]
@@ -239,7 +279,13 @@ class Walker:
                 raise node.unsupported(
                     "its output does not lie on the path from the input to the output"
                 )
-        return tidy(layers), self.shapes[end]
+        if end in self.nhwc:
+            raise OnnxError(f"the graph output {end!r} is channels-last; scratchcnn ends in NCHW")
+        layers = tidy(layers)
+        for _, layer in Sequential(layers).named_layers():
+            if isinstance(layer, _Erf):
+                raise layer.node.unsupported("Erf is read only inside GELU's formula")
+        return layers, self.shapes[end]
 
     def chain(self, value: str) -> tuple[list[Layer], str, Node | None]:
         """Layers from ``value`` until the graph output, or until a node that joins
@@ -255,7 +301,7 @@ class Walker:
                 return layers, value, None
             if not users:
                 return layers, value, None
-            if len(users) == 1:
+            if len(users) == 1 and users[0].op != "Split":
                 node = users[0]
                 if self._is_join(node):
                     return layers, value, node
@@ -263,7 +309,7 @@ class Walker:
                 layers.extend(new)
                 continue
             block, value = self.fork(value, users)
-            layers.append(block)
+            layers.extend(block)
 
     def step(self, node: Node, x: str) -> tuple[list[Layer], str]:
         """Convert one single-activation node; returns its layers and its output value."""
@@ -271,8 +317,9 @@ class Walker:
             raise node.error("reached twice")
         self.visited.add(node.index)
         acts = [i for i, v in enumerate(node.inputs) if v and self.g.kind.get(v) == "act"]
-        if acts == [1] and node.op in ("Add", "Mul", "Sub") and len(node.inputs) == 2:
-            # c + x and c * x are x + c and x * c; c - x is marked for _elementwise.
+        if acts == [1] and node.op in ("Add", "Mul", "Sub", "Min", "Max") and len(node.inputs) == 2:
+            # c + x and c * x are x + c and x * c (min, max too); c - x is marked for
+            # _elementwise.
             node = _swapped(node)
             acts = [0]
         if acts != [0]:
@@ -280,9 +327,21 @@ class Walker:
         convert = OPS.get(node.op)
         if convert is None:
             raise node.unsupported()
+        if x in self.nhwc and node.op not in CHANNELS_LAST_OPS:
+            raise node.unsupported(
+                "on channels-last data (after Transpose perm=[0, 2, 3, 1]) scratchcnn reads "
+                f"only {', '.join(sorted(CHANNELS_LAST_OPS))}"
+            )
         shape = self.shapes[x]
+        self._out_nhwc = None
         try:
-            layers = convert(self, node, shape)
+            shuffle = None
+            if node.op == "Reshape":
+                shuffle = self._channel_shuffle(node, x) or self._flat_gather(node, x)
+            if shuffle is not None:
+                layers, node = shuffle
+            else:
+                layers = convert(self, node, shape)
             for layer in layers:
                 shape = tuple(layer.output_shape(shape))
         except OnnxError:
@@ -290,6 +349,9 @@ class Walker:
         except ScratchCNNError as exc:
             raise node.error(str(exc)) from None
         out = node.outputs[0]
+        nhwc = (x in self.nhwc) if self._out_nhwc is None else self._out_nhwc
+        if nhwc:
+            self.nhwc.add(out)
         extra = [
             o
             for o in node.outputs[1:]
@@ -300,19 +362,136 @@ class Walker:
                 f"its output {extra[0]!r} is used; scratchcnn keeps only the first"
             )
         if out in self.g.declared:
-            check_declared(self.g.declared[out], shape, f"{node.where()}: output {out!r}")
+            check_declared(
+                self.g.declared[out], _physical(shape, nhwc), f"{node.where()}: output {out!r}"
+            )
         self.shapes[out] = shape
         return layers, out
 
-    def fork(self, value: str, users: list[Node]) -> tuple[Layer, str]:
-        """Branches that leave ``value`` and meet again at one Add/Sum/Concat node."""
+    def _channel_shuffle(self, node: Node, x: str) -> tuple[list[Layer], Node] | None:
+        """Reshape (N, C, H, W) -> (N, g, C/g, H, W) (or (N, g, C/g, H*W)), Transpose of axes
+        1 and 2, Reshape back to (N, C, H, W): ShuffleNet's channel shuffle, three nodes read
+        as one ChannelShuffle(g). None when ``node`` does not start that pattern."""
+        shape = self.shapes[x]
+        if len(shape) != 4 or x in self.nhwc:
+            return None
+        first = _resolved_target(self, node, shape)
+        if first is None or len(first) not in (4, 5) or first[0] != "N":
+            return None
+        g, per, rest = first[1], first[2], first[3:]
+        if g * per != shape[1] or math.prod(rest) != shape[2] * shape[3]:
+            return None
+        nxt = self._users(node.outputs[0])
+        if len(nxt) != 1 or nxt[0].op != "Transpose":
+            return None
+        perm = self.attrs(nxt[0], {"perm": (_INTS_ATTR, None)})["perm"]
+        if perm != [0, 2, 1, *range(3, len(first))]:
+            return None
+        last = self._users(nxt[0].outputs[0])
+        if len(last) != 1 or last[0].op != "Reshape":
+            return None
+        moved = (shape[0], per, g, *rest)
+        back = _resolved_target(self, last[0], moved)
+        if back != ["N", *shape[1:]]:
+            return None
+        for n in (nxt[0], last[0]):
+            if n.index in self.visited:
+                raise n.error("reached twice")
+            self.visited.add(n.index)
+        return [ChannelShuffle(g)], last[0]
+
+    def _fold_concrete(self, name: str, user: Node, batch: int) -> np.ndarray:
+        """The value of ``name`` with the batch size fixed to ``batch`` (not cached)."""
+        saved, self.values = self.values, dict(self.g.consts)
+        self._concrete_batch = batch
+        try:
+            return self._fold(name, user)
+        finally:
+            self.values, self._concrete_batch = saved, None
+
+    def _flat_gather(self, node: Node, x: str) -> tuple[list[Layer], Node] | None:
+        """Reshape to [-1] then Gather(axis 0) of every element in order: the dynamo
+        exporter's ``as_strided`` that changes nothing (ConvNeXt's classifier). Read as
+        nothing, after the indices are checked to be the identity at two batch sizes."""
+        shape = self.shapes[x]
+        try:
+            target = self.const(node, 1, "shape")
+        except OnnxError:
+            return None
+        users = self._users(node.outputs[0])
+        if target is None or [int(v) for v in np.asarray(target).ravel()] != [-1]:
+            return None
+        if len(users) != 1 or users[0].op != "Gather" or users[0].inputs[:1] != node.outputs[:1]:
+            return None
+        gather = users[0]
+        if self.attrs(gather, {"axis": (_INT_ATTR, 0)})["axis"] != 0 or x in self.nhwc:
+            return None
+        per_image = math.prod(shape[1:])
+        for batch in (2, 3):
+            try:
+                idx = self._fold_concrete(gather.inputs[1], gather, batch)
+            except OnnxError:
+                return None
+            if idx.shape != (batch, *shape[1:]) or not np.array_equal(
+                idx.ravel(), np.arange(batch * per_image)
+            ):
+                return None
+        for n in (node, gather):
+            self.visited.add(n.index)
+        return [], gather
+
+    def _split(self, node: Node, x: str) -> list[tuple[list[Layer], str]]:
+        """A Split on the channel axis: a branch per used output, each starting with the
+        ChannelSlice of its channels."""
+        if node.index in self.visited:
+            raise node.error("reached twice")
+        self.visited.add(node.index)
+        shape = self.shapes[x]
+        a = self.attrs(node, {"axis": (_INT_ATTR, 0), "num_outputs": (_INT_ATTR, None),
+                              "split": (_INTS_ATTR, None)})  # fmt: skip
+        if x in self.nhwc or _axis(node, a["axis"], len(shape), "axis") != 1:
+            raise node.unsupported(f"attribute axis={a['axis']}: only the channel axis 1")
+        sizes = self.const(node, 1, "split")
+        c, n = shape[1], len(node.outputs)
+        if sizes is not None:
+            sizes_l = [int(v) for v in np.asarray(sizes).ravel()]
+        elif a["split"] is not None:
+            sizes_l = list(a["split"])
+        else:
+            step = -(-c // n)
+            sizes_l = [min(step, c - i * step) for i in range(n)]
+        if len(sizes_l) != n or sum(sizes_l) != c or min(sizes_l) < 1:
+            raise node.error(f"split {sizes_l} does not cut {c} channels into {n} parts")
+        out: list[tuple[list[Layer], str]] = []
+        start = 0
+        for size, value in zip(sizes_l, node.outputs, strict=True):
+            sub = (shape[0], size, *shape[2:])
+            if value and (self._users(value) or value == self.g.output_name):
+                if value in self.g.declared:
+                    check_declared(self.g.declared[value], sub, f"{node.where()}: {value!r}")
+                self.shapes[value] = sub
+                out.append(([ChannelSlice(start, start + size)], value))
+            start += size
+        return out
+
+    def fork(self, value: str, users: list[Node]) -> tuple[list[Layer], str]:
+        """Branches that leave ``value`` (the outputs of a Split count as branches) and meet
+        again at one Add/Sum/Concat/Mul node."""
         ends: dict[str, list[Layer]] = {}
         join: Node | None = None
+        starts: list[tuple[Node, list[Layer], str | None]] = []
         for user in users:
             if self._is_join(user):
-                b_layers, b_end, b_join = [], value, user
+                starts.append((user, [], None))
+            elif user.op == "Split":
+                starts.extend((user, first, out) for first, out in self._split(user, value))
             else:
                 first, out = self.step(user, value)
+                starts.append((user, first, out))
+        for user, first, out in starts:
+            if out is None:
+                b_layers, b_end, b_join = [], value, user
+            else:
                 rest, b_end, b_join = self.chain(out)
                 b_layers = first + rest
             if b_join is None:
@@ -332,12 +511,23 @@ class Walker:
             raise join.unsupported("it joins values from different forks")
         self.visited.add(join.index)
         branches = [ends[v] for v in acts]
+        if len({v in self.nhwc for v in acts}) > 1:
+            raise join.unsupported("it joins channels-last and channels-first values")
         block = _block(join, branches, [self.shapes[v] for v in acts], self)
         out = join.outputs[0]
+        shape = self.shapes[value]
         try:
-            self.shapes[out] = tuple(block.output_shape(self.shapes[value]))
+            for layer in block:
+                shape = tuple(layer.output_shape(shape))
         except ScratchCNNError as exc:
             raise join.error(str(exc)) from None
+        if value in self.nhwc:
+            self.nhwc.add(out)
+        if out in self.g.declared:
+            check_declared(
+                self.g.declared[out], _physical(shape, value in self.nhwc), f"{join.where()}"
+            )
+        self.shapes[out] = shape
         return block, out
 
 
@@ -358,19 +548,77 @@ def _child(layers: list[Layer]) -> Any:
 
 
 def tidy(layers: list[Any]) -> list[Layer]:
-    """Fold per-channel biases into the layer before them, then merge adjacent Rescales."""
-    return _merge_rescales(fold_biases(layers))
+    """Fold per-channel biases into the layer before them, merge adjacent Rescales, then read
+    the exporters' SiLU, GELU and ReLU6 patterns (``patterns.fuse``)."""
+    return _merge_rescales(fuse(_merge_rescales(fold_biases(layers))))
 
 
-def _block(join: Node, branches: list[list[Layer]], shapes: list[Shape], w: Walker) -> Layer:
-    """Residual / Parallel from the branches that meet at ``join``."""
+def _physical(shape: Shape, nhwc: bool) -> Shape:
+    """The shape as the graph holds the value: NCHW, or (N, H, W, C) when channels-last."""
+    return (shape[0], *shape[2:], shape[1]) if nhwc else shape
+
+
+def _resolved_target(w: Walker, node: Node, shape: Shape) -> list[Any] | None:
+    """A Reshape's target shape against an input of ``shape``: "N" for the batch, 0 copied,
+    -1 inferred; None when it is not a constant or does not fit."""
+    try:
+        allowzero = w.attrs(node, {"allowzero": (_INT_ATTR, 0)})["allowzero"]
+        target = w.const(node, 1, "shape")
+    except OnnxError:
+        return None
+    if target is None or target.ndim != 1 or target.dtype.kind not in "iu":
+        return None
+    out: list[Any] = []
+    for i, d in enumerate(int(v) for v in target):
+        if d == BATCH or (i == 0 and w.fixed_batch is not None and d == w.fixed_batch):
+            out.append("N")
+        elif d == 0 and not allowzero and i < len(shape):
+            out.append("N" if i == 0 else shape[i])
+        else:
+            out.append(d)
+    if out[:1] == [-1] and "N" not in out and -1 not in out[1:]:
+        if math.prod(out[1:]) != math.prod(shape[1:]):
+            return None
+        out[0] = "N"  # (-1, C', ...) keeping the per-image size: -1 is the batch
+    if out.count(-1) > 1 or "N" not in out[:1] or out.count("N") != 1:
+        return None
+    known = math.prod(d for d in out[1:] if d != -1)
+    if -1 in out:
+        rest = math.prod(shape[1:])
+        if known <= 0 or rest % known:
+            return None
+        out[out.index(-1)] = rest // known
+    return out if all(d == "N" or d > 0 for d in out) else None
+
+
+def _block(join: Node, branches: list[list[Layer]], shapes: list[Shape], w: Walker) -> list[Layer]:
+    """Residual / Parallel / Gate / DenseConcat from the branches that meet at ``join``."""
     op = join.op
     if op == "Add" and "Residual" in LAYER_TYPES:
         w.attrs(join, {})
         body, skip = branches
         if not body:
             body, skip = skip, body
-        return LAYER_TYPES["Residual"](_child(body), _child(skip) if skip else None)
+        return [LAYER_TYPES["Residual"](_child(body), _child(skip) if skip else None)]
+    if op == "Mul":
+        w.attrs(join, {})
+        first, second = branches
+        if not first:
+            first, second = second, first
+        if not second:  # x * g(x): a gate (squeeze-and-excitation, SiLU, GELU)
+            return [Gate(_child(first))]
+        for gate, scale in ((first, second), (second, first)):
+            lone = tidy(scale)
+            if len(lone) == 1 and type(lone[0]) is Rescale and lone[0].offset == 0.0:
+                return [Gate(_child(gate)), lone[0]]  # (c * x) * g(x)
+        raise join.unsupported(
+            "it multiplies two values computed from the input; scratchcnn reads x * g(x)"
+        )
+    if op == "Concat" and len(branches) == 2 and not branches[0] and branches[1]:
+        axis = w.attrs(join, {"axis": (_INT_ATTR, None)})["axis"]
+        if axis is None or _axis(join, axis, len(shapes[0]), "axis") != 1:
+            raise join.unsupported(f"attribute axis={axis}: only the channel axis 1")
+        return [DenseConcat(_child(branches[1]))]  # concat(x, f(x))
     if op == "Sum":
         w.attrs(join, {})
         merge = "add"
@@ -385,7 +633,7 @@ def _block(join: Node, branches: list[list[Layer]], shapes: list[Shape], w: Walk
         raise join.unsupported("residual and parallel blocks need scratchcnn's block layers")
     if any(not b for b in branches):
         raise join.unsupported("a parallel branch without layers")
-    return LAYER_TYPES["Parallel"]([_child(b) for b in branches], merge=merge)
+    return [LAYER_TYPES["Parallel"]([_child(b) for b in branches], merge=merge)]
 
 
 def _merge_rescales(layers: list[Layer]) -> list[Layer]:
@@ -674,6 +922,16 @@ def _dense(w: Walker, node: Node, weight: np.ndarray, bias: np.ndarray | None) -
 
 def _matmul(w: Walker, node: Node, shape: Shape) -> list[Layer]:
     w.attrs(node, {})
+    if node.inputs[0] in w.nhwc:
+        # (N, H, W, C) @ (C, O): torch's Linear on channels-last data is a 1x1 convolution
+        b = w.const(node, 1, "B")
+        if b is None or b.ndim != 2 or b.shape[0] != shape[1]:
+            got = None if b is None else list(b.shape)
+            raise node.unsupported(f"input B {got}: only a ({shape[1]}, out) constant matrix")
+        layer = Conv2D(shape[1], b.shape[1], 1, bias=False, dtype=_dtype(w),
+                       weight_init="zeros", bias_init="zeros")  # fmt: skip
+        _set(node, layer, "weight", b.T.reshape(b.shape[1], b.shape[0], 1, 1))
+        return [layer]
     _check_rank(node, shape, 2, "MatMul")
     b = w.const(node, 1, "B")
     if b is None or b.ndim != 2 or b.shape[0] != shape[1]:
@@ -691,6 +949,11 @@ def _elementwise(w: Walker, node: Node, shape: Shape) -> list[Layer]:
         raise node.error("needs two inputs")
     if c.dtype.kind not in "fiu" or not np.all(np.isfinite(c)):
         raise node.unsupported("input B holds NaN, inf or non-numbers")
+    if node.inputs[0] in w.nhwc and c.size > 1:
+        # channels-last: a per-channel constant broadcasts along the last axis
+        if c.ndim > len(shape) or c.shape[-1] != shape[1] or c.size != shape[1]:
+            raise node.unsupported(f"input B has shape {list(c.shape)} on channels-last data")
+        c = c.reshape(shape[1], *(1,) * (len(shape) - 2))
     if c.size == 1 and c.ndim <= len(shape):
         v = float(c.reshape(()))
         op = "RSub" if node.swapped and node.op == "Sub" else node.op
@@ -706,9 +969,21 @@ def _elementwise(w: Walker, node: Node, shape: Shape) -> list[Layer]:
         return [Rescale(scale, offset)]
     if node.op == "Add" or (node.op == "Sub" and not node.swapped):
         return [_BiasFold(node, c, -1.0 if node.op == "Sub" else 1.0)]  # type: ignore[list-item]
+    channels = shape[1] if len(shape) >= 2 else 0
+    rank = len(shape)
+    # right-aligned broadcasting: (C, 1, ..., 1) with rank - 2 ones, or (1, C, 1, ..., 1)
+    tail = (channels, *(1,) * (rank - 2))
+    per_channel = rank >= 2 and c.shape in (tail, (1, *tail))
+    if per_channel and (node.op == "Mul" or (node.op == "Div" and not node.swapped)):
+        v = c.reshape(-1).astype(np.float64)
+        if node.op == "Div" and np.any(v == 0):
+            raise node.unsupported("division by zero")
+        layer = ChannelScale(channels, dtype=_dtype(w))
+        _set(node, layer, "weight", v if node.op == "Mul" else 1.0 / v)
+        return [layer]
     raise node.unsupported(
-        f"input B has shape {list(c.shape)}: only a scalar, or a per-channel bias after "
-        "Conv/Gemm/MatMul"
+        f"input B has shape {list(c.shape)}: only a scalar, a per-channel scale, or a "
+        "per-channel bias after Conv/Gemm/MatMul"
     )
 
 
@@ -834,10 +1109,15 @@ def _batchnorm(w: Walker, node: Node, shape: Shape) -> list[Layer]:
 def _dropout(w: Walker, node: Node, shape: Shape) -> list[Layer]:
     w.attrs(node, {"seed": (_INT_ATTR, 0)})
     ratio = w.const(node, 1, "ratio")
-    w.const(node, 2, "training_mode")  # must be a constant; the model's mode decides
+    training = w.const(node, 2, "training_mode")
     p = 0.5 if ratio is None else float(np.asarray(ratio).reshape(()))
     if not 0.0 <= p < 1.0:
         raise node.unsupported(f"input ratio={p}")
+    if training is not None and bool(np.asarray(training).reshape(())) and p > 0:
+        raise node.unsupported(
+            f"input training_mode=true: the graph drops units at inference (ratio {p}); "
+            "export in eval mode (model.eval(); do_constant_folding=False keeps BatchNorm)"
+        )
     return [Dropout(p)] if p > 0 else []
 
 
@@ -851,6 +1131,135 @@ def _cast(w: Walker, node: Node, shape: Shape) -> list[Layer]:
     if to != (1 if w.g.dtype == np.float32 else 11):
         raise node.unsupported(f"attribute to={to}: only a cast to the model's own type")
     return []
+
+
+def _clip(w: Walker, node: Node, shape: Shape) -> list[Layer]:
+    """Clip(x, min, max) (bounds as scalar constant inputs); Min / Max with a scalar
+    constant are Clip with one bound."""
+    w.attrs(node, {})
+    if node.op in ("Min", "Max"):
+        if len(node.inputs) != 2:
+            raise node.unsupported("only two inputs: the activation and a scalar constant")
+        bounds = [w.const(node, 1, "B"), None]
+        if node.op == "Min":
+            bounds = bounds[::-1]
+    else:
+        bounds = [w.const(node, 1, "min"), w.const(node, 2, "max")]
+    values: list[float | None] = []
+    for name, b in zip(("min", "max"), bounds, strict=True):
+        if b is None:
+            values.append(None)
+            continue
+        if b.size != 1 or b.dtype.kind not in "fiu" or not np.isfinite(b).all():
+            raise node.unsupported(f"input {name}: only a finite scalar constant")
+        values.append(float(b.reshape(())))
+    return [Clip(*values)]
+
+
+def _hardsigmoid(w: Walker, node: Node, shape: Shape) -> list[Layer]:
+    a = w.attrs(node, {"alpha": (_FLOAT_ATTR, 0.2), "beta": (_FLOAT_ATTR, 0.5)})
+    alpha = a["alpha"]
+    if abs(alpha - 1 / 6) < 1e-7:  # torch's hardsigmoid: 1/6, stored as a float32
+        alpha = 1 / 6
+    return [Hardsigmoid(alpha, a["beta"])]
+
+
+def _gelu(w: Walker, node: Node, shape: Shape) -> list[Layer]:
+    form = w.attrs(node, {"approximate": (_STRING_ATTR, "none")})["approximate"]
+    if form not in ("none", "tanh"):
+        raise node.unsupported(f"attribute approximate={form}")
+    return [GELU(form)]
+
+
+def _erf(w: Walker, node: Node, shape: Shape) -> list[Layer]:
+    w.attrs(node, {})
+    return [_Erf(node)]  # type: ignore[list-item]
+
+
+def _layer_norm(w: Walker, node: Node, shape: Shape) -> list[Layer]:
+    """LayerNormalization over the last axis of channels-last data (or of (N, C)):
+    LayerNorm2D over the channels."""
+    a = w.attrs(node, {"axis": (_INT_ATTR, -1), "epsilon": (_FLOAT_ATTR, 1e-5),
+                       "stash_type": (_INT_ATTR, 1)})  # fmt: skip
+    nhwc = node.inputs[0] in w.nhwc
+    if (
+        not (nhwc or len(shape) == 2)
+        or _axis(node, a["axis"], len(shape), "axis") != len(shape) - 1
+    ):
+        raise node.unsupported(
+            f"attribute axis={a['axis']}: only the channel axis (the last one of channels-last "
+            "data, or of (N, C))"
+        )
+    c = shape[1]
+    scale, bias = w.const(node, 1, "Scale"), w.const(node, 2, "B")
+    if scale is None or a["epsilon"] <= 0:
+        raise node.error("needs Scale and a positive epsilon")
+    layer = LayerNorm2D(c, eps=a["epsilon"], dtype=_dtype(w))
+    _set(node, layer, "weight", np.asarray(scale).reshape(-1) if scale.size == c else scale)
+    if bias is not None:
+        _set(node, layer, "bias", np.asarray(bias).reshape(-1) if bias.size == c else bias)
+    return [layer]
+
+
+def _transpose(w: Walker, node: Node, shape: Shape) -> list[Layer]:
+    """Into channels-last and back (perm [0, 2, 3, 1] and [0, 3, 1, 2]): nothing, the layers
+    keep NCHW. Other permutations (but channel shuffle's) are refused."""
+    perm = w.attrs(node, {"perm": (_INTS_ATTR, None)})["perm"]
+    nhwc = node.inputs[0] in w.nhwc
+    if perm == list(range(len(shape))):
+        return []
+    if len(shape) == 4 and not nhwc and perm == [0, 2, 3, 1]:
+        w._out_nhwc = True
+        return []
+    if len(shape) == 4 and nhwc and perm == [0, 3, 1, 2]:
+        w._out_nhwc = False
+        return []
+    raise node.unsupported(
+        f"attribute perm={perm}: only NCHW to channels-last and back, or a channel shuffle"
+    )
+
+
+def _slice(w: Walker, node: Node, shape: Shape) -> list[Layer]:
+    """A Slice of the input's channels (torch's chunk under the TorchScript exporter)."""
+    w.attrs(node, {})
+    starts, ends = w.const(node, 1, "starts"), w.const(node, 2, "ends")
+    axes, steps = w.const(node, 3, "axes"), w.const(node, 4, "steps")
+    if starts is None or ends is None or starts.size != 1 or ends.size != 1:
+        raise node.unsupported("only a slice of one axis")
+    axis = 0 if axes is None else int(np.asarray(axes).reshape(-1)[0])
+    if _axis(node, axis, len(shape), "axes") != 1 or (
+        steps is not None and int(np.asarray(steps).reshape(-1)[0]) != 1
+    ):
+        raise node.unsupported(f"axes={axis}: only a slice of the channels with step 1")
+    start, stop, _ = slice(int(starts.reshape(-1)[0]), int(ends.reshape(-1)[0])).indices(shape[1])
+    if stop <= start:
+        raise node.unsupported(f"an empty slice of the channels ({start}:{stop})")
+    return [ChannelSlice(start, stop)]
+
+
+#: What the walk reads on channels-last values (ConvNeXt's blocks).
+CHANNELS_LAST_OPS = frozenset(
+    {
+        "LayerNormalization",
+        "MatMul",
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Erf",
+        "Gelu",
+        "Relu",
+        "Sigmoid",
+        "Tanh",
+        "Identity",
+        "Cast",
+        "Transpose",
+        "Clip",
+        "HardSwish",
+        "HardSigmoid",
+        "Dropout",
+    }
+)
 
 
 OPS: dict[str, Converter] = {
@@ -877,6 +1286,16 @@ OPS: dict[str, Converter] = {
     "Dropout": _dropout,
     "Identity": _identity,
     "Cast": _cast,
+    "Clip": _clip,
+    "Min": _clip,
+    "Max": _clip,
+    "HardSigmoid": _hardsigmoid,
+    "HardSwish": _activation(Hardswish),
+    "Gelu": _gelu,
+    "Erf": _erf,
+    "LayerNormalization": _layer_norm,
+    "Transpose": _transpose,
+    "Slice": _slice,
 }
 
 

@@ -631,6 +631,20 @@ def test_state_shapes_match_every_built_in_layer():
         sc.LogSoftmax(),
         sc.Rescale(2.0, 1.0),
         sc.Normalize([0.5, 0.4], [0.2, 0.3]),
+        # issue 24
+        sc.Clip(-1.0, None),
+        sc.ReLU6(),
+        sc.Hardsigmoid(),
+        sc.Hardswish(),
+        sc.SiLU(),
+        sc.GELU("tanh"),
+        sc.LayerNorm2D(3),
+        sc.LayerNorm2D(2, affine=False),
+        sc.ChannelScale(4),
+        sc.ChannelSlice(1, 3),
+        sc.ChannelShuffle(2),
+        sc.Gate([sc.GlobalAvgPool2D(), sc.Conv2D(2, 2, 1), sc.Sigmoid()]),
+        sc.DenseConcat(sc.Sequential([sc.BatchNorm2D(2), sc.Conv2D(2, 3, 3)])),
     ]
     for layer in layers:
         expected = {k: v.shape for k, v in layer.named_tensors()}

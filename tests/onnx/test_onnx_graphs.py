@@ -205,7 +205,8 @@ def test_float64_graph_gives_float64_model(tmp_path):
         ([node("Flatten", ["x"], axis=2)], [N, 3, 4, 4], {}, "attribute axis=2"),
         ([node("Softmax", ["x"], axis=0)], [N, 3], {}, "attribute axis=0"),
         ([node("Add", ["x", "c"])], [N, 3], {"c": w(2, 3)}, "input B has shape"),
-        ([node("Mul", ["x", "c"])], [N, 3], {"c": w(3)}, "input B has shape"),
+        # a per-channel Mul is a ChannelScale now; one along the last axis of (N, C, L) is not
+        ([node("Mul", ["x", "c"])], [N, 3, 4], {"c": w(4)}, "input B has shape"),
         ([node("Reshape", ["x", "s"])], [N, 3, 4], {"s": i64(3, -1)}, "input shape="),
         ([node("Conv", ["x", "W"])], [N, 3, 4, 4], {"W": w(2, 3, 1, 1)}, None),
         ([node("Conv", ["x", "W"], foo=1)], [N, 3, 4, 4], {"W": w(2, 3, 1, 1)}, "attribute foo"),

@@ -1,4 +1,5 @@
-"""Residual and Parallel: layers that hold layers (skip connections and branches).
+"""Residual, Parallel, Gate and DenseConcat: layers that hold layers (skip connections,
+branches, gates).
 
 A block's children are layers or ``Sequential`` chains (a list of layers becomes one). The
 block owns no tensors itself; its leaves do, and their state-dict keys are the ones torch
@@ -347,3 +348,118 @@ class Parallel(_Block):
         for b, part in zip(self.branches[1:], parts[1:], strict=True):
             dx = dx + b.backward(part)
         return dx
+
+
+def _broadcast_to_input(g: tuple[int, ...], x: tuple[int, ...]) -> bool:
+    """True if a gate of shape ``g`` broadcasts over an input of shape ``x`` without changing
+    its shape (same rank; each axis equal or 1; the batch axis equal)."""
+    return (
+        len(g) == len(x)
+        and g[:1] == x[:1]
+        and all(a == b or a == 1 for a, b in zip(g[1:], x[1:], strict=True))
+    )
+
+
+class Gate(_Block):
+    """y = x * body(x): the input scaled by a gate computed from it.
+
+    ``body(x)`` has x's shape or broadcasts over it: squeeze-and-excitation gives one value
+    per channel, (N, C, 1, 1) (global pooling, two 1x1 convolutions, a sigmoid); SiLU is
+    Gate(Sigmoid()). With g = body(x):
+
+        dL/dx = dy * g + body.backward(dL/dg),  dL/dg = sum of dy * x over the axes g
+        broadcasts (H and W for squeeze-and-excitation).
+    """
+
+    def __init__(self, body: Any) -> None:
+        super().__init__()
+        _check_depth([body], "Gate")
+        self.body = as_child(body, "Gate body")
+
+    def named_children(self) -> list[tuple[str, Any]]:
+        return [("body", self.body)]
+
+    def config(self) -> dict[str, Any]:
+        return {"body": child_config(self.body)}
+
+    @classmethod
+    def state_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]] | None:
+        _check_depth(config, "Gate")
+        return _prefixed(child_state_shapes(config.get("body")), "body.")
+
+    def _check_gate(self, g: tuple[int, ...], x: tuple[int, ...]) -> None:
+        if not _broadcast_to_input(tuple(g), tuple(x)):
+            raise ShapeError(
+                f"Gate: the body gives {tuple(g)}, which does not broadcast over the input "
+                f"{tuple(x)} (it must have the input's shape, or 1 on the axes it shares)"
+            )
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        self._check_gate(child_output_shape(self.body, tuple(input_shape)), tuple(input_shape))
+        return tuple(input_shape)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = check_array(x, "Gate")
+        g = self.body.forward(x)
+        self._check_gate(g.shape, x.shape)
+        if g.dtype != x.dtype:
+            raise DTypeError(f"Gate: the body gives {g.dtype} for a {x.dtype} input")
+        self._cache = (x, g)
+        return x * g
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        x, g = self._require_cache()
+        dy = check_grad(dy, x.shape, x.dtype, "Gate")
+        axes = tuple(i for i, (a, b) in enumerate(zip(g.shape, x.shape, strict=True)) if a != b)
+        dg = (dy * x).sum(axis=axes, keepdims=True) if axes else dy * x
+        return dy * g + self.body.backward(dg)
+
+
+class DenseConcat(_Block):
+    """y = concat_c(x, body(x)): the input kept, with what the body computes from it added
+    as new channels (DenseNet's dense connection; a dense block is a chain of these).
+
+    Backward, C the input's channels: dL/dx = dy[:, :C] + body.backward(dy[:, C:])."""
+
+    def __init__(self, body: Any) -> None:
+        super().__init__()
+        _check_depth([body], "DenseConcat")
+        self.body = as_child(body, "DenseConcat body")
+
+    def named_children(self) -> list[tuple[str, Any]]:
+        return [("body", self.body)]
+
+    def config(self) -> dict[str, Any]:
+        return {"body": child_config(self.body)}
+
+    @classmethod
+    def state_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]] | None:
+        _check_depth(config, "DenseConcat")
+        return _prefixed(child_state_shapes(config.get("body")), "body.")
+
+    def _merge_shapes(self, shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
+        x, b = (tuple(s) for s in shapes)
+        if len(b) != len(x) or len(x) < 2 or b[:1] + b[2:] != x[:1] + x[2:]:
+            raise ShapeError(
+                f"DenseConcat: the body gives {b} for an input {x}; they must agree on every "
+                "axis but the channels (axis 1)"
+            )
+        return (x[0], x[1] + b[1], *x[2:])
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        body = child_output_shape(self.body, tuple(input_shape))
+        return self._merge_shapes([tuple(input_shape), body])
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = check_array(x, "DenseConcat")
+        b = self.body.forward(x)
+        shape = self._merge_shapes([x.shape, b.shape])
+        if b.dtype != x.dtype:
+            raise DTypeError(f"DenseConcat: the body gives {b.dtype} for a {x.dtype} input")
+        self._cache = (shape, x.dtype, x.shape[1])
+        return np.concatenate([x, b], axis=1)
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        shape, dtype, c = self._require_cache()
+        dy = check_grad(dy, shape, dtype, "DenseConcat")
+        return dy[:, :c] + self.body.backward(np.ascontiguousarray(dy[:, c:]))

@@ -209,3 +209,86 @@ class Dropout(Layer):
         scale, shape, dtype = self._require_cache()
         dy = check_grad(dy, shape, dtype, "Dropout")
         return dy if scale is None else dy * scale
+
+
+class LayerNorm2D(Layer):
+    """Layer normalisation over the channel axis of (N, C, H, W) (or (N, C)): each pixel's C
+    values are normalised on their own, as torch's ``nn.LayerNorm(C)`` on channels-last data
+    (ConvNeXt; torchvision's ``LayerNorm2d``):
+
+        mean, var = mean and (biased) variance of x[n, :, h, w]
+        xhat = (x - mean) / sqrt(var + eps)          y = weight[c] * xhat + bias[c]
+
+    Backward, g = dy * weight, sums over the C channels of one pixel:
+
+        dL/dx      = inv_std / C * (C * g - sum(g) - xhat * sum(g * xhat))
+        dL/dweight = sum over (n, h, w) of dy * xhat        dL/dbias = sum of dy
+
+    No running statistics: train and eval compute the same.
+    """
+
+    def __init__(
+        self, num_features: int, eps: float = 1e-5, affine: bool = True, dtype: Any = np.float32
+    ) -> None:
+        super().__init__()
+        self.num_features = positive_int(num_features, "num_features")
+        self.eps = finite_float(eps, "eps")
+        if not self.eps > 0:
+            raise ConfigError(f"eps must be positive, got {eps!r}")
+        self.affine = bool(affine)
+        self.dtype = resolve_dtype(dtype)
+        if self.affine:
+            self.params["weight"] = np.ones(self.num_features, dtype=self.dtype)
+            self.params["bias"] = np.zeros(self.num_features, dtype=self.dtype)
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "num_features": self.num_features,
+            "eps": self.eps,
+            "affine": self.affine,
+            "dtype": self.dtype.name,
+        }
+
+    @classmethod
+    def state_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        c = (positive_int(config["num_features"], "num_features"),)
+        return {"weight": c, "bias": c} if config.get("affine", True) else {}
+
+    def extra_repr(self) -> str:
+        text = f"{self.num_features}, eps={self.eps}" + ("" if self.affine else ", affine=False")
+        return text + self._repr_suffix()
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(input_shape)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        who = f"LayerNorm2D({self.num_features})"
+        x = check_input(x, who, 4 if np.ndim(x) != 2 else 2, "(N, C, H, W) or (N, C)",
+                        self.dtype, self.num_features)  # fmt: skip
+        per_channel = (1, -1) + (1,) * (x.ndim - 2)
+        mean = x.mean(axis=1, keepdims=True)
+        var = x.var(axis=1, keepdims=True)
+        inv_std = 1 / np.sqrt(var + self.dtype.type(self.eps))
+        xhat = (x - mean) * inv_std
+        self._cache = (xhat, inv_std)
+        if not self.affine:
+            return xhat
+        return xhat * self.params["weight"].reshape(per_channel) + self.params["bias"].reshape(
+            per_channel
+        )
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        xhat, inv_std = self._require_cache()
+        dy = check_grad(dy, xhat.shape, self.dtype, "LayerNorm2D")
+        axes, per_channel = (0, *range(2, dy.ndim)), (1, -1) + (1,) * (dy.ndim - 2)
+        if self.affine:
+            self.grads["weight"] = (dy * xhat).sum(axis=axes)
+            self.grads["bias"] = dy.sum(axis=axes)
+            g = dy * self.params["weight"].reshape(per_channel)
+        else:
+            g = dy
+        c = dy.shape[1]
+        sum_g = g.sum(axis=1, keepdims=True)
+        sum_g_xhat = (g * xhat).sum(axis=1, keepdims=True)
+        return inv_std / c * (c * g - sum_g - xhat * sum_g_xhat)
