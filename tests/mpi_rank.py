@@ -76,11 +76,18 @@ if os.environ.get("FORCE_PROGRESS"):
 
 if os.environ.get("AUDIT_FILE") and not should_supervise():
     written: list[str] = []
+    # numba keeps its compiled kernels under the cache folder (engine.modes): a cold cache
+    # (a fresh CI machine) is filled by whichever rank compiles first.
+    numba_cache = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(
+        os.environ.get("SCRATCHCNN_CACHE_DIR", os.path.expanduser("~/.cache/scratchcnn")), "numba"
+    )
 
     def audit(event: str, args: tuple) -> None:
         # Compile caches (Python's .pyc, numba's kernels) are not the run's output.
-        if args and isinstance(args[0], (str, bytes)) and "__pycache__" in os.fsdecode(args[0]):
-            return
+        if args and isinstance(args[0], (str, bytes)):
+            path = os.fsdecode(args[0])
+            if "__pycache__" in path or path.startswith(numba_cache):
+                return
         if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
             mode, flags = args[1] or "", args[2] or 0
             if any(c in str(mode) for c in "wax+") or flags & (os.O_WRONLY | os.O_RDWR):

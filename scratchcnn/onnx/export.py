@@ -16,6 +16,7 @@ Flatten             Flatten (axis=1), or Reshape to (N, d1, ..., -1) for start_d
 BatchNorm2D         BatchNormalization with the running statistics (inference)
 Dropout             nothing: inference graphs drop it
 Rescale             Mul (scale) then Add (offset), each left out when it does nothing
+Normalize           Sub (mean) then Div (std), by (C, 1, 1) constants
 Residual            the body and shortcut, then Add
 Parallel            the branches, then Concat (axis 1) or Sum
 Gate                the body, then Mul(x, body(x))
@@ -185,6 +186,12 @@ def _emit_rescale(b: _Builder, layer: Any, key: str, x: str) -> str:
     return x
 
 
+def _emit_normalize(b: _Builder, layer: Any, key: str, x: str) -> str:
+    shape = (-1, *(1,) * (len(b.shape) - 2))
+    x = b.node("Sub", key, [x, b.const(f"{key}.mean", np.reshape(layer.mean, shape))])
+    return b.node("Div", key, [x, b.const(f"{key}.std", np.reshape(layer.std, shape))])
+
+
 def _emit_branch(b: _Builder, child: Any, key: str, x: str) -> str:
     """A block's child, fed the block's input (whose shape ``b.shape`` holds)."""
     shape = b.shape
@@ -305,6 +312,7 @@ _EMITTERS: dict[str, Any] = {
     "BatchNorm1D": _emit_batchnorm,
     "Dropout": lambda b, layer, key, x: x,
     "Rescale": _emit_rescale,
+    "Normalize": _emit_normalize,
     "Residual": _emit_residual,
     "Parallel": _emit_parallel,
     "Gate": _emit_gate,

@@ -37,6 +37,7 @@ from ..nn.layers import (
     LeakyReLU,
     LogSoftmax,
     MaxPool2D,
+    Normalize,
     ReLU,
     Rescale,
     Sigmoid,
@@ -1300,14 +1301,33 @@ OPS: dict[str, Converter] = {
 
 
 def fold_biases(layers: list[Layer]) -> list[Layer]:
-    """Replace each per-channel Add placeholder by a bias on the Conv2D/Dense before it."""
+    """Replace each per-channel Add placeholder by a bias on the Conv2D/Dense before it; one
+    with no Conv2D/Dense before it (an input's normalisation, as ``Normalize`` exports it:
+    Sub of the mean, then Div by the std) becomes a Normalize, which takes the per-channel
+    Div (a ChannelScale) right after it in as its std."""
     out: list[Layer] = []
     for layer in layers:
+        if (
+            isinstance(layer, ChannelScale)
+            and out
+            and isinstance(out[-1], Normalize)
+            and all(s == 1.0 for s in out[-1].std)
+            and len(out[-1].mean) == layer.params["weight"].size
+            and np.all(layer.params["weight"] > 0)
+        ):
+            std = (1.0 / layer.params["weight"].astype(np.float64)).tolist()
+            out[-1] = Normalize(out[-1].mean, std)
+            continue
         if not isinstance(layer, _BiasFold):
             out.append(layer)
             continue
         node = layer.node
         prev = out[-1] if out else None
+        v = layer.value
+        if not isinstance(prev, (Conv2D, Dense)) and v.shape in ((v.size, 1, 1), (1, v.size, 1, 1)):
+            mean = (-layer.sign * v.reshape(-1).astype(np.float64)).tolist()
+            out.append(Normalize(mean, [1.0] * v.size))
+            continue
         if not isinstance(prev, (Conv2D, Dense)):
             raise node.unsupported(
                 f"input B has shape {list(layer.value.shape)}: a per-channel bias must follow "

@@ -49,6 +49,7 @@ MODELS = {
     "Dropout": lambda: [sc.Dropout(0.5), *_head(3, 8), sc.Dropout(0.2)],
     "Rescale": lambda: [sc.Rescale(1 / 255, -0.5), sc.Rescale(3.0), sc.Rescale(1.0, 0.25)],
     "only-Dropout": lambda: [sc.Dropout(0.5)],
+    "Normalize": lambda: [sc.Normalize([0.5, 0.25, 0.1], [0.2, 0.3, 2.0]), *_head(3, 8)],
     # The layer arguments that interop needs.
     "Conv2D-dilation-groups": lambda: [
         sc.Conv2D(3, 6, 3, dilation=2, groups=3, padding=((1, 2), (0, 1))),
@@ -90,6 +91,39 @@ def test_every_layer_kind_runs_in_onnxruntime(kind, tmp_path, rng):
         ours, theirs = model.predict(x), run_ort(path, x)
         assert ours.shape == theirs.shape
         assert rel_err(theirs, ours) <= 1e-5, kind
+
+
+def test_normalize_comes_back_as_normalize(tmp_path, rng):
+    """The input's normalisation (Sub of the mean, Div by the std) imports as one Normalize
+    with the same statistics, whether we wrote it or torch did (torchvision's recipe)."""
+    torch = pytest.importorskip("torch")
+    model = _model("Normalize")
+    back = sc.onnx.load(export(model, tmp_path / "m.onnx"))
+    np.testing.assert_allclose(back.layers[0].mean, [0.5, 0.25, 0.1], rtol=1e-7)
+    np.testing.assert_allclose(back.layers[0].std, [0.2, 0.3, 2.0], rtol=1e-7)
+    x = rng.uniform(0, 1, (3, 3, 8, 8)).astype(np.float32)
+    assert rel_err(back.predict(x), model.predict(x)) <= 1e-6
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1))
+            self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1))
+            self.conv = torch.nn.Conv2d(3, 2, 3)
+
+        def forward(self, x):
+            return self.conv((x - self.mean) / self.std)
+
+    net = Net().eval()
+    path = tmp_path / "t.onnx"
+    torch.onnx.export(net, torch.zeros(1, 3, 8, 8), path, dynamo=False)
+    imported = sc.onnx.load(path)
+    assert type(imported.layers[0]).__name__ == "Normalize"
+    np.testing.assert_allclose(imported.layers[0].mean, [0.485, 0.456, 0.406], rtol=1e-6)
+    np.testing.assert_allclose(imported.layers[0].std, [0.229, 0.224, 0.225], rtol=1e-6)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    assert rel_err(imported.predict(x), expected) <= 1e-5
 
 
 def test_float64_model_exports_float64_graph(tmp_path, rng):
