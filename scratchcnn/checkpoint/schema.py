@@ -302,10 +302,20 @@ def check_model_config(config: Any) -> None:
     """A ``Sequential.config()``: specs of registered public layers, bounded (see above)."""
     if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
         raise SchemaError("'model' must be the model's config (a JSON object)")
-    unknown = sorted(set(config) - {"layers", "input_shape"})
+    unknown = sorted(set(config) - {"layers", "input_shape", "frozen"})
     if unknown:
         raise SchemaError(f"'model' has unknown fields {unknown}")
     check_input_shape("model.input_shape", config.get("input_shape"))
+    frozen = config.get("frozen", 0)
+    if (
+        isinstance(frozen, bool)
+        or not isinstance(frozen, int)
+        or not 0 <= frozen < len(config["layers"])
+    ):
+        raise SchemaError(
+            f"'model.frozen' must be a count of leading layers, 0 to {len(config['layers']) - 1}, "
+            f"got {frozen!r}"
+        )
     walk = _Walk()
     for i, spec in enumerate(config["layers"]):
         walk.spec(f"model.layers[{i}]", spec, 0)

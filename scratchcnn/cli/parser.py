@@ -55,6 +55,19 @@ def _int_at_least(low: int, what: str) -> Any:
 
 
 _positive_int = _int_at_least(1, "a positive integer")
+
+
+def _layer_ref(text: str) -> str:
+    """A layer number as ``info`` shows it ("7", "-2"); checked against the model later."""
+    t = text.strip()
+    if not t.lstrip("-").isdigit() or len(t) > 12:
+        raise argparse.ArgumentTypeError(
+            f"expected a layer number (the # column of scratchcnn info; negative counts from "
+            f"the end), got {text[:40]!r}"
+        )
+    return t
+
+
 _seed = _int_at_least(0, "an integer >= 0")
 
 
@@ -158,6 +171,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--init",
         metavar="CHECKPOINT",
         help="start from this checkpoint's network and weights (fine-tuning; default: none)",
+    )
+    p.add_argument(
+        "--num-classes",
+        type=_positive_int,
+        metavar="N",
+        help="with --init: put a fresh classifier head with N outputs (the data's class "
+        "count) in place of the last Dense / 1x1 Conv2D (default: only when the model's "
+        "outputs differ from the data's classes)",
+    )
+    p.add_argument(
+        "--freeze",
+        type=_layer_ref,
+        metavar="UNTIL",
+        help="with --init: keep layers 0..UNTIL fixed (a layer number from `scratchcnn info`, "
+        "negative from the end); they get no gradient, keep their weights bit for bit and "
+        "their BatchNorm statistics (default: every layer trains)",
     )
     p.add_argument(
         "--augment",

@@ -104,10 +104,14 @@ class Plan:
             x = runner.forward(x)
         return x
 
-    def backward(self, dy: Any, input_grad: bool = True) -> Any:
+    def backward(self, dy: Any, input_grad: bool = True, start: int = 0) -> Any:
+        """Backward through the runners from the last down to ``start`` (the first layer
+        that learns when the model has frozen layers; only ReLU/MaxPool2D pairs swap places,
+        and neither has parameters, so the cut is the same in both orders)."""
         runners = self._ran if self._ran is not None else self.current()
+        runners = runners[start:]
         if not runners:
-            return dy
+            return None if start else dy
         for runner in reversed(runners[1:]):
             dy = runner.backward(dy)
         first = runners[0]

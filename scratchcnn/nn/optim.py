@@ -40,7 +40,7 @@ def clip_grad_norm(model: Sequential, max_norm: float) -> float:
     before clipping.
     """
     max_norm = _check_hyper("max_norm", max_norm, 0.0, lo_open=True)
-    grads = model.gradients()
+    grads = [layer.grads[name] for _, layer, name in model.named_trainable_parameters()]
     norm = math.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g in grads))
     if norm > max_norm:
         scale = max_norm / (norm + 1e-6)
@@ -95,7 +95,7 @@ class Optimizer:
             self.last_grad_norm = clip_grad_norm(self.model, self.max_grad_norm)
         self.steps += 1
         update = dispatch.optimizer_update(self) or self._update  # the engine's, if faster
-        for key, layer, name in self.model.named_leaf_parameters():
+        for key, layer, name in self.model.named_trainable_parameters():  # frozen: skipped
             p, g = layer.params[name], layer.grads[name]
             st = self.state.get(key)
             if st is None:
@@ -158,9 +158,10 @@ class Optimizer:
                 )
             buffers.setdefault(key, {})[buf] = np.array(arr, copy=True)
         if steps:
-            missing = [
+            trained = [key for key, _, _ in model.named_trainable_parameters()]
+            missing = [  # frozen parameters (``freeze``) have none: they take no step
                 f"{key}/{b}"
-                for key in params
+                for key in trained
                 for b in fresh.buffer_names
                 if b not in buffers.get(key, {})
             ]

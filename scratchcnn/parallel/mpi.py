@@ -525,7 +525,10 @@ def allreduce_gradients(
     if world.size == 1:
         return extras
     weight = 1.0 if local_batch is None else float(local_batch)
-    grads, bufs = model.gradients(), _buffers(model)
+    # Frozen layers (``Sequential.freeze``) compute no gradient: only the others travel.
+    walk = getattr(model, "named_trainable_parameters", None) or model.named_leaf_parameters
+    grads = [layer.grads[name] for _, layer, name in walk()]
+    bufs = _buffers(model)
     parts = [g.ravel() for g in grads] + [b.ravel() for b in bufs]
     sizes = [p.size for p in parts]
     flat = np.empty(sum(sizes) + 1 + extras.size, dtype=np.float64)

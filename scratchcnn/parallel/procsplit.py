@@ -107,8 +107,12 @@ def _state_arrays(leaves: list[Any]) -> list[np.ndarray]:
     return [getattr(layer, store)[k] for layer, store, k in _state_slots(leaves)]
 
 
-def _grad_names(leaves: list[Any]) -> list[tuple[int, str]]:
-    return [(i, k) for i, layer in enumerate(leaves) for k in sorted(layer.params)]
+def _grad_names(model: Any, leaves: list[Any]) -> list[tuple[int, str]]:
+    """(leaf index, parameter name) of every gradient a step computes: none for the leaves
+    of frozen layers (``Sequential.freeze``), which come first in forward order."""
+    frozen = getattr(model, "frozen", 0)
+    first = sum(len(leaf_layers(la)) for la in model.layers[:frozen]) if frozen else 0
+    return [(i, k) for i, layer in enumerate(leaves) if i >= first for k in sorted(layer.params)]
 
 
 class _Layout:
@@ -149,7 +153,7 @@ def _plan(model: Any, parts: int, item_shape: tuple[int, ...], dtype: Any, cap: 
         lay.add(f"x{k}", (cap, *item_shape), dtype)
         lay.add(f"out{k}", (cap, *out_shape), out_dtype)
         lay.add(f"dy{k}", (cap, *out_shape), out_dtype)
-        for i, name in _grad_names(leaves):
+        for i, name in _grad_names(model, leaves):
             g = leaves[i].params[name]
             lay.add(f"g{k}.{i}.{name}", g.shape, g.dtype)
         lay.add(f"err{k}", (1 << 16,), np.uint8)
@@ -236,7 +240,8 @@ class ProcessSplit:
         # A parameter or buffer added or removed changes the count.
         count = sum([len(layer.params) + len(layer.buffers) for layer in self._leaf_list])
         shapes = tuple([(a.shape, a.dtype) for a in arrays])
-        return leaves, count, shapes, x.shape[1:], x.dtype.str
+        frozen = getattr(self.model, "frozen", 0)
+        return leaves, count, shapes, x.shape[1:], x.dtype.str, frozen
 
     def _arrays(self) -> list[np.ndarray]:
         """The state arrays, looked up by the ``_state_slots`` found when the workers were
@@ -258,7 +263,9 @@ class ProcessSplit:
         self._leaf_list = list(_leaves(self.model))
         self._leaf_ids = tuple(map(id, self._leaf_list))
         self._slots = _state_slots(self._leaf_list)
-        self._grad_list = [(self._leaf_list[i], name) for i, name in _grad_names(self._leaf_list)]
+        self._grad_list = [
+            (self._leaf_list[i], name) for i, name in _grad_names(self.model, self._leaf_list)
+        ]
         arrays = self._arrays()
         key = self._signature(x, arrays)
         self.close()
@@ -284,7 +291,10 @@ class ProcessSplit:
         self._views["ctl"][:] = 0
         self._state_views = [self._views[f"state{j}"] for j in range(len(self._arrays()))]
         self._grad_views = [
-            [self._views[f"g{k}.{i}.{name}"] for i, name in _grad_names(self._leaf_list)]
+            [
+                self._views[f"g{k}.{i}.{name}"]
+                for i, name in _grad_names(self.model, self._leaf_list)
+            ]
             for k in range(1, self.parts)
         ]
         header = json.dumps({"config": self.model.config(), "layout": lay.entries})
@@ -590,7 +600,7 @@ def _worker_main(fd: int, k: int, parent: int) -> None:
     leaves = list(_leaves(model))
     for j, (layer, store, key) in enumerate(_state_slots(leaves)):
         getattr(layer, store)[key] = v[f"state{j}"]
-    names = _grad_names(leaves)
+    names = _grad_names(model, leaves)
 
     def check() -> None:
         if ctl[0, _ABORT]:

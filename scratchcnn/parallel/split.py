@@ -262,6 +262,7 @@ class BatchSplit:
         self._ensure(parts)
         assert self._pool is not None
         for replica in self._replicas[1:parts]:
+            replica.frozen = self.model.frozen  # the model's freeze, as it is now
             replica.train(self.model.training)
         err = np.geterr()  # np.errstate is per thread: the workers follow the caller's
         sync = SliceSync(parts)
@@ -344,9 +345,10 @@ class BatchSplit:
         loss = float(sum(w * r[0] for w, r in zip(weights, results, strict=True)))
         if np.isfinite(loss):
             for replica in self._replicas[1:parts]:
-                for mine, theirs in zip(_leaves(self.model), _leaves(replica), strict=True):
-                    for name, g in mine.grads.items():
-                        g += theirs.grads[name]
+                mine = self.model.named_trainable_parameters()
+                theirs = replica.named_trainable_parameters()
+                for (_, a, name), (_, b, _) in zip(mine, theirs, strict=True):
+                    a.grads[name] += b.grads[name]
         return loss, np.concatenate([r[1] for r in results])
 
     def forward(self, x: np.ndarray) -> np.ndarray:

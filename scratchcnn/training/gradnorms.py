@@ -28,7 +28,7 @@ class GradNormMeter:
         self.steps = steps
 
     def update(self) -> None:
-        for key, layer, name in self.model.named_leaf_parameters():
+        for key, layer, name in self.model.named_trainable_parameters():
             g = layer.grads[name]
             self.sums[key] = self.sums.get(key, 0.0) + math.sqrt(float(np.vdot(g, g)))
         self.steps += 1

@@ -36,7 +36,7 @@ from .datasets import (
     with_normalisation,
 )
 from .evaluate import check_data_fits, default_loss
-from .finetune import init_model
+from .finetune import check_transfer_settings, folder_defaults, init_model, read_init
 from .loop import History, fit, make_optimizer, make_scheduler
 from .midepoch import resume_point
 from .runs import (
@@ -79,12 +79,26 @@ def train_run(
     record_world_size(run, checkpoint, world.size)
     dtype = np.dtype(run["dtype"])
     check_folder_settings(run, explicit)
+    check_transfer_settings(run)
+    pretrained = read_init(run["init"]) if run["init"] else None
+    if pretrained is not None:
+        folder_defaults(run, explicit, pretrained)
     data = load_run_data(run, progress=False if quiet else None)
     train, test = data.train, data.test
     if run["limit"]:
         train = train[: run["limit"]]
-    if run["init"]:
-        model = init_model(run["init"], run["model"], dtype, train)
+    changes: list[str] = []
+    if pretrained is not None:
+        model, changes = init_model(
+            pretrained,
+            run["init"],
+            run["model"],
+            dtype,
+            train,
+            num_classes=run["num_classes"],
+            freeze=run["freeze"],
+            seed=run["seed"],
+        )
     else:
         model = _zoo_model(run, data, dtype)
         _check_fits(model, train, run)
@@ -129,6 +143,8 @@ def train_run(
             f"{run['batch_size']}, {run['optimizer']} lr {run['lr']:g}{_lr_note(run, explicit)}; "
             f"writing to {out}"
         )
+        if changes:
+            say(f"from {run['init']}: " + "; ".join(changes))
     done = checkpoint.epoch if checkpoint is not None else 0
     board = _tensorboard(model, out, done or 0) if run["tensorboard"] else None
 

@@ -56,6 +56,9 @@ RUN_DEFAULTS: dict[str, Any] = {
     "limit": None,
     "tensorboard": False,
     "init": None,
+    # With --init: a fresh head for the data's classes, and the first layers kept fixed.
+    "num_classes": None,
+    "freeze": None,
     "augment": False,
     "checkpoint_every": None,
     "checkpoint_minutes": None,
@@ -103,6 +106,8 @@ RUN_FIELDS = {
     "data_dir": lambda v: v is None or isinstance(v, str),
     "tensorboard": lambda v: isinstance(v, bool),
     "init": lambda v: v is None or isinstance(v, str),
+    "num_classes": lambda v: v is None or (_count(v, 1) and v <= 1_000_000),
+    "freeze": lambda v: v is None or (isinstance(v, str) and 0 < len(v) <= 64),
     "world_size": lambda v: _count(v, 1),
     "checkpoint_every": lambda v: v is None or _count(v, 1),
     "checkpoint_minutes": lambda v: v is None or (_number(v) and v > 0),

@@ -173,9 +173,10 @@ class TensorBoardLogger:
         for tag, value in scalars.items():
             if value is not None:
                 w.scalar(tag, float(value), step)
+        trainable = {key for key, _, _ in self.model.named_trainable_parameters()}
         for key, layer, name in self.model.named_leaf_parameters():
             w.histogram(f"weights/{key}", layer.params[name], step)
-            if name in layer.grads:
+            if key in trainable and name in layer.grads:  # frozen layers compute none
                 w.histogram(f"grads/{key}", layer.grads[name], step)
         if self._first_conv is not None:
             prefix, conv = self._first_conv

@@ -59,6 +59,8 @@ class Sequential:
             self.add(layer)  # type: ignore[arg-type]
         self.input_shape = tuple(int(d) for d in input_shape) if input_shape else None
         self.training = True
+        #: how many leading layers are frozen (``freeze``): 0 = every layer trains
+        self.frozen = 0
         self._ran: Any = None  # the engine's plan the last forward ran, for backward
 
     def add(self, layer: Layer) -> Sequential:
@@ -86,13 +88,17 @@ class Sequential:
     def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         """Backpropagate dL/d(output); returns dL/dx, or None when ``input_grad`` is False."""
         plan = getattr(self, "_ran", None)
+        # Frozen layers (``freeze``) need no gradient: training (input_grad=False) stops at
+        # the first layer that learns, which skips its own dL/dx too.
+        start = 0 if input_grad else min(self.frozen, len(self.layers))
         if plan is not None:  # the plan the last forward ran
-            return plan.backward(dy, input_grad)
-        for layer in reversed(self.layers[1:]):
+            return plan.backward(dy, input_grad, start)
+        layers = self.layers[start:]
+        for layer in reversed(layers[1:]):
             dy = layer.backward(dy)
-        if not self.layers:
-            return dy
-        first = self.layers[0]
+        if not layers:
+            return None if start else dy
+        first = layers[0]
         if not input_grad and accepts_input_grad(first):
             first.backward(dy, input_grad=False)  # nobody needs dL/dx of the input
             return None
@@ -137,9 +143,12 @@ class Sequential:
         return softmax(z, axis=1)
 
     def train(self, mode: bool = True) -> Sequential:
+        """Training mode (BatchNorm uses and updates batch statistics, Dropout drops) or,
+        with ``mode=False``, eval mode. Frozen layers (``freeze``) always run as in eval mode:
+        BatchNorm keeps its running statistics, Dropout passes everything."""
         self.training = bool(mode)
-        for layer in self.layers:
-            layer.train(mode)
+        for i, layer in enumerate(self.layers):
+            layer.train(bool(mode) and i >= self.frozen)
         return self
 
     def eval(self) -> Sequential:
@@ -168,6 +177,12 @@ class Sequential:
         return Parameters(
             (layer.params[name] for _, layer, name in self.named_leaf_parameters()), self
         )
+
+    def named_trainable_parameters(self) -> Iterator[tuple[str, Layer, str]]:
+        """As ``named_leaf_parameters``, without the frozen layers' (``freeze``): what an
+        optimiser updates and what a backward in training fills."""
+        live = ((str(i), la) for i, la in enumerate(self.layers) if i >= self.frozen)
+        return leaf_parameters(leaves(live))
 
     def gradients(self) -> list[np.ndarray]:
         """dL/dparam of the last backward, in the order of ``parameters()``."""
@@ -240,22 +255,145 @@ class Sequential:
         for store, name, value in staged:  # nothing is written until everything passed
             store[name][...] = value
 
+    # --- transfer learning --------------------------------------------------------------
+    def freeze(self, until: int | str) -> Sequential:
+        """Keep layers ``0 .. until`` (inclusive; an index as ``info`` and ``summary`` number
+        the top-level layers, negative from the end) fixed while the rest trains; returns
+        self. Frozen layers run as in eval mode (BatchNorm keeps its running statistics,
+        Dropout is off), optimisers leave their parameters untouched (bit for bit), and a
+        training backward stops at the first layer that learns, so no gradient is computed
+        below it. ``unfreeze()`` undoes it; ``frozen`` holds the count."""
+        index = self.layer_index(until, "freeze")
+        if index == len(self.layers) - 1 or not any(
+            la.num_params() for la in self.layers[index + 1 :]
+        ):
+            raise ConfigError(
+                f"freeze: until={until!r} leaves no parameter to train (the last layer with "
+                f"parameters is {self._last_with_params()}); freeze fewer layers"
+            )
+        self.frozen = index + 1
+        self._ran = None
+        return self.train(self.training)
+
+    def unfreeze(self) -> Sequential:
+        """Let every layer train again (undoes ``freeze``); returns self."""
+        self.frozen = 0
+        self._ran = None
+        return self.train(self.training)
+
+    def layer_index(self, which: int | str, who: str = "layer") -> int:
+        """The index of a top-level layer given as an int (negative from the end) or as its
+        key in ``info``/``summary`` ("7", "-2")."""
+        n = len(self.layers)
+        index: Any = which
+        if isinstance(which, str) and which.strip().lstrip("-").isdigit():
+            index = int(which.strip())
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            hint = ""
+            if isinstance(which, str) and "." in which:
+                hint = (
+                    f"; {which!r} is inside block {which.split('.')[0]}: layers are frozen "
+                    "whole, by their top-level number"
+                )
+            raise ConfigError(
+                f"{who}: expected a layer number from 0 to {n - 1} (or negative from the end), "
+                f"got {which!r}{hint}"
+            )
+        if not -n <= int(index) < n:
+            raise ConfigError(f"{who}: layer {index} does not exist (the model has {n} layers)")
+        return int(index) % n
+
+    def _last_with_params(self) -> str:
+        found = [i for i, la in enumerate(self.layers) if la.num_params()]
+        return str(found[-1]) if found else "none: the model has no parameters"
+
+    def head_index(self) -> int:
+        """The index of the classifier head: the last top-level layer with parameters, when
+        it is a Dense or a 1x1 Conv2D (torchvision's SqueezeNet ends in one)."""
+        from .conv import Conv2D
+        from .dense import Dense
+
+        found = [i for i, la in enumerate(self.layers) if la.num_params()]
+        if found:
+            layer = self.layers[found[-1]]
+            if isinstance(layer, Dense) or (
+                isinstance(layer, Conv2D) and layer.kernel_size == (1, 1) and layer.groups == 1
+            ):
+                return found[-1]
+            what = f"layer {found[-1]} is {type(layer).__name__}"
+        else:
+            what = "the model has no parameters"
+        raise ConfigError(
+            f"replace_head: the model's last layer with parameters must be a Dense or a 1x1 "
+            f"Conv2D (the classifier head), but {what}"
+        )
+
+    def replace_head(
+        self, num_classes: int, rng: np.random.Generator | int | None = None
+    ) -> Sequential:
+        """Put a fresh classifier head with ``num_classes`` outputs in place of the last
+        Dense (or 1x1 Conv2D) layer: same inputs, same bias setting, the layer's default
+        initialisation (from ``rng``, or numpy's global generator as every new layer), the
+        model's dtype. The head is never frozen. Returns self. This is how a pretrained
+        model is fitted to new classes: ``model.replace_head(5).freeze(until=-3)``."""
+        from .conv import Conv2D
+        from .dense import Dense
+
+        if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
+            raise ConfigError(f"replace_head: num_classes must be an int, got {num_classes!r}")
+        if not 1 <= int(num_classes) <= 1_000_000:
+            raise ConfigError(f"replace_head: num_classes must be 1 to 1000000, got {num_classes}")
+        i = self.head_index()
+        old = self.layers[i]
+        bias = "bias" in old.params
+        if isinstance(old, Dense):
+            new: Layer = Dense(old.in_features, int(num_classes), bias=bias, rng=rng)
+        else:
+            new = Conv2D(
+                old.in_channels,
+                int(num_classes),
+                1,
+                stride=old.stride,
+                padding=old.padding,
+                bias=bias,
+                rng=rng,
+                dilation=old.dilation,
+            )
+        new.astype(self.dtype)
+        self.layers[i] = new
+        if self.frozen > i:
+            self.frozen = i
+        self._ran = None
+        self.train(self.training)
+        if self.input_shape is not None:
+            self.output_shapes()  # one clear error if a later layer needed the old count
+        return self
+
     # --- description ------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         """The architecture as plain JSON data; ``Sequential.from_config`` rebuilds it."""
-        return {
+        config: dict[str, Any] = {
             "layers": [layer_spec(la) for la in self.layers],
             "input_shape": list(self.input_shape) if self.input_shape else None,
         }
+        if self.frozen:  # only when set, so other models' configs read as before
+            config["frozen"] = self.frozen
+        return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Sequential:
         if not isinstance(config, dict) or not isinstance(config.get("layers"), list):
             raise ConfigError("a model config must be a dict with a 'layers' list")
-        return cls(
+        model = cls(
             [layer_from_config(spec) for spec in config["layers"]],
             input_shape=config.get("input_shape"),
         )
+        frozen = config.get("frozen", 0)
+        if isinstance(frozen, bool) or not isinstance(frozen, int):
+            raise ConfigError(f"a model config's 'frozen' must be an int, got {frozen!r}")
+        if frozen:
+            model.freeze(frozen - 1)
+        return model
 
     def output_shapes(self, input_shape: tuple[int, ...] | None = None) -> list[tuple[int, ...]]:
         """Output shape after each layer for a batch of one of ``input_shape`` (C, H, W)."""
@@ -280,17 +418,27 @@ class Sequential:
         rows = [("#", "layer", "output shape", "params")]
         shape = (1, *tuple(shape_in))
         for i, layer in enumerate(self.layers):
+            first = len(rows)
             shape = _summary_rows(layer, str(i), shape, 0, rows)
+            if i < self.frozen:  # mark the layer (and what it holds) as frozen
+                rows[first:] = [(*r, "frozen") for r in rows[first:]]
         widths = [max(len(r[c]) for r in rows) for c in range(4)]
-        line = "-" * (sum(widths) + 6)
+        line = "-" * (sum(widths) + 6 + (8 if self.frozen else 0))
 
         def fmt(r: tuple[str, ...]) -> str:
             w = widths
-            return f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:>{w[3]}}"
+            text = f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:<{w[2]}}  {r[3]:>{w[3]}}"
+            return text + (f"  {r[4]}" if len(r) > 4 else "")
 
         text = [fmt(rows[0]), line, *(fmt(r) for r in rows[1:]), line]
         text.append(f"input (N, {', '.join(str(d) for d in shape_in)}), dtype {self.dtype.name}")
         text.append(f"total parameters: {self.num_params():,}")
+        if self.frozen:
+            fixed = sum(la.num_params() for la in self.layers[: self.frozen])
+            text.append(
+                f"frozen: layers 0-{self.frozen - 1} ({fixed:,} parameters kept fixed, "
+                f"{self.num_params() - fixed:,} trained)"
+            )
         return "\n".join(text)
 
     # --- container protocol -----------------------------------------------------------
