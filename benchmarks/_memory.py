@@ -53,9 +53,9 @@ def memory_child(net: str, framework: str, size: int, steps: int) -> dict:
         threads = THREADS if framework == "scratchcnn-split" else 1
         step = ours_step(ours, "train", x, y, threads=threads)
     step()
-    base = _rss_kib("VmRSS:") + _children_kib("VmRSS:")
     with open("/proc/self/clear_refs", "w") as fh:  # reset the peak (VmHWM) to now
         fh.write("5")
+    base = _rss_kib("VmRSS:") + _children_kib("VmRSS:")
     for _ in range(steps):
         step()
     peak = _rss_kib("VmHWM:") + _children_kib("VmHWM:")
@@ -64,7 +64,9 @@ def memory_child(net: str, framework: str, size: int, steps: int) -> dict:
         "framework": framework,
         "batch": size,
         "peak_rss_mib": peak / 1024,
-        "working_mib": (peak - base) / 1024,
+        # Pages freed between the two readings can put the peak a few KiB under the base:
+        # no step used less than nothing.
+        "working_mib": max(peak - base, 0) / 1024,
     }
 
 

@@ -2,7 +2,7 @@
 export.
 
     python benchmarks/torchvision_import.py [--models resnet18 ...] [--exporters ts dynamo]
-        [--opsets 17 18] [--no-grads] [--timing] [--rounds 5] [--seconds 0.5]
+        [--opsets 17 18] [--no-grads] [--timing [--ab]] [--rounds 5] [--seconds 0.5]
         [--threads 1] [--json FILE] [--keep DIR]
 
 Each model is built by torchvision with random weights (``weights=None``; nothing is
@@ -103,8 +103,19 @@ def quiet_export(net: torch.nn.Module, x: torch.Tensor, path: Path, exporter: st
         logging.disable(logging.NOTSET)
 
 
+def rows_only(model: sc.Sequential, x: np.ndarray) -> object:
+    """``model.forward(x)`` with the engine's inference shortcut off (``--ab``)."""
+    from scratchcnn.engine import conv
+
+    conv.INFERENCE_BY_LAYER = False
+    try:
+        return model.forward(x)
+    finally:
+        conv.INFERENCE_BY_LAYER = True
+
+
 def timing(model: sc.Sequential, net: torch.nn.Module, path: Path, size: int,
-           rounds: int, seconds: float) -> dict[str, Any]:  # fmt: skip
+           rounds: int, seconds: float, ab: bool = False) -> dict[str, Any]:  # fmt: skip
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -126,6 +137,8 @@ def timing(model: sc.Sequential, net: torch.nn.Module, path: Path, size: int,
             "torch": torch_step,
             "onnxruntime": lambda x=x: sess.run(None, {"input": x}),
         }
+        if ab:  # the same model with every convolution in the row layout (before issue 27)
+            steps["scratchcnn-rows"] = lambda x=x: rows_only(model, x)
         result = compare(steps, batch, rounds, seconds)
         out[f"batch{batch}"] = {name: round(result.median_rate(name), 2) for name in steps} | {
             "dropped": result.dropped,
@@ -169,7 +182,7 @@ def run_one(name: str, exporter: str, opset: int, folder: Path, args: argparse.N
             row["grad_err"] = None
             row["grad_note"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
     if args.timing:
-        row["timing"] = timing(model, net, path, size, args.rounds, args.seconds)
+        row["timing"] = timing(model, net, path, size, args.rounds, args.seconds, args.ab)
     return row
 
 
@@ -186,8 +199,13 @@ def fmt(row: dict[str, Any]) -> str:
             text += f"  grad64 {g:.1e} at {row['grad_worst']} (matched {row['matched']})"
     if "timing" in row:
         for b, t in row["timing"].items():
-            text += f"  {b}: ours {t['scratchcnn']:.1f} torch {t['torch']:.1f} "
+            ours = t["scratchcnn"]
+            text += f"  {b}: ours {ours:.1f} torch {t['torch']:.1f} "
             text += f"ort {t['onnxruntime']:.1f} img/s"
+            text += f" (x{ours / t['torch']:.2f} torch, x{ours / t['onnxruntime']:.2f} ort"
+            if "scratchcnn-rows" in t:
+                text += f", x{ours / t['scratchcnn-rows']:.2f} rows-only"
+            text += f"; {t['dropped']} rounds dropped)"
     return text
 
 
@@ -198,6 +216,9 @@ def main() -> None:
     parser.add_argument("--opsets", nargs="+", type=int, default=[17, 18])
     parser.add_argument("--no-grads", dest="grads", action="store_false")
     parser.add_argument("--timing", action="store_true")
+    parser.add_argument(
+        "--ab", action="store_true", help="with --timing: also time the row layout only"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=0.5)
     parser.add_argument("--threads", type=int, default=1)

@@ -50,6 +50,21 @@ from .layout import fold, row_blocks, sliding_windows
 from .route import Route
 
 
+#: Inference (eval mode) runs the layer's own im2col and one GEMM, not the row layout, when
+#: the batch is one image (the row layout puts the batch innermost: with N = 1 its copies and
+#: kernels run over stretches of one) or when a convolution has fewer output positions
+#: (OH*OW*N) than this many times its output channels: its weight is then larger than its
+#: im2col matrix, and reordering the weight to the row order every call (what the row
+#: layout needs) costs more than the im2col copy. Measured on torchvision's resnet18 at
+#: 3x64x64: 1.7x at batch 1, 1.07x at batch 16 (BENCHMARKS.md, issue 27). Training keeps
+#: the row layout throughout.
+BY_LAYER_MAX_COLUMNS_PER_OUTPUT = 2
+
+#: False runs every inference call in the row layout (benchmarks/torchvision_import.py
+#: --ab measures both ways in one process).
+INFERENCE_BY_LAYER = True
+
+
 class Conv2DRoute(Route):
     """Runs one Conv2D in the (H, C, W, N) layout (see the module docstring)."""
 
@@ -59,6 +74,7 @@ class Conv2DRoute(Route):
         super().__init__(layer)
         self._r: np.ndarray | None = None  # window buffer, reused from step to step
         self._last_hw: tuple[tuple[int, ...], tuple[int, int]] | None = None
+        self._layer_ran = False  # the last forward was the layer's own (``_by_layer``)
 
     @property
     def _plain(self) -> bool:
@@ -70,9 +86,25 @@ class Conv2DRoute(Route):
         """The weight as the (O, KH*C*KW) matrix matching the row-block order (u, c, v)."""
         return reorder_weight(self.layer.params["weight"], "rows")
 
+    def _by_layer(self, x: np.ndarray, who: str) -> bool:
+        """Whether this inference call is better run by the layer's own im2col (see
+        ``BY_LAYER_MAX_COLUMNS_PER_OUTPUT``)."""
+        la = self.layer
+        if la.training or x.ndim != 4 or not INFERENCE_BY_LAYER:
+            return False
+        if x.shape[0] == 1:
+            return True
+        if not self._plain:
+            return False
+        oh, ow = self._out_hw(x.shape[2:], who)
+        return oh * ow * x.shape[0] < BY_LAYER_MAX_COLUMNS_PER_OUTPUT * la.out_channels
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         la = self.layer
         who = f"Conv2D({la.in_channels}, {la.out_channels})"
+        self._layer_ran = self._by_layer(x, who)
+        if self._layer_ran:  # the reference, which also keeps its own cache for backward
+            return la.forward(x)
         x = check_input(x, who, 4, "(N, C, H, W)", la.dtype, la.in_channels)
         if not self._plain:
             return self._forward_grouped(x, who)
@@ -92,6 +124,8 @@ class Conv2DRoute(Route):
         return y.reshape(oh, o, ow, n).transpose(3, 1, 0, 2)
 
     def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        if self._layer_ran:
+            return self.layer.backward(dy, input_grad)
         if not self._plain:
             return self._backward_grouped(dy, input_grad)
         la = self.layer

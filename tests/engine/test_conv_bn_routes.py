@@ -202,3 +202,35 @@ def test_grouped_path_equals_the_plain_path(s, p, rng, monkeypatch):
     np.testing.assert_allclose(route.backward(dy), dx, rtol=1e-13, atol=1e-14)
     for k, v in grads.items():
         np.testing.assert_allclose(conv.grads[k], v, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize(
+    "n,o,hw,groups,expected",
+    [
+        (1, 4, 9, 1, True),  # one image: the layer's own im2col
+        (1, 4, 9, 4, True),  # depthwise too
+        (2, 64, 3, 1, True),  # 2*3*3 = 18 output positions < 2 * 64 channels
+        (2, 4, 9, 1, False),  # 162 positions: the row layout
+        (2, 64, 3, 4, False),  # grouped, N > 1: the route's grouped path
+    ],
+)
+def test_inference_takes_the_layer_where_its_im2col_is_cheaper(n, o, hw, groups, expected, rng):
+    """In eval mode at batch 1, or with fewer output positions than 2x the channels, the
+    route runs the reference layer (and its backward, for saliency); training never does."""
+    conv = sc.Conv2D(4, o, 3, padding=1, groups=groups, dtype=np.float64, rng=rng)
+    ref = sc.Conv2D(4, o, 3, padding=1, groups=groups, dtype=np.float64)
+    ref.params = {k: v.copy() for k, v in conv.params.items()}
+    route = Conv2DRoute(conv)
+    x = rng.standard_normal((n, 4, hw, hw))
+    calls = []
+    conv.forward = lambda x, f=conv.forward: calls.append(1) or f(x)
+    for training in (False, True):
+        conv.train(training)
+        calls.clear()
+        y = route.forward(x)
+        assert bool(calls) == (expected and not training)
+        dy = rng.standard_normal(y.shape)
+        np.testing.assert_allclose(y, ref.forward(x), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(route.backward(dy), ref.backward(dy), rtol=1e-12, atol=1e-12)
+        for k in ref.grads:
+            np.testing.assert_allclose(conv.grads[k], ref.grads[k], rtol=1e-12, atol=1e-12)
