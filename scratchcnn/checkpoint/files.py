@@ -4,6 +4,8 @@
   it is opened with ``O_NONBLOCK`` (so a FIFO cannot block) and checked with ``fstat`` on
   the open descriptor (so ``/dev/zero``, a directory, a socket or a FIFO is refused without
   reading a byte, and a file swapped after a check cannot slip through).
+  :func:`open_regular_file` is the same guarded open, returning the open file for readers
+  that read only part of it (Pillow reads an image's header first).
 * :func:`atomic_write_bytes` writes every file scratchcnn produces: to a temporary file
   ``.NAME.PID.XXXXXXXX.tmp`` in the same folder, flushed and fsynced, then renamed over the
   target with ``os.replace`` and the folder fsynced, so the file on disk is always the
@@ -49,18 +51,12 @@ def _refuse_special(path: Path, mode: int, kind: str, error: type[Exception]) ->
         raise error(f"{path}: is not a regular file")
 
 
-def read_regular_file(
-    path: Path,
-    max_bytes: int,
-    kind: str = "checkpoint file",
-    error: type[Exception] = CheckpointError,
-    limit_hint: str = "",
-) -> bytes:
-    """The bytes of ``path`` if it is a regular file of at most ``max_bytes`` bytes; else one
-    line (an ``error``, naming the file as a ``kind``). Opened with ``O_NONBLOCK`` (a FIFO
-    cannot block) and checked with ``fstat`` on the open descriptor (``/dev/zero``, a
-    directory, a socket or a FIFO is refused without reading a byte, and a file swapped
-    after a check cannot slip through); a file that grows while it is read is refused."""
+def _open_checked(
+    path: Path, max_bytes: int, kind: str, error: type[Exception], limit_hint: str
+) -> tuple[int, int]:
+    """(descriptor, size) of ``path`` opened read-only and non-blocking, after ``fstat`` on
+    the open descriptor showed a regular file of at most ``max_bytes`` bytes; else one
+    ``error`` line (nothing is read, the descriptor is closed)."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     try:
         fd = os.open(path, flags)
@@ -82,7 +78,44 @@ def read_regular_file(
                 f"{path}: is {st.st_size:,} bytes, more than the {max_bytes:,}-byte limit for "
                 f"a {kind}{limit_hint}"
             )
-        chunks, left = [], st.st_size
+    except BaseException as exc:
+        os.close(fd)
+        if isinstance(exc, OSError) and not isinstance(exc, ScratchCNNError):
+            raise error(f"{path}: cannot read it ({os_reason(exc)})") from exc
+        raise
+    return fd, st.st_size
+
+
+def open_regular_file(
+    path: str | os.PathLike,
+    max_bytes: int,
+    kind: str = "checkpoint file",
+    error: type[Exception] = CheckpointError,
+    limit_hint: str = "",
+) -> IO[bytes]:
+    """``path`` opened for reading (a binary file object, to close) if it is a regular file
+    of at most ``max_bytes`` bytes: the same guarded open as :func:`read_regular_file`
+    (``O_NONBLOCK``, ``fstat`` on the open descriptor), for readers that take a file object
+    and read only what they need (an image's header, then its pixels)."""
+    fd, _ = _open_checked(Path(path), max_bytes, kind, error, limit_hint)
+    return os.fdopen(fd, "rb")
+
+
+def read_regular_file(
+    path: Path,
+    max_bytes: int,
+    kind: str = "checkpoint file",
+    error: type[Exception] = CheckpointError,
+    limit_hint: str = "",
+) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``max_bytes`` bytes; else one
+    line (an ``error``, naming the file as a ``kind``). Opened with ``O_NONBLOCK`` (a FIFO
+    cannot block) and checked with ``fstat`` on the open descriptor (``/dev/zero``, a
+    directory, a socket or a FIFO is refused without reading a byte, and a file swapped
+    after a check cannot slip through); a file that grows while it is read is refused."""
+    fd, size = _open_checked(path, max_bytes, kind, error, limit_hint)
+    try:
+        chunks, left = [], size
         while left > 0:
             chunk = os.read(fd, min(left, 1 << 24))
             if not chunk:  # the file shrank while it was read
