@@ -41,12 +41,17 @@ _KINDS = (
 )
 
 
+def _a(kind: str) -> str:
+    """``kind`` with its indefinite article: "a checkpoint file", "an ONNX file"."""
+    return f"{'an' if kind[:1].lower() in 'aeio' else 'a'} {kind}"
+
+
 def _refuse_special(path: Path, mode: int, kind: str, error: type[Exception]) -> None:
     """One line naming what ``path`` is, for anything but a regular file."""
     for test, what in _KINDS:
         if test(mode):
-            expected = kind if what == "a directory" else f"regular {kind}"
-            raise error(f"{path}: is {what}, not a {expected}")
+            expected = _a(kind) if what == "a directory" else f"a regular {kind}"
+            raise error(f"{path}: is {what}, not {expected}")
     if not stat.S_ISREG(mode):
         raise error(f"{path}: is not a regular file")
 
@@ -63,7 +68,7 @@ def _open_checked(
     except FileNotFoundError as exc:
         raise error(f"{path}: no such {kind}") from exc
     except IsADirectoryError as exc:  # Windows cannot open a folder
-        raise error(f"{path}: is a directory, not a {kind}") from exc
+        raise error(f"{path}: is a directory, not {_a(kind)}") from exc
     except OSError as exc:
         try:  # a socket cannot even be opened: say what it is
             _refuse_special(path, os.stat(path).st_mode, kind, error)
@@ -76,7 +81,7 @@ def _open_checked(
         if st.st_size > max_bytes:
             raise error(
                 f"{path}: is {st.st_size:,} bytes, more than the {max_bytes:,}-byte limit for "
-                f"a {kind}{limit_hint}"
+                f"{_a(kind)}{limit_hint}"
             )
     except BaseException as exc:
         os.close(fd)

@@ -66,7 +66,7 @@ def test_file_larger_than_the_limit(monkeypatch, lenet_bytes, tmp_path):
     path = tmp_path / "big.onnx"
     path.write_bytes(lenet_bytes)
     monkeypatch.setattr(LOADER, "MAX_FILE_BYTES", 1000)
-    _one_line(path, "larger than")
+    _one_line(path, "more than the 1,000-byte limit for an ONNX file")
 
 
 def _huge_initializer() -> onnx.TensorProto:
