@@ -262,7 +262,7 @@ def model_from_proto(onnx: Any, proto: Any, folder: Path | None = None) -> tuple
     layers, out_shape = Walker(onnx, graph).run()
     check_declared(graph.output_dims, out_shape, f"graph output {graph.output_name!r}")
     model = Sequential(layers, input_shape=tuple(graph.input_shape[1:]))
-    _check_representable(model)
+    _check_representable(model, graph.dtype)
     model.eval()
     return model, graph
 
@@ -276,18 +276,18 @@ def _numbers(value: Any) -> list[float]:
     return []
 
 
-def _check_representable(model: Sequential) -> None:
+def _check_representable(model: Sequential, dtype: np.dtype) -> None:
     """Every number a layer computes with must be a finite value of the model's type: two
     ``Mul`` by 1e30 merge into one Rescale(1e60), which a float32 model holds as inf (every
     output inf or NaN). Refused in one line naming the layer, never written to a file."""
-    top = min(float(np.finfo(model.dtype).max), MAX_FLOAT)
+    top = min(float(np.finfo(dtype).max), MAX_FLOAT)
     for prefix, layer in model.named_layers():
         for key, value in layer.config().items():
             for v in _numbers(value):
                 if not (math.isfinite(v) and abs(v) <= top):
                     raise OnnxError(
                         f"layer {prefix} ({type(layer).__name__}) would have {key}={v:.3g}, "
-                        f"beyond the range of the model's {model.dtype.name} (at most "
+                        f"beyond the range of the model's {dtype.name} (at most "
                         f"{top:.3g}); the constants it was folded from multiply to that"
                     )
         for name, arr in {**layer.params, **layer.buffers}.items():

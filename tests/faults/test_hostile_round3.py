@@ -592,3 +592,49 @@ def test_crafted_onnx_graphs_import_or_refuse_in_one_line(tmp_path):
     for stem in imported:  # what we write, we can read
         sc.load_checkpoint(out / f"{stem}.npz")
     assert sc.load_checkpoint(out / "classes-fine.npz").extra["classes"] == ["cat", "dog"]
+
+
+class _Deadline:
+    """Fail (instead of hanging the suite) if the block takes more than ``seconds``."""
+
+    def __init__(self, seconds: int) -> None:
+        self.seconds = seconds
+
+    def __enter__(self) -> None:
+        def stop(signum: int, frame: object) -> None:
+            raise AssertionError(f"blocked for {self.seconds} s")
+
+        self.previous = signal.signal(signal.SIGALRM, stop)
+        signal.alarm(self.seconds)
+
+    def __exit__(self, *exc: object) -> None:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, self.previous)
+
+
+def test_safetensors_from_a_fifo_or_a_device_is_refused_unread(tmp_path):
+    fifo = tmp_path / "w.safetensors"
+    os.mkfifo(fifo)
+    link = tmp_path / "z.safetensors"
+    link.symlink_to("/dev/zero")
+    for path, what in ((fifo, "FIFO"), (link, "character device"), (tmp_path, "directory")):
+        with _Deadline(20), pytest.raises(CheckpointError, match=what):
+            load_weights(shapes_net(seed=0), path)
+
+
+def test_images_are_opened_through_the_guarded_open(tmp_path, monkeypatch):
+    """A picture swapped for a FIFO or /dev/zero after the path was checked (simulated by
+    skipping that check) is still refused on the open descriptor, never read or waited on."""
+    from scratchcnn.data import images
+    from scratchcnn.errors import DataError
+
+    fifo = tmp_path / "x.png"
+    os.mkfifo(fifo)
+    link = tmp_path / "z.png"
+    link.symlink_to("/dev/zero")
+    monkeypatch.setattr(images, "open_image_file", lambda path: Path(path))
+    for path, what in ((fifo, "FIFO"), (link, "character device")):
+        with _Deadline(20), pytest.raises(DataError, match=what):
+            images.load_image(path, (1, 28, 28))
+        with _Deadline(20), pytest.raises(DataError, match=what):
+            images.probe_image(path)
