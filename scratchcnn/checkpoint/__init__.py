@@ -18,6 +18,7 @@ from ..nn import dispatch as _dispatch
 from .files import (
     atomic_write_bytes,
     check_output_path,
+    open_regular_file,
     read_regular_file,
     remove_stale_temp_files,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "load",
     "load_checkpoint",
     "load_weights",
+    "open_regular_file",
     "read_regular_file",
     "read_safetensors",
     "remove_stale_temp_files",

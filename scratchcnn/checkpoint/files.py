@@ -4,6 +4,8 @@
   it is opened with ``O_NONBLOCK`` (so a FIFO cannot block) and checked with ``fstat`` on
   the open descriptor (so ``/dev/zero``, a directory, a socket or a FIFO is refused without
   reading a byte, and a file swapped after a check cannot slip through).
+  :func:`open_regular_file` is the same guarded open, returning the open file for readers
+  that read only part of it (Pillow reads an image's header first).
 * :func:`atomic_write_bytes` writes every file scratchcnn produces: to a temporary file
   ``.NAME.PID.XXXXXXXX.tmp`` in the same folder, flushed and fsynced, then renamed over the
   target with ``os.replace`` and the folder fsynced, so the file on disk is always the
@@ -39,14 +41,69 @@ _KINDS = (
 )
 
 
+def _a(kind: str) -> str:
+    """``kind`` with its indefinite article: "a checkpoint file", "an ONNX file"."""
+    return f"{'an' if kind[:1].lower() in 'aeio' else 'a'} {kind}"
+
+
 def _refuse_special(path: Path, mode: int, kind: str, error: type[Exception]) -> None:
     """One line naming what ``path`` is, for anything but a regular file."""
     for test, what in _KINDS:
         if test(mode):
-            expected = kind if what == "a directory" else f"regular {kind}"
-            raise error(f"{path}: is {what}, not a {expected}")
+            expected = _a(kind) if what == "a directory" else f"a regular {kind}"
+            raise error(f"{path}: is {what}, not {expected}")
     if not stat.S_ISREG(mode):
         raise error(f"{path}: is not a regular file")
+
+
+def _open_checked(
+    path: Path, max_bytes: int, kind: str, error: type[Exception], limit_hint: str
+) -> tuple[int, int]:
+    """(descriptor, size) of ``path`` opened read-only and non-blocking, after ``fstat`` on
+    the open descriptor showed a regular file of at most ``max_bytes`` bytes; else one
+    ``error`` line (nothing is read, the descriptor is closed)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError as exc:
+        raise error(f"{path}: no such {kind}") from exc
+    except IsADirectoryError as exc:  # Windows cannot open a folder
+        raise error(f"{path}: is a directory, not {_a(kind)}") from exc
+    except OSError as exc:
+        try:  # a socket cannot even be opened: say what it is
+            _refuse_special(path, os.stat(path).st_mode, kind, error)
+        except OSError:
+            pass
+        raise error(f"{path}: cannot read it ({os_reason(exc)})") from exc
+    try:
+        st = os.fstat(fd)
+        _refuse_special(path, st.st_mode, kind, error)
+        if st.st_size > max_bytes:
+            raise error(
+                f"{path}: is {st.st_size:,} bytes, more than the {max_bytes:,}-byte limit for "
+                f"{_a(kind)}{limit_hint}"
+            )
+    except BaseException as exc:
+        os.close(fd)
+        if isinstance(exc, OSError) and not isinstance(exc, ScratchCNNError):
+            raise error(f"{path}: cannot read it ({os_reason(exc)})") from exc
+        raise
+    return fd, st.st_size
+
+
+def open_regular_file(
+    path: str | os.PathLike,
+    max_bytes: int,
+    kind: str = "checkpoint file",
+    error: type[Exception] = CheckpointError,
+    limit_hint: str = "",
+) -> IO[bytes]:
+    """``path`` opened for reading (a binary file object, to close) if it is a regular file
+    of at most ``max_bytes`` bytes: the same guarded open as :func:`read_regular_file`
+    (``O_NONBLOCK``, ``fstat`` on the open descriptor), for readers that take a file object
+    and read only what they need (an image's header, then its pixels)."""
+    fd, _ = _open_checked(Path(path), max_bytes, kind, error, limit_hint)
+    return os.fdopen(fd, "rb")
 
 
 def read_regular_file(
@@ -61,28 +118,9 @@ def read_regular_file(
     cannot block) and checked with ``fstat`` on the open descriptor (``/dev/zero``, a
     directory, a socket or a FIFO is refused without reading a byte, and a file swapped
     after a check cannot slip through); a file that grows while it is read is refused."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd, size = _open_checked(path, max_bytes, kind, error, limit_hint)
     try:
-        fd = os.open(path, flags)
-    except FileNotFoundError as exc:
-        raise error(f"{path}: no such {kind}") from exc
-    except IsADirectoryError as exc:  # Windows cannot open a folder
-        raise error(f"{path}: is a directory, not a {kind}") from exc
-    except OSError as exc:
-        try:  # a socket cannot even be opened: say what it is
-            _refuse_special(path, os.stat(path).st_mode, kind, error)
-        except OSError:
-            pass
-        raise error(f"{path}: cannot read it ({os_reason(exc)})") from exc
-    try:
-        st = os.fstat(fd)
-        _refuse_special(path, st.st_mode, kind, error)
-        if st.st_size > max_bytes:
-            raise error(
-                f"{path}: is {st.st_size:,} bytes, more than the {max_bytes:,}-byte limit for "
-                f"a {kind}{limit_hint}"
-            )
-        chunks, left = [], st.st_size
+        chunks, left = [], size
         while left > 0:
             chunk = os.read(fd, min(left, 1 << 24))
             if not chunk:  # the file shrank while it was read

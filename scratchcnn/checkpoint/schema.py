@@ -18,8 +18,9 @@ and raises :class:`SchemaError` with one line naming the first bad field. The ru
 * ``scheduler``: epoch, base_lr and the schedule's own settings (``T_max``, ``step_size``,
   ``gamma``, ``eta_min``).
 * ``extra``: ``history`` entries hold finite, bounded numbers (accuracy in [0, 1]),
-  ``classes`` are short strings, ``run`` maps names to plain values; anything else is
-  bounded JSON (finite numbers, 64-bit integers).
+  ``classes`` are at most :data:`MAX_CLASSES` strings of at most :data:`MAX_CLASS_NAME`
+  characters (:func:`check_class_names`), ``run`` maps names to plain values; anything else
+  is bounded JSON (finite numbers, 64-bit integers).
 
 A field added to the format needs a line in :data:`META_FIELDS`; unknown fields are refused.
 """
@@ -46,6 +47,11 @@ MAX_FEATURES = 2**24
 MAX_WINDOW = 4096
 #: Bound on every float in the metadata (finite and far from overflow when printed or scaled).
 MAX_FLOAT = 1e300
+#: Most class names ``extra.classes`` may hold (one per output of the model at most).
+MAX_CLASSES = MAX_FEATURES
+#: Longest class name (characters) ``extra.classes`` may hold; ``scratchcnn import
+#: --classes`` and the names an ONNX file carries are held to it before anything is written.
+MAX_CLASS_NAME = 256
 _INT64 = 2**63
 _U32, _U64, _U128 = 2**32, 2**64, 2**128
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -244,7 +250,10 @@ class _Walk:
 
     def spec(self, where: str, spec: Any, depth: int) -> None:
         if depth > MAX_DEPTH:
-            raise SchemaError(f"{where}: layers are nested more than {MAX_DEPTH} levels deep")
+            top = where.split(".config", 1)[0]  # the full path would be MAX_DEPTH fields long
+            raise SchemaError(
+                f"{top}: layers are nested more than {MAX_DEPTH} levels deep (blocks in blocks)"
+            )
         self.layers += 1
         if self.layers > MAX_LAYERS:
             raise SchemaError(f"the model has more than {MAX_LAYERS} layers")
@@ -450,6 +459,24 @@ def _plain(v: Any) -> bool:
     return v is None or isinstance(v, (bool, str)) or is_int(v) or is_number(v)
 
 
+def check_class_names(where: str, value: Any) -> None:
+    """A list of at most :data:`MAX_CLASSES` class names, each a string of at most
+    :data:`MAX_CLASS_NAME` characters; else one SchemaError line naming the first bad one."""
+    if not isinstance(value, list):
+        raise _fail(where, "a list of class names (strings)", value)
+    if len(value) > MAX_CLASSES:
+        raise SchemaError(f"{where} holds {len(value):,} names, more than {MAX_CLASSES:,}")
+    for i, name in enumerate(value):
+        if not isinstance(name, str):
+            raise _fail(f"{where}[{i}]", "a class name (a string)", name)
+        if len(name) > MAX_CLASS_NAME:
+            raise _fail(
+                f"{where}[{i}]",
+                f"a class name of at most {MAX_CLASS_NAME} characters (it has {len(name):,})",
+                name,
+            )
+
+
 def _check_extra(extra: Any) -> None:
     if not isinstance(extra, dict):
         raise SchemaError(f"'extra' must be a JSON object, got {type(extra).__name__}")
@@ -457,12 +484,7 @@ def _check_extra(extra: Any) -> None:
         if key == "history":
             _check_history(value)
         elif key == "classes":
-            if not (
-                isinstance(value, list)
-                and len(value) <= MAX_FEATURES
-                and all(isinstance(c, str) and len(c) <= 256 for c in value)
-            ):
-                raise _fail("extra.classes", "a list of class names (strings)", value)
+            check_class_names("extra.classes", value)
         elif key == "run":
             if not isinstance(value, dict) or not all(
                 _plain(v) or (isinstance(v, list) and len(v) <= 8 and all(map(_plain, v)))

@@ -80,23 +80,37 @@ def _open_header(path: Path) -> Iterator[Any]:
     against MAX_IMAGE_PIXELS before anything is decoded; closed on leaving."""
     from PIL import Image
 
-    # Pillow warns above its own pixel limit and raises at twice it, from the header; we
-    # bound the count ourselves right below (before decoding), with our own message naming
-    # the size. Its limit is lifted for the header read only.
-    pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-    try:
-        img = Image.open(path)
-    except Image.DecompressionBombError:
-        raise DataError(_too_many_pixels(path, None)) from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = pillow_limit
-    with img:
-        w, h = img.size
-        if w * h > MAX_IMAGE_PIXELS:
-            raise DataError(_too_many_pixels(path, (w, h)))
-        if w < 1 or h < 1:
-            raise DataError(f"{path}: image of {w}x{h} pixels has nothing to read")
-        yield img
+    from scratchcnn.checkpoint.files import open_regular_file
+
+    # Opened once, guarded: O_NONBLOCK and fstat on the open descriptor, so a file swapped
+    # for a FIFO or a device after open_image_file's check is refused, never read.
+    with open_regular_file(path, MAX_IMAGE_BYTES, "image file", DataError) as fh:
+        # Pillow warns above its own pixel limit and raises at twice it, from the header; we
+        # bound the count ourselves right below (before decoding), with our own message
+        # naming the size. Its limit is lifted for the header read only.
+        pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            img = Image.open(fh)
+        except Image.DecompressionBombError:
+            raise DataError(_too_many_pixels(path, None)) from None
+        except Image.UnidentifiedImageError:  # Pillow would name the descriptor, not the file
+            raise DataError(
+                f"{path}: cannot read it as an image (cannot identify image file {str(path)!r})"
+            ) from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = pillow_limit
+        with img:
+            yield _checked_size(path, img)
+
+
+def _checked_size(path: Path, img: Any) -> Any:
+    """``img`` if its pixel count is within MAX_IMAGE_PIXELS and not zero; else one line."""
+    w, h = img.size
+    if w * h > MAX_IMAGE_PIXELS:
+        raise DataError(_too_many_pixels(path, (w, h)))
+    if w < 1 or h < 1:
+        raise DataError(f"{path}: image of {w}x{h} pixels has nothing to read")
+    return img
 
 
 def _decode(path: Path, fit: Fit, invert: bool | None) -> tuple[np.ndarray, bool]:

@@ -6,9 +6,10 @@ import os
 from pathlib import Path
 
 from ..checkpoint import load_checkpoint, save
-from ..errors import ConfigError
+from ..checkpoint.schema import SchemaError, check_class_names, check_model_config
+from ..errors import ConfigError, OnnxError
 from ..nn.layers import LogSoftmax, Softmax
-from .export import DEFAULT_OPSET, export
+from .export import CLASSES_KEY, DEFAULT_OPSET, export
 from .load import classes_from, load_with_graph
 
 
@@ -46,13 +47,26 @@ def import_checkpoint(
     if not len(model):
         raise ConfigError(f"{source}: the graph has no layers to save")
     n_out = model.output_shapes()[-1]
+    given = classes is not None
     if classes is None:
-        classes = classes_from(graph)
+        try:
+            classes = classes_from(graph)
+        except OnnxError as exc:
+            raise OnnxError(f"{source}: {exc}") from None
     if classes is not None and (len(n_out) != 2 or len(classes) != max(n_out[1], 2)):
+        named = "--classes gives" if given else f"the file's metadata ({CLASSES_KEY}) gives"
         raise ConfigError(
-            f"{len(classes)} class names given but the model has output shape "
+            f"{source}: {named} {len(classes)} class names but the model has output shape "
             f"(N, {', '.join(str(d) for d in n_out[1:])})"
         )
+    # What we write, we can read: the checkpoint loader's own limits, with a line that says
+    # which one (npz.save checks the bytes again before writing, as a last safety net).
+    try:
+        check_model_config(model.config())
+        if classes is not None:
+            check_class_names("class names" if given else CLASSES_KEY, list(classes))
+    except SchemaError as exc:
+        raise OnnxError(f"{source}: cannot be saved as a scratchcnn checkpoint: {exc}") from None
     extra: dict = {"source": {"onnx": source.name, "opset": graph.opset}}
     if classes is not None:
         extra["classes"] = list(classes)

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checkpoint import schema
 from ..checkpoint.files import read_regular_file
 from ..errors import OnnxError
 
@@ -20,10 +21,17 @@ MAX_FILE_BYTES = 2**31 - 1
 MAX_NODES = 10_000
 #: Largest tensor rank accepted in a file.
 MAX_RANK = 8
-#: Largest number of elements a folded constant (Gather, Concat ...) may have.
+#: Largest number of elements a folded constant (Gather, Concat ...) may have; computed
+#: results are sized from their inputs' shapes and refused BEFORE they are allocated.
 MAX_FOLDED_ELEMENTS = 1 << 20
-#: Largest number of values per image the input may declare.
-MAX_INPUT_ELEMENTS = 1 << 31
+#: Largest number of elements all the computed constants of one graph may have together
+#: (at 8 bytes a value, 128 MiB): many nodes each under the cap above cannot add up to more.
+MAX_FOLDED_TOTAL = 1 << 24
+#: Largest number of values per image the input, and every layer's output, may have: the
+#: checkpoint's own limit (``schema.MAX_INPUT_ELEMENTS``), so what is read can be saved.
+MAX_INPUT_ELEMENTS = schema.MAX_INPUT_ELEMENTS
+#: Largest kernel size, stride, dilation or padding: the checkpoint's own limit.
+MAX_WINDOW = schema.MAX_WINDOW
 
 #: Largest external data file read (weights stored beside the graph); the whole file is read
 #: once, so this bounds the memory an import takes for it.

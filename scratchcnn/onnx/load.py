@@ -2,10 +2,12 @@
 
 The file is untrusted. Before anything is allocated for it:
 
-* it is at most :data:`MAX_FILE_BYTES`, parses as an ONNX ModelProto, imports the default
-  opset at version >= 13, holds at most :data:`MAX_NODES` nodes; weights stored in external
-  data files beside it are read only from regular files inside its own folder, bounded by
-  their size and checked against the declared shapes (``graph.ExternalData``);
+* it is a regular file (read by ``read_regular_file``: non-blocking, checked with ``fstat``
+  on the open descriptor, so a FIFO or ``/dev/zero`` is refused unread) of at most
+  :data:`MAX_FILE_BYTES`, parses as an ONNX ModelProto, imports the default opset at version
+  >= 13, holds at most :data:`MAX_NODES` nodes; weights stored in external data files beside
+  it are read only from regular files inside its own folder, bounded by their size and
+  checked against the declared shapes (``graph.ExternalData``);
 * every tensor (initializer or Constant) holds exactly the bytes its dims declare (so the
   arrays together are never larger than the file), rank <= 8, a numeric type;
 * every node input is a graph input, an initializer or the output of a node, every value is
@@ -17,9 +19,15 @@ input; a fork whose branches meet again at an ``Add`` or ``Concat`` becomes a ``
 ``Parallel`` block (when scratchcnn has those layers). Values that do not depend on the input
 (initializers, ``Constant`` nodes, and the ``Shape -> Gather -> Concat`` arithmetic that
 ``torch.onnx.export`` writes for ``x.view(x.size(0), -1)``) are evaluated here, with the batch
-size kept symbolic. Each layer's output shape is checked against its input as the walk goes,
-and the result against the graph's declared output. Any problem is one :class:`OnnxError`
-line naming the node, its op and the attribute or input at fault.
+size kept symbolic; each computed constant is sized from its inputs' shapes and refused
+before it is allocated beyond ``graph.MAX_FOLDED_ELEMENTS`` (one value) or
+``graph.MAX_FOLDED_TOTAL`` (all of them). Each layer's output shape is checked against its
+input as the walk goes (at most ``graph.MAX_INPUT_ELEMENTS`` values per image, kernels,
+strides and paddings at most ``graph.MAX_WINDOW``: the checkpoint's own limits), and the
+result against the graph's declared output. Every weight and every folded scale must be a
+finite value of the model's type (float64 weights of 1e300 are not read into float32). Any
+problem is one :class:`OnnxError` line naming the node, its op and the attribute or input at
+fault.
 
 The model comes back in eval mode (ONNX graphs describe inference). A
 ``BatchNormalization(training_mode=1)`` is not part of a scratchcnn model: ``model.train()``
@@ -37,7 +45,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import OnnxError, os_reason
+from ..checkpoint.files import read_regular_file
+from ..checkpoint.schema import MAX_FLOAT, SchemaError, check_class_names
+from ..errors import OnnxError
 from ..nn.layers.sequential import Sequential
 from ._deps import require_onnx
 from .export import CLASSES_KEY, MIN_OPSET
@@ -59,17 +69,16 @@ from .patterns import rewrite_concats
 
 # --- reading the file ------------------------------------------------------------------------
 def _read(path: Path) -> bytes:
-    try:
-        if not path.exists():
-            raise OnnxError(f"{path}: no such ONNX file")
-        if path.is_dir():
-            raise OnnxError(f"{path}: is a directory, not an ONNX file")
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise OnnxError(f"{path}: {size:,} bytes is larger than an ONNX file can be (2 GiB)")
-        data = path.read_bytes()
-    except OSError as exc:
-        raise OnnxError(f"{path}: cannot read it ({os_reason(exc)})") from exc
+    """The file's bytes, through the one bounded reader: a regular file (a FIFO cannot block,
+    ``/dev/zero`` or a folder is refused before a byte is read) of at most
+    :data:`MAX_FILE_BYTES`, checked on the open descriptor."""
+    data = read_regular_file(
+        path,
+        MAX_FILE_BYTES,
+        "ONNX file",
+        OnnxError,
+        limit_hint=" (one protobuf message cannot exceed 2 GiB)",
+    )
     if not data:
         raise OnnxError(f"{path}: empty file, not an ONNX model")
     return data
@@ -149,8 +158,12 @@ def read_graph(onnx: Any, proto: Any, folder: Path | None = None) -> Graph:
             f"graph input {in_vi.name!r} has shape {list(in_dims)}; every axis but the batch "
             "must have a fixed positive size"
         )
-    if math.prod(in_dims[1:]) > MAX_INPUT_ELEMENTS:
-        raise OnnxError(f"graph input {in_vi.name!r} has shape {list(in_dims)}: too large")
+    if len(in_dims) > 4 or math.prod(in_dims[1:]) > MAX_INPUT_ELEMENTS:
+        raise OnnxError(
+            f"graph input {in_vi.name!r} has shape {list(in_dims)}: too large (a checkpoint "
+            f"records inputs (N, C, H, W) or (N, features) of at most {MAX_INPUT_ELEMENTS:,} "
+            "values per image)"
+        )
 
     nodes: list[Node] = []
     producer: dict[str, Node] = {}
@@ -249,17 +262,68 @@ def model_from_proto(onnx: Any, proto: Any, folder: Path | None = None) -> tuple
     layers, out_shape = Walker(onnx, graph).run()
     check_declared(graph.output_dims, out_shape, f"graph output {graph.output_name!r}")
     model = Sequential(layers, input_shape=tuple(graph.input_shape[1:]))
+    _check_representable(model, graph.dtype)
     model.eval()
     return model, graph
 
 
+def _numbers(value: Any) -> list[float]:
+    """The floats in a layer config value (a number, or a list of them)."""
+    if isinstance(value, float):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [v for item in value for v in _numbers(item)]
+    return []
+
+
+def _check_representable(model: Sequential, dtype: np.dtype) -> None:
+    """Every number a layer computes with must be a finite value of the model's type: two
+    ``Mul`` by 1e30 merge into one Rescale(1e60), which a float32 model holds as inf (every
+    output inf or NaN). Refused in one line naming the layer, never written to a file."""
+    top = min(float(np.finfo(dtype).max), MAX_FLOAT)
+    for prefix, layer in model.named_layers():
+        for key, value in layer.config().items():
+            for v in _numbers(value):
+                if not (math.isfinite(v) and abs(v) <= top):
+                    raise OnnxError(
+                        f"layer {prefix} ({type(layer).__name__}) would have {key}={v:.3g}, "
+                        f"beyond the range of the model's {dtype.name} (at most "
+                        f"{top:.3g}); the constants it was folded from multiply to that"
+                    )
+        for name, arr in {**layer.params, **layer.buffers}.items():
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise OnnxError(f"layer {prefix} ({type(layer).__name__}): {name} holds inf or NaN")
+
+
+#: Longest ``scratchcnn.classes`` metadata value decoded (JSON text).
+MAX_CLASSES_TEXT = 4 * 2**20
+
+
 def classes_from(graph_or_meta: Graph | dict[str, str]) -> list[str] | None:
-    """Class names stored by :func:`scratchcnn.onnx.export`, if any and well formed."""
+    """Class names stored by :func:`scratchcnn.onnx.export` (metadata ``scratchcnn.classes``,
+    a JSON list of strings), or None when the file has none. Names a checkpoint could not
+    hold (not a flat list of strings, JSON nested deeper than the decoder goes, names longer
+    than ``schema.MAX_CLASS_NAME``) are one :class:`OnnxError` line, never a RecursionError;
+    the text is bounded (:data:`MAX_CLASSES_TEXT`) before it is decoded."""
     meta = graph_or_meta.metadata if isinstance(graph_or_meta, Graph) else graph_or_meta
-    try:
-        classes = json.loads(meta.get(CLASSES_KEY, "null"))
-    except ValueError:
+    text = meta.get(CLASSES_KEY)
+    if text is None:
         return None
-    if isinstance(classes, list) and all(isinstance(c, str) for c in classes):
-        return classes
-    return None
+    where = f"metadata {CLASSES_KEY}"
+    hint = " (name the classes with --classes instead)"
+    if len(text) > MAX_CLASSES_TEXT:
+        raise OnnxError(
+            f"{where} is {len(text):,} characters, more than {MAX_CLASSES_TEXT:,}{hint}"
+        )
+    try:
+        classes = json.loads(text)
+    except RecursionError:  # [[[[...]]]] 100,000 deep
+        raise OnnxError(f"{where} is JSON nested too deeply to read{hint}") from None
+    except ValueError as exc:
+        reason = " ".join(str(exc).split())[:120]
+        raise OnnxError(f"{where} is not valid JSON ({reason}){hint}") from None
+    try:
+        check_class_names(where, classes)
+    except SchemaError as exc:
+        raise OnnxError(f"{exc}{hint}") from None
+    return classes

@@ -51,6 +51,9 @@ from .graph import (
     FLOAT_TYPES,
     INT_TYPES,
     MAX_FOLDED_ELEMENTS,
+    MAX_FOLDED_TOTAL,
+    MAX_INPUT_ELEMENTS,
+    MAX_WINDOW,
     Graph,
     Node,
     check_declared,
@@ -90,6 +93,8 @@ class Walker:
         # The fixed batch size of the graph input, if it declares one.
         b = graph.input_shape[0]
         self.fixed_batch = b if isinstance(b, int) and b > 0 else None
+        # Elements of every constant computed so far (MAX_FOLDED_TOTAL bounds the sum).
+        self.folded_total = 0
 
     # --- attributes and constants ---------------------------------------------------------
     def attrs(self, node: Node, spec: dict[str, tuple[int, Any]]) -> dict[str, Any]:
@@ -105,6 +110,8 @@ class Walker:
             if want == _INT_ATTR:
                 out[a.name] = int(a.i)
             elif want == _FLOAT_ATTR:
+                if not math.isfinite(a.f):
+                    raise node.error(f"attribute {a.name}={a.f} is not a finite number")
                 # The shortest decimal that is this float32 (1e-05, not 9.99999974e-06).
                 out[a.name] = float(str(np.float32(a.f)))
             elif want == _STRING_ATTR:
@@ -114,6 +121,8 @@ class Walker:
                     raise node.error(f"attribute {a.name} has {len(a.ints)} values")
                 out[a.name] = [int(v) for v in a.ints]
             elif want == _FLOATS_ATTR:
+                if len(a.floats) > 16 or not all(math.isfinite(v) for v in a.floats):
+                    raise node.error(f"attribute {a.name} must be at most 16 finite numbers")
                 out[a.name] = [float(v) for v in a.floats]
         return out
 
@@ -156,6 +165,22 @@ class Walker:
             stack.pop()
         return self.values[name]
 
+    def _room(self, node: Node, count: int) -> None:
+        """Reserve ``count`` elements for a result about to be computed: refused, before
+        anything is allocated, above MAX_FOLDED_ELEMENTS for one value or MAX_FOLDED_TOTAL
+        for all the computed constants of the graph together."""
+        if count > MAX_FOLDED_ELEMENTS:
+            raise node.error(
+                f"folds to {count:,} values; too many (at most {MAX_FOLDED_ELEMENTS:,} in one "
+                "constant)"
+            )
+        if self.folded_total + count > MAX_FOLDED_TOTAL:
+            raise node.error(
+                f"folds to {count:,} more values, beyond the {MAX_FOLDED_TOTAL:,} that the "
+                "constants computed in one graph may hold together"
+            )
+        self.folded_total += count
+
     def _fold_node(self, node: Node) -> list[np.ndarray]:
         op = node.op
         ins = [self.values.get(i) if i else None for i in node.inputs]
@@ -182,7 +207,10 @@ class Walker:
                 to = FLOAT_TYPES.get(a["to"]) or INT_TYPES.get(a["to"])
                 if to is None or (np.any(ins[0] == BATCH) and to != np.int64):
                     raise node.unsupported(f"attribute to={a['to']}")
-                return [ins[0].astype(to)]
+                _check_cast(node, ins[0], np.dtype(to))
+                self._room(node, ins[0].size)
+                with np.errstate(all="ignore"):  # checked above: nothing overflows
+                    return [ins[0].astype(to)]
             if op == "Gather":
                 axis = self.attrs(node, {"axis": (_INT_ATTR, 0)})["axis"]
                 data, idx = ins[0], ins[1]
@@ -194,6 +222,7 @@ class Walker:
                     raise node.error(f"gathers {size:,} values; too many")
                 if idx.size and (idx.min() < -data.shape[axis] or idx.max() >= data.shape[axis]):
                     raise node.error("index out of range")
+                self._room(node, size)
                 return [np.take(data, idx, axis=axis)]
             if op in ("Unsqueeze", "Squeeze"):
                 self.attrs(node, {})
@@ -216,16 +245,24 @@ class Walker:
                 if not parts:
                     raise node.error("no inputs")
                 axis = _axis(node, axis, parts[0].ndim, "axis")
+                if any(p.ndim != parts[0].ndim for p in parts):
+                    raise node.error("its inputs have different ranks")
+                self._room(node, sum(p.size for p in parts))  # before np.concatenate
                 return [np.concatenate(parts, axis=axis)]
             if op == "Range":
                 self.attrs(node, {})
                 start, limit, delta = (np.asarray(v).reshape(()) for v in ins[:3])
                 if BATCH in (start, limit, delta) or delta == 0:
                     raise node.unsupported("a range over the batch size, which is not fixed")
-                count = max(int(np.ceil((limit - start) / delta)), 0)
-                if count > MAX_FOLDED_ELEMENTS:
-                    raise node.error(f"folds to {count:,} values; too many")
-                return [np.arange(start, limit, delta).astype(np.result_type(start, limit))]
+                bounds = [v.item() for v in (start, limit, delta)]  # exact Python numbers
+                if not all(math.isfinite(v) for v in bounds):
+                    raise node.error("start, limit and delta must be finite numbers")
+                first, stop, step = bounds
+                count = max(math.ceil((stop - first) / step), 0)
+                if all(isinstance(v, int) for v in bounds):
+                    count = max(-((first - stop) // step), 0)  # exact for 64-bit integers
+                self._room(node, count)
+                return [np.arange(first, stop, step).astype(np.result_type(start, limit))]
             if op in ("Add", "Sub", "Mul", "Div"):
                 self.attrs(node, {})
                 a, b = ins[0], ins[1]
@@ -234,9 +271,11 @@ class Walker:
                 if op == "Div" and a.dtype.kind in "iu":
                     if np.any(b == 0):
                         raise node.error("integer division by zero")
+                    self._room(node, math.prod(np.broadcast_shapes(a.shape, b.shape)))
                     q = np.abs(a) // np.abs(b)  # ONNX: integer division truncates
                     return [(np.sign(a) * np.sign(b) * q).astype(np.result_type(a, b))]
                 fn = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}
+                self._room(node, math.prod(np.broadcast_shapes(a.shape, b.shape)))
                 with np.errstate(all="ignore"):
                     return [fn[op](a, b).astype(np.result_type(a, b))]
             if op == "Slice":
@@ -250,7 +289,9 @@ class Walker:
                         raise node.error("a step of 0")
                     index[_axis(node, int(ax), data.ndim, "axes")] = slice(int(s), int(e), int(st))
                 return [data[tuple(index)]]
-        except (ValueError, IndexError, TypeError, AttributeError) as exc:
+        except OnnxError:
+            raise
+        except (ValueError, IndexError, TypeError, AttributeError, OverflowError) as exc:
             raise node.error(f"cannot evaluate it ({exc})") from None
         raise node.unsupported()
 
@@ -345,10 +386,14 @@ class Walker:
                 layers = convert(self, node, shape)
             for layer in layers:
                 shape = tuple(layer.output_shape(shape))
+                _check_per_image(node, shape)
         except OnnxError:
             raise
         except ScratchCNNError as exc:
             raise node.error(str(exc)) from None
+        except (ValueError, IndexError, TypeError, OverflowError, ZeroDivisionError) as exc:
+            # an input or attribute of a form no check above foresaw: still one line
+            raise node.error(f"cannot read it ({' '.join(str(exc).split())})") from None
         out = node.outputs[0]
         nhwc = (x in self.nhwc) if self._out_nhwc is None else self._out_nhwc
         if nhwc:
@@ -520,6 +565,9 @@ class Walker:
         try:
             for layer in block:
                 shape = tuple(layer.output_shape(shape))
+                _check_per_image(join, shape)
+        except OnnxError:
+            raise
         except ScratchCNNError as exc:
             raise join.error(str(exc)) from None
         if value in self.nhwc:
@@ -535,6 +583,64 @@ class Walker:
 def _swapped(node: Node) -> Node:
     """The node with its two inputs exchanged (``swapped`` tells a Sub it is c - x)."""
     return Node(node.index, node.proto, node.op, node.name, node.inputs[::-1], node.outputs, True)
+
+
+def _check_per_image(node: Node, shape: Shape) -> None:
+    """A layer's output must stay within the values per image a checkpoint records."""
+    count = math.prod(shape[1:])
+    if count > MAX_INPUT_ELEMENTS:
+        dims = ", ".join(str(d) for d in shape[1:])
+        raise node.unsupported(
+            f"it outputs (N, {dims}): {count:,} values per image, more than the "
+            f"{MAX_INPUT_ELEMENTS:,} a scratchcnn checkpoint records"
+        )
+
+
+def _check_window(node: Node, name: str, values: Any) -> None:
+    """Kernel sizes, strides, dilations and paddings: at most MAX_WINDOW (the checkpoint's
+    limit), refused here with the attribute named rather than by the writer."""
+    flat = list(np.ravel(values))
+    if any(v > MAX_WINDOW for v in flat):
+        raise node.unsupported(
+            f"{name}={[int(v) for v in flat]}: at most {MAX_WINDOW:,} (the largest a "
+            "scratchcnn checkpoint records)"
+        )
+
+
+def _check_cast(node: Node, src: np.ndarray, to: np.dtype) -> None:
+    """A Cast folded at import: refused in one line when a value has no counterpart in the
+    target type (NaN or inf to an integer, a value beyond the target's range), instead of
+    numpy's RuntimeWarning and an arbitrary result."""
+    if src.size == 0 or to.kind == "b" or src.dtype.kind not in "fiub":
+        return
+    if src.dtype.kind == "f":
+        finite = np.isfinite(src)
+        if to.kind != "f" and not finite.all():
+            raise node.error(f"casts NaN or inf to {to.name}")
+        values = src if finite.all() else src[finite]
+        if values.size == 0:
+            return
+        low, high = float(values.min()), float(values.max())
+    else:
+        low, high = int(src.min()), int(src.max())
+    if to.kind == "f":
+        top = float(np.finfo(to).max)
+        fits = -top <= low and high <= top
+    else:
+        info = np.iinfo(to)  # a float is truncated toward zero
+        fits = info.min - 1 < low and high < info.max + 1
+    if not fits:
+        raise node.error(f"casts values in [{low:.6g}, {high:.6g}] to {to.name}, beyond its range")
+
+
+def _scalar(node: Node, value: np.ndarray, what: str) -> float:
+    """A constant input that must be one number (Dropout's ratio and training_mode)."""
+    if value.size != 1 or value.dtype.kind not in "fiub":
+        raise node.unsupported(
+            f"input {what} has shape {list(value.shape)} and type {value.dtype.name}: it must "
+            "be one number"
+        )
+    return float(value.reshape(()))
 
 
 def _axis(node: Node, axis: int, rank: int, what: str) -> int:
@@ -669,6 +775,7 @@ def _pads(node: Node, a: dict[str, Any], hw: Shape, kernel: Shape, stride: Shape
             total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
             small, big = total // 2, total - total // 2
             pads.append((small, big) if auto == "SAME_UPPER" else (big, small))
+        _check_window(node, f"the pads of auto_pad={auto}", pads)
         return tuple(pads)
     if auto == "VALID":
         return ((0, 0), (0, 0))
@@ -677,6 +784,7 @@ def _pads(node: Node, a: dict[str, Any], hw: Shape, kernel: Shape, stride: Shape
     p = a.get("pads") or [0, 0, 0, 0]
     if len(p) != 4 or min(p) < 0:
         raise node.unsupported(f"attribute pads={p}: 2-D needs 4 non-negative values")
+    _check_window(node, "attribute pads", p)
     return ((p[0], p[2]), (p[1], p[3]))
 
 
@@ -691,6 +799,7 @@ def _pair_attr(node: Node, a: dict[str, Any], name: str, default: int) -> tuple[
     v = a.get(name) or [default, default]
     if len(v) != 2 or min(v) < 1:
         raise node.unsupported(f"attribute {name}={v}: 2-D needs 2 positive values")
+    _check_window(node, f"attribute {name}", v)
     return (v[0], v[1])
 
 
@@ -732,6 +841,7 @@ def _conv(w: Walker, node: Node, shape: Shape) -> list[Layer]:
     if weight is None or weight.ndim != 4:
         raise node.unsupported("input W: only 2-D convolutions (a 4-D weight)")
     o, cg, kh, kw = weight.shape
+    _check_window(node, f"input W of shape {list(weight.shape)}: kernel", (kh, kw))
     if a["kernel_shape"] is not None and list(a["kernel_shape"]) != [kh, kw]:
         raise node.error(
             f"attribute kernel_shape={a['kernel_shape']} does not match W {list(weight.shape)}"
@@ -782,8 +892,23 @@ def _set(node: Node, layer: Layer, name: str, value: np.ndarray) -> None:
     target = layer.params[name] if name in layer.params else layer.buffers[name]
     if value.shape != target.shape:
         raise node.error(f"{name} has shape {list(value.shape)}, expected {list(target.shape)}")
+    _assign(node, target, name, value)
+
+
+def _assign(node: Node, target: np.ndarray, name: str, value: np.ndarray) -> None:
+    """``target[...] = value`` once every value is a finite number that the target's type
+    holds (float64 weights of 1e300, or a Gemm's alpha times its B, would become inf in a
+    float32 model): else one line naming the node and the tensor."""
     if value.dtype.kind not in "fiu" or not np.all(np.isfinite(value)):
         raise node.error(f"{name} holds NaN, inf or non-numbers")
+    if value.size and value.dtype.kind == "f" and value.dtype.itemsize > target.dtype.itemsize:
+        top = float(np.finfo(target.dtype).max)
+        big = float(np.abs(value).max())
+        if big > top:
+            raise node.error(
+                f"{name} holds values up to {big:.3g} in magnitude, beyond the range of "
+                f"{target.dtype.name} (at most {top:.3g}): they would become inf"
+            )
     target[...] = value.astype(target.dtype)
 
 
@@ -803,6 +928,7 @@ def _pool(w: Walker, node: Node, shape: Shape) -> list[Layer]:
     kernel = a["kernel_shape"]
     if kernel is None or len(kernel) != 2 or min(kernel) < 1:
         raise node.unsupported(f"attribute kernel_shape={kernel}: 2-D pools need 2 sizes")
+    _check_window(node, "attribute kernel_shape", kernel)
     if is_max and a["storage_order"] != 0:
         raise node.unsupported("attribute storage_order=1")
     stride = _pair_attr(node, a, "strides", 1)  # ONNX's default stride is 1, not the kernel
@@ -892,10 +1018,12 @@ def _gemm(w: Walker, node: Node, shape: Shape) -> list[Layer]:
     b = b.T if a["transB"] else b  # (in, out)
     if b.shape[0] != shape[1]:
         raise node.error(f"input B {list(b.shape)} does not fit {shape[1]} input features")
-    weight = np.asarray(a["alpha"] * b.T.astype(np.float64))
+    with np.errstate(over="ignore"):  # an overflow shows as inf, refused by _set
+        weight = np.asarray(a["alpha"] * b.T.astype(np.float64))
     bias = _row_bias(node, w.const(node, 2, "C"), b.shape[1], "input C")
     if bias is not None:
-        bias = a["beta"] * bias
+        with np.errstate(over="ignore", invalid="ignore"):
+            bias = a["beta"] * bias
     return [_dense(w, node, weight, bias)]
 
 
@@ -980,7 +1108,8 @@ def _elementwise(w: Walker, node: Node, shape: Shape) -> list[Layer]:
         if node.op == "Div" and np.any(v == 0):
             raise node.unsupported("division by zero")
         layer = ChannelScale(channels, dtype=_dtype(w))
-        _set(node, layer, "weight", v if node.op == "Mul" else 1.0 / v)
+        with np.errstate(over="ignore"):  # 1 / 1e-310 is inf: refused by _set
+            _set(node, layer, "weight", v if node.op == "Mul" else 1.0 / v)
         return [layer]
     raise node.unsupported(
         f"input B has shape {list(c.shape)}: only a scalar, a per-channel scale, or a "
@@ -1111,10 +1240,10 @@ def _dropout(w: Walker, node: Node, shape: Shape) -> list[Layer]:
     w.attrs(node, {"seed": (_INT_ATTR, 0)})
     ratio = w.const(node, 1, "ratio")
     training = w.const(node, 2, "training_mode")
-    p = 0.5 if ratio is None else float(np.asarray(ratio).reshape(()))
+    p = 0.5 if ratio is None else _scalar(node, ratio, "ratio")
     if not 0.0 <= p < 1.0:
         raise node.unsupported(f"input ratio={p}")
-    if training is not None and bool(np.asarray(training).reshape(())) and p > 0:
+    if training is not None and _scalar(node, training, "training_mode") and p > 0:
         raise node.unsupported(
             f"input training_mode=true: the graph drops units at inference (ratio {p}); "
             "export in eval mode (model.eval(); do_constant_folding=False keeps BatchNorm)"
@@ -1352,5 +1481,8 @@ def fold_biases(layers: list[Layer]) -> list[Layer]:
             fresh.params["weight"][...] = prev.params["weight"]
             prev = fresh
             out[-1] = prev
-        prev.params["bias"][...] += (layer.sign * bias).astype(prev.params["bias"].dtype)
+        old = prev.params["bias"]
+        with np.errstate(over="ignore", invalid="ignore"):  # inf is refused by _assign
+            total = old.astype(np.float64) + layer.sign * bias.astype(np.float64)
+        _assign(node, old, "bias", total)
     return out

@@ -339,3 +339,302 @@ def test_writer_check_in_process(tmp_path):
     with pytest.raises(FileWriteError, match="is also the input"):
         atomic_write_bytes(tmp_path / "real", lambda fh: fh.write(b"y"), inputs=[tmp_path / "link"])
     assert (tmp_path / "real").read_text() == "x"
+
+
+# --------------------------------------------------------------------------- ONNX files
+def _onnx_model(nodes, in_shape, inits=None, meta=None, elem=1):
+    """A graph with input ``x`` (float32 unless ``elem``) and output ``y`` (shape unstated)."""
+    from onnx import helper, numpy_helper
+
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", elem, in_shape)],
+        [helper.make_tensor_value_info("y", elem, None)],
+        initializer=[numpy_helper.from_array(v, k) for k, v in (inits or {}).items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if meta:
+        helper.set_model_props(model, meta)
+    return model
+
+
+def _nested_residuals(depth: int):
+    """x -> relu -> (... depth blocks, each inside the last ...) + x: Residual in Residual."""
+    from onnx import helper
+
+    nodes = []
+
+    def block(k: int, inp: str) -> str:
+        nodes.append(helper.make_node("Relu", [inp], [f"h{k}"]))
+        inner = block(k - 1, f"h{k}") if k > 1 else f"h{k}"
+        nodes.append(helper.make_node("Add", [inner, inp], [f"a{k}"]))
+        return f"a{k}"
+
+    nodes.append(helper.make_node("Identity", [block(depth, "x")], ["y"]))
+    return _onnx_model(nodes, [1, 1, 4, 4])
+
+
+def _concat_chain(steps: int):
+    """``steps`` times: Concat a 524,288-value constant with itself, Slice the first half
+    back. Each result is half the per-value cap; 40 of them exceed the per-graph total."""
+    from onnx import helper, numpy_helper
+
+    half = np.tile(np.array([1, -1], np.int64), 1 << 18)
+    nodes = [helper.make_node("Constant", [], ["d0"], value=numpy_helper.from_array(half))]
+    for i in range(steps):
+        nodes.append(helper.make_node("Concat", [f"d{i}", f"d{i}"], [f"c{i}"], axis=0))
+        nodes.append(helper.make_node("Slice", [f"c{i}", "s0", "s1"], [f"d{i + 1}"]))
+    nodes.append(helper.make_node("Slice", [f"d{steps}", "s0", "two"], ["t"]))
+    nodes.append(helper.make_node("Reshape", ["x", "t"], ["y"]))
+    inits = {
+        "s0": np.array([0], np.int64),
+        "s1": np.array([1 << 19], np.int64),
+        "two": np.array([2], np.int64),
+    }
+    return _onnx_model(nodes, [1, 1, 8, 8], inits)
+
+
+def _hostile_onnx(folder: Path) -> dict[str, tuple[Path, list[str], str]]:
+    """name -> (ONNX file, extra import arguments, what the error line must say; "" for a
+    file that imports)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def const(name, array):
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(array))
+
+    def conv(**attrs):
+        w = {"w": np.ones((1, 1, 3, 3), np.float32)}
+        return _onnx_model([helper.make_node("Conv", ["x", "w"], ["y"], **attrs)], [1, 1, 8, 8], w)
+
+    gemm = {"b": np.full((4, 3), 10, np.float32)}
+    mul = [
+        helper.make_node("Mul", ["x", "s"], ["m1"]),
+        helper.make_node("Mul", ["m1", "s"], ["m2"]),
+        helper.make_node("Flatten", ["m2"], ["f"]),
+        helper.make_node("Gemm", ["f", "b"], ["y"]),
+    ]
+    mul_inits = {"s": np.array(1e30, np.float32), "b": np.ones((784, 10), np.float32)}
+    relu2 = [helper.make_node("Relu", ["x"], ["y"])]
+    models = {
+        # folding: sized before it is allocated (4 TiB, 3 million, 40 x 1 million values)
+        "broadcast": (
+            [
+                const("a", np.zeros((1, 1 << 20), np.float32)),
+                const("b", np.zeros((1 << 20, 1), np.float32)),
+                helper.make_node("Add", ["a", "b"], ["c"]),
+                helper.make_node("Reshape", ["x", "c"], ["y"]),
+            ],
+            [1, 1, 8, 8],
+            None,
+            None,
+            "folds to 1,099,511,627,776 values; too many",
+        ),
+        "concat-wide": (
+            [
+                const("c", np.ones(1000, np.int64)),
+                helper.make_node("Concat", ["c"] * 3000, ["d"], axis=0),
+                helper.make_node("Reshape", ["x", "d"], ["y"]),
+            ],
+            [1, 1, 8, 8],
+            None,
+            None,
+            "folds to 3,000,000 values; too many",
+        ),
+        "dropout-ratio": (
+            [helper.make_node("Dropout", ["x", "r"], ["y"])],
+            [1, 4],
+            {"r": np.array([0.1, 0.2], np.float32)},
+            None,
+            "input ratio has shape [2]",
+        ),
+        "cast-nan": (
+            [
+                const("c", np.array([np.nan, -1], np.float32)),
+                helper.make_node("Cast", ["c"], ["ci"], to=TensorProto.INT64),
+                helper.make_node("Reshape", ["x", "ci"], ["y"]),
+            ],
+            [1, 1, 8, 8],
+            None,
+            None,
+            "(Cast): casts NaN or inf to int64",
+        ),
+        "gemm-alpha": (
+            [helper.make_node("Gemm", ["x", "b"], ["y"], alpha=1e38)],
+            [1, 4],
+            gemm,
+            None,
+            "(Gemm): weight holds values up to 1e+39",
+        ),
+        "weights-1e300": (
+            [helper.make_node("Gemm", ["x", "b"], ["y"])],
+            [1, 4],
+            {"b": np.full((4, 3), 1e300)},
+            None,
+            "beyond the range of float32",
+        ),
+        "mul-1e60": (mul, [1, 1, 28, 28], mul_inits, None, "scale=1e+60"),
+        "deep-classes": (
+            relu2,
+            [1, 2],
+            None,
+            {"scratchcnn.classes": "[" * 100_000 + "]" * 100_000},
+            "scratchcnn.classes is JSON nested too deeply",
+        ),
+        "long-class": (
+            relu2,
+            [1, 2],
+            None,
+            {"scratchcnn.classes": json.dumps(["x" * 1000, "b"])},
+            "of at most 256 characters (it has 1,000)",
+        ),
+        "outputs-2^30": (
+            [helper.make_node("Conv", ["x", "w"], ["y"])],
+            [1, 1, 4096, 4096],
+            {"w": np.ones((64, 1, 1, 1), np.float32)},
+            None,
+            "1,073,741,824 values per image, more than the 16,777,216",
+        ),
+    }
+    files: dict[str, tuple[Path, list[str], str]] = {}
+    for name, (nodes, shape, inits, meta, want) in models.items():
+        path = folder / f"{name}.onnx"
+        path.write_bytes(_onnx_model(nodes, shape, inits, meta).SerializeToString())
+        files[name] = (path, [], want)
+    for name, model, want in (
+        ("strides-2^31", conv(strides=[2**31, 2**31]), "strides=[2147483648, 2147483648]"),
+        ("pads-2^31", conv(pads=[2**31] * 4), "attribute pads=[2147483648,"),
+        ("pads-4096", conv(pads=[4096] * 4), "67,207,204 values per image"),
+        ("nested-40", _nested_residuals(40), "nested more than 32 levels deep"),
+        ("concat-chain-40", _concat_chain(40), "that the constants computed in one graph"),
+        ("concat-chain-5", _concat_chain(5), ""),
+    ):
+        path = folder / f"{name}.onnx"
+        path.write_bytes(model.SerializeToString())
+        files[name] = (path, [], want)
+    two = folder / "two-outputs.onnx"
+    two.write_bytes(_onnx_model(relu2, [1, 2]).SerializeToString())
+    files["classes-long"] = (two, ["--classes", "a," + "b" * 300], "name 2 is 300 characters")
+    files["classes-empty"] = (two, ["--classes", "a,,b"], "name 2 of 3 is empty")
+    files["classes-count"] = (two, ["--classes", "a,b,c"], "--classes gives 3 class names")
+    files["classes-fine"] = (two, ["--classes", "cat, dog"], "")
+    mlp = {"b": np.ones((784, 10), np.float32)}
+    path = folder / "mlp.onnx"
+    gemm_node = [helper.make_node("Gemm", ["x", "b"], ["y"])]
+    path.write_bytes(_onnx_model(gemm_node, [1, 784], mlp).SerializeToString())
+    files["mlp"] = (path, [], "")
+    return files
+
+
+def test_onnx_files_that_are_not_files_are_refused_unread(tmp_path):
+    """A FIFO (blocked for ever), /dev/zero and a link to it (read until memory ran out), a
+    folder, and a sparse file beyond protobuf's 2 GiB: one line each, nothing written."""
+    pytest.importorskip("onnx")
+    fifo = tmp_path / "fifo.onnx"
+    os.mkfifo(fifo)
+    link = tmp_path / "zero.onnx"
+    link.symlink_to("/dev/zero")
+    folder = tmp_path / "folder.onnx"
+    folder.mkdir()
+    sparse = tmp_path / "sparse.onnx"
+    with open(sparse, "wb") as fh:
+        fh.truncate(2**31 + 10)  # no blocks on disk: only its size is ever looked at
+    out = tmp_path / "out"
+    out.mkdir()
+    sources = {"fifo": fifo, "dev-zero": "/dev/zero", "link": link, "folder": folder}
+    sources["sparse"] = sparse
+    cases = [(["import", src, out / f"{name}.npz"], 2) for name, src in sources.items()]
+    got = drive(tmp_path, cases)
+    text = [c["stderr"] for c in got]
+    assert "is a FIFO (named pipe), not a regular ONNX file" in text[0]
+    assert "is a character device" in text[1] and "is a character device" in text[2]
+    assert "is a directory, not an ONNX file" in text[3]
+    assert "more than the 2,147,483,647-byte limit for an ONNX file" in text[4]
+    assert list(out.iterdir()) == []
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_crafted_onnx_graphs_import_or_refuse_in_one_line(tmp_path):
+    """Every crafted graph: status 0 with one line and a checkpoint that loads, or status 2
+    with one line naming the problem (no traceback, no numpy warning) and no file at all."""
+    pytest.importorskip("onnx")
+    files = _hostile_onnx(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    cases = [
+        (["import", path, out / f"{name}.npz", *extra], 0 if not want else 2)
+        for name, (path, extra, want) in files.items()
+    ]
+    from PIL import Image
+
+    Image.fromarray(np.full((28, 28), 128, np.uint8)).save(tmp_path / "d.png")
+    # the imported MLP takes (N, 784): predict and explain read images, and say so
+    cases.append((["predict", out / "mlp.npz", tmp_path / "d.png"], 2))
+    cases.append((["explain", out / "mlp.npz", tmp_path / "d.png", "--out", tmp_path / "e"], 2))
+    got = drive(tmp_path, cases)
+    wrong = []
+    for case, (name, (_, _, want)) in zip(got, files.items(), strict=False):
+        if want and want not in case["stderr"]:
+            wrong.append((name, want, case["stderr"]))
+        if want and (out / f"{name}.npz").exists():
+            wrong.append((name, "written anyway"))
+        if not want and len(case["stdout"].splitlines()) != 1:
+            wrong.append((name, "not one line", case["stdout"]))
+    assert not wrong, wrong
+    assert all("warning" not in c["stderr"].lower() for c in got)
+    assert "takes (N, 784), not images" in got[-2]["stderr"]
+    assert "takes (N, 784), not images" in got[-1]["stderr"]
+    assert not (tmp_path / "e").exists()
+    assert temp_files(out) == []
+    imported = {p.stem for p in out.iterdir()}
+    assert imported == {"concat-chain-5", "classes-fine", "mlp"}
+    for stem in imported:  # what we write, we can read
+        sc.load_checkpoint(out / f"{stem}.npz")
+    assert sc.load_checkpoint(out / "classes-fine.npz").extra["classes"] == ["cat", "dog"]
+
+
+class _Deadline:
+    """Fail (instead of hanging the suite) if the block takes more than ``seconds``."""
+
+    def __init__(self, seconds: int) -> None:
+        self.seconds = seconds
+
+    def __enter__(self) -> None:
+        def stop(signum: int, frame: object) -> None:
+            raise AssertionError(f"blocked for {self.seconds} s")
+
+        self.previous = signal.signal(signal.SIGALRM, stop)
+        signal.alarm(self.seconds)
+
+    def __exit__(self, *exc: object) -> None:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, self.previous)
+
+
+def test_safetensors_from_a_fifo_or_a_device_is_refused_unread(tmp_path):
+    fifo = tmp_path / "w.safetensors"
+    os.mkfifo(fifo)
+    link = tmp_path / "z.safetensors"
+    link.symlink_to("/dev/zero")
+    for path, what in ((fifo, "FIFO"), (link, "character device"), (tmp_path, "directory")):
+        with _Deadline(20), pytest.raises(CheckpointError, match=what):
+            load_weights(shapes_net(seed=0), path)
+
+
+def test_images_are_opened_through_the_guarded_open(tmp_path, monkeypatch):
+    """A picture swapped for a FIFO or /dev/zero after the path was checked (simulated by
+    skipping that check) is still refused on the open descriptor, never read or waited on."""
+    from scratchcnn.data import images
+    from scratchcnn.errors import DataError
+
+    fifo = tmp_path / "x.png"
+    os.mkfifo(fifo)
+    link = tmp_path / "z.png"
+    link.symlink_to("/dev/zero")
+    monkeypatch.setattr(images, "open_image_file", lambda path: Path(path))
+    for path, what in ((fifo, "FIFO"), (link, "character device")):
+        with _Deadline(20), pytest.raises(DataError, match=what):
+            images.load_image(path, (1, 28, 28))
+        with _Deadline(20), pytest.raises(DataError, match=what):
+            images.probe_image(path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import onnx
 import pytest
@@ -66,7 +68,7 @@ def test_file_larger_than_the_limit(monkeypatch, lenet_bytes, tmp_path):
     path = tmp_path / "big.onnx"
     path.write_bytes(lenet_bytes)
     monkeypatch.setattr(LOADER, "MAX_FILE_BYTES", 1000)
-    _one_line(path, "larger than")
+    _one_line(path, "more than the 1,000-byte limit for an ONNX file")
 
 
 def _huge_initializer() -> onnx.TensorProto:
@@ -205,3 +207,94 @@ def test_declared_intermediate_shapes_must_match(tmp_path):
     _one_line(
         save(model, tmp_path / "bad.onnx"), r'node "flat" \(Flatten\): output .* \[\'N\', 7\]'
     )
+
+
+def _reshape_by(nodes, tmp_path, name):
+    """x (N, 1, 8, 8) reshaped by the value ``t`` that ``nodes`` fold."""
+    made = [*nodes, helper.make_node("Reshape", ["x", "t"], ["y"])]
+    return save(graph_model(made, [1, 1, 8, 8]), tmp_path / f"{name}.onnx")
+
+
+def _const(name, array):
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(array))
+
+
+@pytest.mark.parametrize(
+    ("source", "to", "match"),
+    [
+        (np.array([np.inf, 1], np.float32), TensorProto.INT64, "casts NaN or inf to int64"),
+        (np.array([1e20, 1], np.float64), TensorProto.INT32, r"casts values in \[1, 1e\+20\]"),
+        (np.array([2**40, 1], np.int64), TensorProto.INT32, "beyond its range"),
+        (np.array([1e300, 1], np.float64), TensorProto.FLOAT, "to float32, beyond its range"),
+    ],
+    ids=["inf-int64", "1e20-int32", "2^40-int32", "1e300-float32"],
+)
+def test_folded_casts_that_do_not_fit_are_refused_without_warnings(source, to, match, tmp_path):
+    nodes = [_const("c", source), helper.make_node("Cast", ["c"], ["t"], to=to)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a numpy RuntimeWarning fails the test
+        _one_line(_reshape_by(nodes, tmp_path, "cast"), match)
+
+
+def test_folded_results_are_sized_before_they_are_allocated(tmp_path, monkeypatch):
+    ops = __import__("scratchcnn.onnx.ops", fromlist=["MAX_FOLDED_TOTAL"])
+    half = np.array([1, -1] * 4, np.int64)
+    nodes = [_const("c", half), helper.make_node("Concat", ["c"] * 9, ["t"], axis=0)]
+    monkeypatch.setattr(ops, "MAX_FOLDED_ELEMENTS", 71)
+    _one_line(_reshape_by(nodes, tmp_path, "one"), "folds to 72 values; too many")
+    monkeypatch.setattr(ops, "MAX_FOLDED_ELEMENTS", 1000)
+    monkeypatch.setattr(ops, "MAX_FOLDED_TOTAL", 100)
+    chain = [_const("c0", half)]
+    for i in range(20):  # 20 x 8 values: each within the per-value cap, 160 in all
+        chain.append(helper.make_node("Concat", [f"c{i}"], [f"c{i + 1}"], axis=0))
+    chain.append(helper.make_node("Slice", ["c20", "s0", "s1"], ["t"]))
+    model = graph_model(
+        [*chain, helper.make_node("Reshape", ["x", "t"], ["y"])],
+        [1, 1, 8, 8],
+        None,
+        {"s0": np.array([0], np.int64), "s1": np.array([2], np.int64)},
+    )
+    _one_line(save(model, tmp_path / "total.onnx"), "beyond the 100 that the constants")
+    monkeypatch.setattr(ops, "MAX_FOLDED_TOTAL", 1000)
+    assert len(load(tmp_path / "total.onnx")) == 1  # the same graph under a larger cap
+
+
+@pytest.mark.parametrize(
+    ("node", "inits", "match"),
+    [
+        (("Range", ["a", "inf", "b"]), {}, "must be finite numbers"),
+        (("Dropout", ["x", "r"]), {"r": np.ones((1, 2), np.float32)}, "input ratio has shape"),
+        (("Dropout", ["x", "", "m"]), {"m": np.ones(3, np.bool_)}, "training_mode has shape"),
+    ],
+    ids=["range-inf", "dropout-ratio", "dropout-training-mode"],
+)
+def test_constant_inputs_of_the_wrong_form_are_one_line(node, inits, match, tmp_path):
+    op, inputs = node
+    if op == "Range":
+        nodes = [
+            _const("a", np.array(0.0, np.float32)),
+            _const("inf", np.array(np.inf, np.float32)),
+            _const("b", np.array(1.0, np.float32)),
+            helper.make_node("Range", inputs, ["t"]),
+        ]
+        path = _reshape_by(nodes, tmp_path, "range")
+    else:
+        made = [helper.make_node(op, inputs, ["y"])]
+        path = save(graph_model(made, ["N", 4], None, inits), tmp_path / "n.onnx")
+    _one_line(path, match)
+
+
+def test_attributes_and_layers_beyond_the_models_range(tmp_path):
+    nodes = [helper.make_node("LeakyRelu", ["x"], ["y"], alpha=float("nan"))]
+    _one_line(save(graph_model(nodes, ["N", 4]), tmp_path / "a.onnx"), "alpha=nan is not a")
+    mul = [helper.make_node("Mul", ["x", "s"], ["m"]), helper.make_node("Mul", ["m", "s"], ["y"])]
+    big = {"s": np.array(1e30, np.float32)}
+    path = save(graph_model(mul, ["N", 4], None, big), tmp_path / "m.onnx")
+    _one_line(path, r"layer 0 \(Rescale\) would have scale=1e\+60")
+    in64 = graph_model(mul, ["N", 4], None, {"s": np.array(1e30)}, elem=TensorProto.DOUBLE)
+    scale = load(save(in64, tmp_path / "m64.onnx")).layers[0].scale
+    assert scale == pytest.approx(1e60)  # a float64 model holds it
+    conv = [helper.make_node("Conv", ["x", "W"], ["y"], strides=[5000, 1])]
+    w = {"W": np.ones((1, 1, 1, 1), np.float32)}
+    path = save(graph_model(conv, ["N", 1, 4, 4], None, w), tmp_path / "c.onnx")
+    _one_line(path, r"strides=\[5000, 1\]: at most 4,096")

@@ -60,7 +60,7 @@ def test_import_drops_a_final_softmax_and_takes_class_names(tmp_path, capsys):
     assert [type(la).__name__ for la in ckpt.model] == ["Dense"]
     assert ckpt.extra["classes"] == ["a", "b", "c"]
     assert main(["import", str(path), str(tmp_path / "x.npz"), "--classes", "a,b"]) == 2
-    assert "2 class names given" in _err(capsys)
+    assert "--classes gives 2 class names but the model has output shape (N, 3)" in _err(capsys)
     assert not (tmp_path / "x.npz").exists()
 
 
