@@ -16,6 +16,8 @@ not vectorise the loop: 5-10x slower, measured on Winograd transforms (BENCHMARK
 
 from __future__ import annotations
 
+import math
+
 import numba as nb
 import numpy as np
 from llvmlite import ir
@@ -138,6 +140,171 @@ def relu_grad(dy, y, out):
     zero = dy.dtype.type(0)
     for i in range(y.size):
         out[i] = dy[i] if y[i] > 0 else zero
+
+
+# --- the other activations over flat memory (their routes: engine.activations) ------------
+# NaN stays NaN forward and backward, as in the layers: every clamp is written as two
+# comparisons (a NaN fails both), never as min/max.
+@nb.njit(**_LOOP)
+def silu(x, out):
+    """out = x * sigmoid(x) = x / (1 + exp(-x))."""
+    one = x.dtype.type(1)
+    for i in range(x.size):
+        v = x[i]
+        out[i] = v / (one + np.exp(-v))
+
+
+@nb.njit(**_LOOP)
+def silu_grad(dy, x, out):
+    """out = dy * s * (1 + x * (1 - s)), s = sigmoid(x)."""
+    one = x.dtype.type(1)
+    for i in range(x.size):
+        v = x[i]
+        s = one / (one + np.exp(-v))
+        out[i] = dy[i] * s * (one + v * (one - s))
+
+
+@nb.njit(**_LOOP)
+def gelu(x, out):
+    """out = x * Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2, in float64."""
+    for i in range(x.size):
+        v = np.float64(x[i])
+        out[i] = v * (0.5 * (1.0 + math.erf(v * 0.7071067811865476)))
+
+
+@nb.njit(**_LOOP)
+def gelu_grad(dy, x, out):
+    """out = dy * (Phi(x) + x * phi(x)), phi(x) = exp(-x^2 / 2) / sqrt(2 pi), in float64."""
+    for i in range(x.size):
+        v = np.float64(x[i])
+        cdf = 0.5 * (1.0 + math.erf(v * 0.7071067811865476))
+        out[i] = dy[i] * (cdf + v * math.exp(-0.5 * v * v) * 0.3989422804014327)
+
+
+@nb.njit(**_LOOP)
+def gelu_tanh(x, out):
+    """out = x / 2 * (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), in float64."""
+    for i in range(x.size):
+        v = np.float64(x[i])
+        t = math.tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))
+        out[i] = 0.5 * v * (1.0 + t)
+
+
+@nb.njit(**_LOOP)
+def gelu_tanh_grad(dy, x, out):
+    """out = dy * ((1 + t) / 2 + x / 2 * (1 - t^2) * sqrt(2 / pi) (1 + 3 * 0.044715 x^2))."""
+    for i in range(x.size):
+        v = np.float64(x[i])
+        t = math.tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))
+        du = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * v * v)
+        out[i] = dy[i] * (0.5 * (1.0 + t) + 0.5 * v * (1.0 - t * t) * du)
+
+
+@nb.njit(**_LOOP)
+def hardswish(x, out):
+    """out = x * min(max(x + 3, 0), 6) / 6."""
+    zero, three, six = x.dtype.type(0), x.dtype.type(3), x.dtype.type(6)
+    for i in range(x.size):
+        v = x[i]
+        c = v + three
+        if c < zero:
+            c = zero
+        if c > six:
+            c = six
+        out[i] = v * (c / six)
+
+
+@nb.njit(**_LOOP)
+def hardswish_grad(dy, x, out):
+    """out = dy * (0 for x <= -3, 1 for x >= 3, x / 3 + 1/2 between)."""
+    zero, three, half = x.dtype.type(0), x.dtype.type(3), x.dtype.type(0.5)
+    for i in range(x.size):
+        v = x[i]
+        if v <= -three:
+            out[i] = dy[i] * zero
+        elif v >= three:
+            out[i] = dy[i]
+        else:
+            out[i] = dy[i] * (v / three + half)
+
+
+@nb.njit(**_LOOP)
+def hardsigmoid(x, alpha, beta, out):
+    """out = min(max(alpha * x + beta, 0), 1)."""
+    zero, one = x.dtype.type(0), x.dtype.type(1)
+    for i in range(x.size):
+        t = x[i] * alpha + beta
+        if t < zero:
+            t = zero
+        if t > one:
+            t = one
+        out[i] = t
+
+
+@nb.njit(**_LOOP)
+def hardsigmoid_grad(dy, x, alpha, beta, out):
+    """out = dy * alpha where 0 < alpha * x + beta < 1, else 0."""
+    zero, one = x.dtype.type(0), x.dtype.type(1)
+    for i in range(x.size):
+        t = x[i] * alpha + beta
+        out[i] = dy[i] * alpha if (t > zero and t < one) else dy[i] * zero
+
+
+@nb.njit(**_LOOP)
+def clip(x, low, high, has_low, has_high, out):
+    """out = x clamped to [low, high] (a bound only where has_low / has_high)."""
+    for i in range(x.size):
+        v = x[i]
+        if has_low and v < low:
+            v = low
+        if has_high and v > high:
+            v = high
+        out[i] = v
+
+
+@nb.njit(**_LOOP)
+def clip_grad(dy, x, low, high, has_low, has_high, out):
+    """out = dy where low < x < high (each test only for a bound that is there), else 0."""
+    zero = dy.dtype.type(0)
+    for i in range(x.size):
+        v = x[i]
+        inside = (not has_low or v > low) and (not has_high or v < high)
+        out[i] = dy[i] if inside else dy[i] * zero
+
+
+# --- depthwise convolution, inference (engine.conv: one filter per channel) ---------------
+@nb.njit(**_LOOP)
+def depthwise(x, w, bias, sh, sw, pt, pl, out):
+    """out[n, c] = bias[c] + sum_{u, v} w[c, 0, u, v] * xpad[n, c, i*SH + u, j*SW + v], for
+    C-contiguous NCHW ``x`` and ``out`` (padding read as zeros: the taps that fall on it are
+    skipped). Per output row, each tap adds a strided stretch of one input row."""
+    n, c, h, wd = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    kh, kw = w.shape[2], w.shape[3]
+    for b in range(n):
+        for ch in range(c):
+            xc, oc, wc, bv = x[b, ch], out[b, ch], w[ch, 0], bias[ch]
+            for i in range(oh):
+                row = oc[i]
+                for j in range(ow):
+                    row[j] = bv
+                for u in range(kh):
+                    r = i * sh - pt + u
+                    if r < 0 or r >= h:
+                        continue
+                    xr = xc[r]
+                    for v in range(kw):
+                        # output columns j whose input column j*SW - PL + v is inside the row
+                        j0 = max(0, (pl - v + sw - 1) // sw)
+                        j1 = min(ow, (wd - 1 + pl - v) // sw + 1)
+                        if j1 <= j0:
+                            continue
+                        wv = wc[u, v]
+                        start = j0 * sw - pl + v
+                        src = xr[start : start + (j1 - j0 - 1) * sw + 1 : sw]
+                        dst = row[j0:j1]
+                        for k in range(j1 - j0):
+                            dst[k] += wv * src[k]
 
 
 # --- max pooling, windows that tile (stride = kernel, no padding or dilation) --------------

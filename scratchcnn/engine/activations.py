@@ -1,8 +1,14 @@
-"""The engine's ReLU and Flatten: the reference's results, in the input's own memory layout.
+"""The engine's ReLU, the other activations and Flatten: the reference's results, in the
+input's own memory layout.
 
 ReLU runs one compiled pass over all of x's memory (forward: max(x, 0); backward: dy where
 y > 0), or NumPy's ``np.maximum`` against a kept array of zeros of x's layout (against the
 scalar 0 it runs several times slower). Its output is its cache: y > 0 exactly where x > 0.
+
+SiLU, GELU (both forms), Hardswish, Hardsigmoid and Clip/ReLU6 run one compiled pass each
+way (``_numba.silu`` ... ``clip_grad``): the formulas of their layers' docstrings, evaluated
+per element, with x as the cache. Their layers spend several NumPy passes and temporaries
+on the same (GELU's erf alone is a Chebyshev series of about 50 passes).
 
 Flatten hands dL/dx back in the memory layout its input had, so the layers before it (a
 pool over a Conv2D route's (H, C, W, N) output) stream through memory in backward too.
@@ -10,9 +16,11 @@ pool over a Conv2D route's (H, C, W, N) output) stream through memory in backwar
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from ..nn.layers.activations import ReLU
+from ..nn.layers.activations import GELU, Clip, Hardsigmoid, Hardswish, ReLU, ReLU6, SiLU
 from ..nn.layers.base import check_grad
 from ..nn.layers.dense import Flatten
 from . import modes
@@ -60,6 +68,94 @@ class ReLURoute(Route):
         return dy * (y > 0)
 
 
+class _PointwiseRoute(Route):
+    """One compiled pass over x's memory each way (``_forward`` / ``_backward``, given the
+    kernel module and flat views); the cache is x. Where the kernels cannot run (numba off,
+    an integer dtype, a layout that is not a permutation of a dense array) the layer runs."""
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = self.layer._check(x)
+        fast = modes.for_dtype(x.dtype)
+        flat = dense_flat(x) if fast else None
+        y = np.empty_like(x) if flat is not None else None
+        if y is None or y.strides != x.strides:
+            self._cache = None
+            return self.layer.forward(x)
+        self._forward(fast, flat, dense_flat(y))
+        self._cache = x
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray:
+        x = self._cache
+        if x is None:  # the layer ran the forward (or nothing did: it says so)
+            return self.layer.backward(dy)
+        dy = check_grad(dy, x.shape, x.dtype, type(self.layer).__name__)
+        if dy.strides != x.strides or dense_flat(dy) is None:
+            laid = np.empty_like(x)
+            laid[...] = dy
+            dy = laid
+        dx = np.empty_like(x)
+        self._backward(modes.compiled(), dense_flat(dy), dense_flat(x), dense_flat(dx))
+        return dx
+
+    def _forward(self, fast, x, y) -> None:
+        raise NotImplementedError
+
+    def _backward(self, fast, dy, x, dx) -> None:
+        raise NotImplementedError
+
+
+class SiLURoute(_PointwiseRoute):
+    def _forward(self, fast, x, y) -> None:
+        fast.silu(x, y)
+
+    def _backward(self, fast, dy, x, dx) -> None:
+        fast.silu_grad(dy, x, dx)
+
+
+class GELURoute(_PointwiseRoute):
+    def _forward(self, fast, x, y) -> None:
+        (fast.gelu_tanh if self.layer.approximate == "tanh" else fast.gelu)(x, y)
+
+    def _backward(self, fast, dy, x, dx) -> None:
+        tanh = self.layer.approximate == "tanh"
+        (fast.gelu_tanh_grad if tanh else fast.gelu_grad)(dy, x, dx)
+
+
+class HardswishRoute(_PointwiseRoute):
+    def _forward(self, fast, x, y) -> None:
+        fast.hardswish(x, y)
+
+    def _backward(self, fast, dy, x, dx) -> None:
+        fast.hardswish_grad(dy, x, dx)
+
+
+class HardsigmoidRoute(_PointwiseRoute):
+    def _ab(self, x: np.ndarray) -> tuple[Any, Any]:
+        """alpha and beta in x's dtype, as the layer computes with them."""
+        return x.dtype.type(self.layer.alpha), x.dtype.type(self.layer.beta)
+
+    def _forward(self, fast, x, y) -> None:
+        fast.hardsigmoid(x, *self._ab(x), y)
+
+    def _backward(self, fast, dy, x, dx) -> None:
+        fast.hardsigmoid_grad(dy, x, *self._ab(x), dx)
+
+
+class ClipRoute(_PointwiseRoute):
+    def _bounds(self, x: np.ndarray) -> tuple[Any, Any, bool, bool]:
+        """The bounds in x's dtype (0 where absent) and which are there."""
+        low, high = self.layer.min_value, self.layer.max_value
+        t = x.dtype.type
+        return t(low or 0), t(high or 0), low is not None, high is not None
+
+    def _forward(self, fast, x, y) -> None:
+        fast.clip(x, *self._bounds(x), y)
+
+    def _backward(self, fast, dy, x, dx) -> None:
+        fast.clip_grad(dy, x, *self._bounds(x), dx)
+
+
 class FlattenRoute(Route):
     def forward(self, x: np.ndarray) -> np.ndarray:
         y = self.layer.forward(x)  # checks and reshapes; keeps x (a reference) for its layout
@@ -74,4 +170,13 @@ class FlattenRoute(Route):
         return dx
 
 
-ROUTES = {ReLU: ReLURoute, Flatten: FlattenRoute}
+ROUTES = {
+    ReLU: ReLURoute,
+    Flatten: FlattenRoute,
+    SiLU: SiLURoute,
+    GELU: GELURoute,
+    Hardswish: HardswishRoute,
+    Hardsigmoid: HardsigmoidRoute,
+    Clip: ClipRoute,
+    ReLU6: ClipRoute,
+}

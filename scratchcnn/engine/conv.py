@@ -39,6 +39,7 @@ is batched over (OH, G) with the weight of kernel row u as (G, O/G, C/G*KW):
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numpy as np
 
@@ -49,20 +50,23 @@ from . import modes
 from .layout import fold, row_blocks, sliding_windows
 from .route import Route
 
-
-#: Inference (eval mode) runs the layer's own im2col and one GEMM, not the row layout, when
-#: the batch is one image (the row layout puts the batch innermost: with N = 1 its copies and
-#: kernels run over stretches of one) or when a convolution has fewer output positions
-#: (OH*OW*N) than this many times its output channels: its weight is then larger than its
-#: im2col matrix, and reordering the weight to the row order every call (what the row
-#: layout needs) costs more than the im2col copy. Measured on torchvision's resnet18 at
-#: 3x64x64: 1.7x at batch 1, 1.07x at batch 16 (BENCHMARKS.md, issue 27). Training keeps
-#: the row layout throughout.
-BY_LAYER_MAX_COLUMNS_PER_OUTPUT = 2
-
-#: False runs every inference call in the row layout (benchmarks/torchvision_import.py
-#: --ab measures both ways in one process).
+#: Inference (eval mode) on one image runs the layer's own im2col and one GEMM, not the
+#: row layout: the row layout puts the batch innermost, so with N = 1 its copies and
+#: compiled kernels run over stretches of one, and it reorders the whole weight to its row
+#: order every call, which at batch 1 costs more than the im2col copy. torchvision models at
+#: 3x64x64, batch 1 (BENCHMARKS.md, issue 27): resnet18 2.0x, googlenet 1.2x. Larger batches
+#: and training keep the row layout (tried: also taking the layer where a convolution has
+#: fewer output positions than 2x its channels made googlenet 15 % slower at batch 16).
+#: False runs every call in the row layout (benchmarks/torchvision_import.py --ab measures
+#: both ways in one process).
 INFERENCE_BY_LAYER = True
+
+#: Inference of a depthwise convolution (groups = C = O, no dilation; MobileNet, MnasNet,
+#: EfficientNet) on one image by a direct compiled kernel (``_numba.depthwise``): each tap
+#: adds a strided stretch of an input row to an output row, no im2col and no GEMM of width
+#: one. 1.3-1.5x the layer's own im2col at batch 1 (mnasnet0_5, mobilenet_v2, 3x64x64); at
+#: batch 16 the row layout's grouped path is faster (its vectors run over the batch).
+INFERENCE_DEPTHWISE = True
 
 
 class Conv2DRoute(Route):
@@ -75,6 +79,7 @@ class Conv2DRoute(Route):
         self._r: np.ndarray | None = None  # window buffer, reused from step to step
         self._last_hw: tuple[tuple[int, ...], tuple[int, int]] | None = None
         self._layer_ran = False  # the last forward was the layer's own (``_by_layer``)
+        self._direct_x: np.ndarray | None = None  # its input, after the depthwise kernel
 
     @property
     def _plain(self) -> bool:
@@ -86,23 +91,31 @@ class Conv2DRoute(Route):
         """The weight as the (O, KH*C*KW) matrix matching the row-block order (u, c, v)."""
         return reorder_weight(self.layer.params["weight"], "rows")
 
-    def _by_layer(self, x: np.ndarray, who: str) -> bool:
-        """Whether this inference call is better run by the layer's own im2col (see
-        ``BY_LAYER_MAX_COLUMNS_PER_OUTPUT``)."""
+    def _by_layer(self, x: np.ndarray) -> bool:
+        """Whether this call is better run by the layer's own im2col: inference on one image
+        (see ``INFERENCE_BY_LAYER``)."""
+        return INFERENCE_BY_LAYER and not self.layer.training and x.ndim == 4 and len(x) == 1
+
+    def _depthwise(self, x: np.ndarray) -> Any:
+        """The compiled kernels when this inference call is a depthwise convolution (one
+        filter per channel, no dilation) the direct kernel takes; else None."""
         la = self.layer
-        if la.training or x.ndim != 4 or not INFERENCE_BY_LAYER:
-            return False
-        if x.shape[0] == 1:
-            return True
-        if not self._plain:
-            return False
-        oh, ow = self._out_hw(x.shape[2:], who)
-        return oh * ow * x.shape[0] < BY_LAYER_MAX_COLUMNS_PER_OUTPUT * la.out_channels
+        if la.training or not INFERENCE_DEPTHWISE or la.dilation != (1, 1):
+            return None
+        if not la.groups == la.in_channels == la.out_channels > 1:
+            return None
+        if not (isinstance(x, np.ndarray) and x.ndim == 4 and len(x) == 1):
+            return None
+        return modes.for_dtype(la.dtype) if x.dtype == la.dtype else None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         la = self.layer
         who = f"Conv2D({la.in_channels}, {la.out_channels})"
-        self._layer_ran = self._by_layer(x, who)
+        fast = self._depthwise(x)
+        if fast is not None:
+            return self._forward_depthwise(x, who, fast)
+        self._direct_x = None
+        self._layer_ran = self._by_layer(x)
         if self._layer_ran:  # the reference, which also keeps its own cache for backward
             return la.forward(x)
         x = check_input(x, who, 4, "(N, C, H, W)", la.dtype, la.in_channels)
@@ -123,8 +136,27 @@ class Conv2DRoute(Route):
         # Logical NCHW over memory (OH, O, OW, N).
         return y.reshape(oh, o, ow, n).transpose(3, 1, 0, 2)
 
+    def _forward_depthwise(self, x: np.ndarray, who: str, fast: Any) -> np.ndarray:
+        """Inference by the direct depthwise kernel (``_numba.depthwise``), NCHW out. A
+        backward after it (saliency in eval mode) runs the layer's forward again for the
+        cache its own backward needs: rare, and exact."""
+        la = self.layer
+        x = check_input(x, who, 4, "(N, C, H, W)", la.dtype, la.in_channels)
+        oh, ow = self._out_hw(x.shape[2:], who)
+        (pt, _), (pl, _) = la.pad
+        out = np.empty((x.shape[0], la.out_channels, oh, ow), dtype=x.dtype)
+        bias = la.params["bias"] if la.use_bias else np.zeros(la.out_channels, x.dtype)
+        w = np.ascontiguousarray(la.params["weight"])
+        fast.depthwise(np.ascontiguousarray(x), w, bias, *la.stride, pt, pl, out)
+        self._layer_ran = True
+        self._direct_x = x
+        return out
+
     def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         if self._layer_ran:
+            if self._direct_x is not None:  # forward ran the direct kernel: the layer's now
+                self.layer.forward(self._direct_x)
+                self._direct_x = None
             return self.layer.backward(dy, input_grad)
         if not self._plain:
             return self._backward_grouped(dy, input_grad)

@@ -5,7 +5,7 @@ ONNX runtime) runs; ``load(path)`` reads an ONNX graph (from ``torch.onnx.export
 by hand) back into a :class:`~scratchcnn.Sequential` whose gradients come from scratchcnn's
 own backward passes, so it can be fine-tuned here.
 
-The ``onnx`` package is optional (``pip install 'scratchcnn[onnx]'``) and imported only when
+The ``onnx`` package is optional (``pip install -e '.[onnx]'`` in a clone) and imported only when
 one of these functions runs; ``import scratchcnn.onnx`` itself works without it. Nothing
 else in scratchcnn imports this package.
 """

@@ -14,6 +14,6 @@ def require_onnx() -> ModuleType:
         return importlib.import_module("onnx")
     except ImportError as exc:
         raise MissingDependencyError(
-            f"ONNX support needs the onnx package ({exc}); install it with "
-            "pip install 'scratchcnn[onnx]'"
+            f"ONNX support needs the onnx package ({exc}); install it with pip install onnx "
+            "(the [onnx] extra: pip install -e '.[onnx]' in a clone)"
         ) from None

@@ -1227,7 +1227,9 @@ def _batchnorm(w: Walker, node: Node, shape: Shape) -> list[Layer]:
         raise node.error("needs scale, B, input_mean and input_var")
     if np.any(values[3] < 0):
         raise node.error("input_var has negative values")
-    momentum = 1.0 - a["momentum"]
+    # ONNX keeps the running average's weight of the *old* value (torch's 1 - momentum) as
+    # a float32 attribute: 7 significant digits are all it holds (0.1, not 0.0999...98).
+    momentum = round(1.0 - a["momentum"], 7)
     if not (a["epsilon"] > 0 and 0.0 <= momentum <= 1.0):
         raise node.unsupported(f"attribute epsilon={a['epsilon']} or momentum={a['momentum']}")
     layer = cls(c, eps=a["epsilon"], momentum=momentum, dtype=_dtype(w))

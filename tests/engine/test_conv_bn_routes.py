@@ -208,15 +208,15 @@ def test_grouped_path_equals_the_plain_path(s, p, rng, monkeypatch):
     "n,o,hw,groups,expected",
     [
         (1, 4, 9, 1, True),  # one image: the layer's own im2col
-        (1, 4, 9, 4, True),  # depthwise too
-        (2, 64, 3, 1, True),  # 2*3*3 = 18 output positions < 2 * 64 channels
-        (2, 4, 9, 1, False),  # 162 positions: the row layout
-        (2, 64, 3, 4, False),  # grouped, N > 1: the route's grouped path
+        (1, 4, 9, 2, True),  # grouped too (depthwise has its own kernel)
+        (1, 64, 3, 1, True),
+        (2, 64, 3, 1, False),  # two images: the row layout
+        (2, 4, 9, 4, False),  # grouped, N > 1: the route's grouped path
     ],
 )
 def test_inference_takes_the_layer_where_its_im2col_is_cheaper(n, o, hw, groups, expected, rng):
-    """In eval mode at batch 1, or with fewer output positions than 2x the channels, the
-    route runs the reference layer (and its backward, for saliency); training never does."""
+    """In eval mode on one image the route runs the reference layer (and its backward, for
+    saliency); training never does."""
     conv = sc.Conv2D(4, o, 3, padding=1, groups=groups, dtype=np.float64, rng=rng)
     ref = sc.Conv2D(4, o, 3, padding=1, groups=groups, dtype=np.float64)
     ref.params = {k: v.copy() for k, v in conv.params.items()}
@@ -234,3 +234,35 @@ def test_inference_takes_the_layer_where_its_im2col_is_cheaper(n, o, hw, groups,
         np.testing.assert_allclose(route.backward(dy), ref.backward(dy), rtol=1e-12, atol=1e-12)
         for k in ref.grads:
             np.testing.assert_allclose(conv.grads[k], ref.grads[k], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "k,s,p,hw",
+    [
+        (3, 1, 1, 9),
+        (3, 2, 1, 9),
+        (5, 2, 2, 11),
+        (3, 1, 0, 5),
+        ((3, 5), (2, 1), ((0, 2), (1, 0)), 7),
+    ],
+)
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_depthwise_inference_kernel_equals_the_layer(k, s, p, hw, dtype, tol, bias, rng):
+    """One image in eval mode: the direct depthwise kernel; its backward (saliency) is the
+    layer's own, exactly."""
+    conv = sc.Conv2D(6, 6, k, stride=s, padding=p, groups=6, bias=bias, dtype=dtype, rng=rng)
+    ref = sc.Conv2D(6, 6, k, stride=s, padding=p, groups=6, bias=bias, dtype=dtype)
+    ref.params = {key: v.copy() for key, v in conv.params.items()}
+    conv.eval()
+    route = Conv2DRoute(conv)
+    x = rng.standard_normal((1, 6, hw, hw)).astype(dtype)
+    calls = []
+    conv.forward = lambda x, f=conv.forward: calls.append(1) or f(x)
+    y = route.forward(x)
+    assert not calls  # the kernel, not the layer
+    np.testing.assert_allclose(y, ref.forward(x), rtol=tol, atol=tol)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    np.testing.assert_array_equal(route.backward(dy), ref.backward(dy))
+    for key in ref.grads:
+        np.testing.assert_array_equal(conv.grads[key], ref.grads[key])
