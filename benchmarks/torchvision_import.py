@@ -104,14 +104,16 @@ def quiet_export(net: torch.nn.Module, x: torch.Tensor, path: Path, exporter: st
 
 
 def rows_only(model: sc.Sequential, x: np.ndarray) -> object:
-    """``model.forward(x)`` with the engine's inference shortcut off (``--ab``)."""
+    """``model.forward(x)`` with the engine's one-image inference paths off (``--ab``):
+    every convolution in the row layout, as before issue 27 (the compiled activation routes
+    stay on)."""
     from scratchcnn.engine import conv
 
-    conv.INFERENCE_BY_LAYER = False
+    conv.INFERENCE_BY_LAYER = conv.INFERENCE_DEPTHWISE = False
     try:
         return model.forward(x)
     finally:
-        conv.INFERENCE_BY_LAYER = True
+        conv.INFERENCE_BY_LAYER = conv.INFERENCE_DEPTHWISE = True
 
 
 def timing(model: sc.Sequential, net: torch.nn.Module, path: Path, size: int,

@@ -146,15 +146,6 @@ def relu_grad(dy, y, out):
 # NaN stays NaN forward and backward, as in the layers: every clamp is written as two
 # comparisons (a NaN fails both), never as min/max.
 @nb.njit(**_LOOP)
-def silu(x, out):
-    """out = x * sigmoid(x) = x / (1 + exp(-x))."""
-    one = x.dtype.type(1)
-    for i in range(x.size):
-        v = x[i]
-        out[i] = v / (one + np.exp(-v))
-
-
-@nb.njit(**_LOOP)
 def silu_grad(dy, x, out):
     """out = dy * s * (1 + x * (1 - s)), s = sigmoid(x)."""
     one = x.dtype.type(1)
