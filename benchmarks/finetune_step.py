@@ -32,6 +32,7 @@ import logging
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,6 +75,48 @@ def head_of(net: torch.nn.Module) -> tuple[torch.nn.Module, str]:
     return net.classifier, str(len(net.classifier) - 1)
 
 
+def steps(name: str, args: argparse.Namespace, folder: Path) -> tuple[Any, Any]:
+    """One training step of each side, as functions of nothing."""
+    net = build(name)
+    model = load(export(net, args.size, folder / f"{name}.onnx"))
+    model.replace_head(10, rng=0)
+    parent, attr = head_of(net)
+    old = getattr(parent, attr) if hasattr(parent, attr) else parent[int(attr)]
+    new = torch.nn.Linear(old.in_features, 10)
+    head = model.layers[model.head_index()]
+    with torch.no_grad():
+        new.weight.copy_(torch.from_numpy(head.params["weight"]))
+        new.bias.copy_(torch.from_numpy(head.params["bias"]))
+    if hasattr(parent, attr) and not attr.isdigit():
+        setattr(parent, attr, new)
+    else:
+        parent[int(attr)] = new
+    net.train()
+    model.train()
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (args.batch, 3, args.size, args.size)).astype(np.float32)
+    y = rng.integers(0, 10, args.batch)
+    opt = sc.optim.SGD(model, lr=1e-3, momentum=0.9)
+    loss_fn = sc.CrossEntropyLoss()
+    topt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+    def ours() -> object:
+        loss = loss_fn.forward(model.forward(x), y)
+        model.backward(loss_fn.backward(), input_grad=False)
+        opt.step()
+        return loss
+
+    def theirs() -> object:
+        topt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(net(xt), yt)
+        loss.backward()
+        topt.step()
+        return loss
+
+    return ours, theirs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v2"])
@@ -88,43 +131,7 @@ def main() -> None:
     rows = []
     print(f"torch {torch.__version__}, threads {THREADS}, batch {args.batch}", flush=True)
     for name in args.models:
-        net = build(name)
-        model = load(export(net, args.size, folder / f"{name}.onnx"))
-        model.replace_head(10, rng=0)
-        parent, attr = head_of(net)
-        old = getattr(parent, attr) if hasattr(parent, attr) else parent[int(attr)]
-        new = torch.nn.Linear(old.in_features, 10)
-        head = model.layers[model.head_index()]
-        with torch.no_grad():
-            new.weight.copy_(torch.from_numpy(head.params["weight"]))
-            new.bias.copy_(torch.from_numpy(head.params["bias"]))
-        if hasattr(parent, attr) and not attr.isdigit():
-            setattr(parent, attr, new)
-        else:
-            parent[int(attr)] = new
-        net.train()
-        model.train()
-        rng = np.random.default_rng(0)
-        x = rng.uniform(0, 1, (args.batch, 3, args.size, args.size)).astype(np.float32)
-        y = rng.integers(0, 10, args.batch)
-        opt = sc.optim.SGD(model, lr=1e-3, momentum=0.9)
-        loss_fn = sc.CrossEntropyLoss()
-        topt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
-        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-
-        def ours() -> object:
-            loss = loss_fn.forward(model.forward(x), y)
-            model.backward(loss_fn.backward(), input_grad=False)
-            opt.step()
-            return loss
-
-        def theirs() -> object:
-            topt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(net(xt), yt)
-            loss.backward()
-            topt.step()
-            return loss
-
+        ours, theirs = steps(name, args, folder)
         result = compare({"scratchcnn": ours, "torch": theirs}, 1, args.rounds, args.seconds)
         row = {
             "model": name,

@@ -252,11 +252,25 @@ def test_torchvision_import_benchmark_reports_a_row_per_export(tmp_path):
     """One small model, the TorchScript exporter at opset 17: import, errors and timing."""
     out = run(
         "torchvision_import.py",
-        *("--models", "squeezenet1_1", "--exporters", "ts", "--opsets", "17", "--timing"),
+        *("--models", "squeezenet1_1", "--exporters", "ts", "--opsets", "17", "--timing", "--ab"),
         *("--rounds", "1", "--seconds", "0.02", "--json", str(tmp_path / "t.json")),
     )
     assert "squeezenet1_1" in out and "threads 1" in out
     (row,) = json.loads((tmp_path / "t.json").read_text())
     assert row["status"] == "ok" and row["out_err"] <= 1e-4 and row["grad_err"] <= 1e-9
     for batch in ("batch1", "batch16"):
-        assert all(row["timing"][batch][n] > 0 for n in ("scratchcnn", "torch", "onnxruntime"))
+        names = ("scratchcnn", "torch", "onnxruntime", "scratchcnn-rows")
+        assert all(row["timing"][batch][n] > 0 for n in names)
+    assert "rows-only" in out
+
+
+def test_finetune_step_benchmark_reports_a_ratio(tmp_path):
+    out = run(
+        "finetune_step.py",
+        *("--models", "mobilenet_v2", "--size", "32", "--batch", "4", "--rounds", "1"),
+        *("--seconds", "0.05", "--json", str(tmp_path / "f.json")),
+    )
+    assert "mobilenet_v2" in out and "ours/torch" in out
+    (row,) = json.loads((tmp_path / "f.json").read_text())
+    assert row["scratchcnn_steps_s"] > 0 and row["torch_steps_s"] > 0
+    assert row["ratio"] == round(row["scratchcnn_steps_s"] / row["torch_steps_s"], 3)

@@ -298,6 +298,91 @@ def depthwise(x, w, bias, sh, sw, pt, pl, out):
                             dst[k] += wv * src[k]
 
 
+# --- depthwise convolution in the (H, C, W, N) layout (engine.conv, batches) --------------
+# xh is the padded input (Hp, C, Wp, N), C-contiguous; out / dy are (OH, C, OW, N); w is
+# (C, KH, KW). A kernel tap (u, v) of channel c touches, for output row i, the stretch of
+# input row i*SH + u that starts at column v: OW*N contiguous values at stride 1, OW runs
+# of N at larger strides. Every inner loop runs over such a stretch.
+@nb.njit(**_LOOP)
+def depthwise_rows(xh, w, bias, sh, sw, out):
+    """out[i, c, j, n] = bias[c] + sum_{u, v} w[c, u, v] * xh[i*SH + u, c, j*SW + v, n]."""
+    oh, c, ow, n = out.shape
+    kh, kw = w.shape[1], w.shape[2]
+    m = ow * n
+    for i in range(oh):
+        for ch in range(c):
+            row = out[i, ch].reshape(m)
+            bv = bias[ch]
+            for k in range(m):
+                row[k] = bv
+            for u in range(kh):
+                xr = xh[i * sh + u, ch].reshape(-1)
+                for v in range(kw):
+                    wv = w[ch, u, v]
+                    if sw == 1:
+                        src = xr[v * n : v * n + m]
+                        for k in range(m):
+                            row[k] += wv * src[k]
+                    else:
+                        for j in range(ow):
+                            src = xr[(j * sw + v) * n : (j * sw + v + 1) * n]
+                            dst = row[j * n : (j + 1) * n]
+                            for k in range(n):
+                                dst[k] += wv * src[k]
+
+
+@nb.njit(**_SUM)
+def depthwise_rows_wgrad(xh, dy, sh, sw, gw):
+    """gw[c, u, v] = sum_{i, j, n} dy[i, c, j, n] * xh[i*SH + u, c, j*SW + v, n], summed in
+    float64 in a fixed order."""
+    oh, c, ow, n = dy.shape
+    kh, kw = gw.shape[1], gw.shape[2]
+    m = ow * n
+    for ch in range(c):
+        for u in range(kh):
+            for v in range(kw):
+                total = 0.0
+                for i in range(oh):
+                    d = dy[i, ch].reshape(m)
+                    xr = xh[i * sh + u, ch].reshape(-1)
+                    if sw == 1:
+                        src = xr[v * n : v * n + m]
+                        for k in range(m):
+                            total += np.float64(d[k]) * src[k]
+                    else:
+                        for j in range(ow):
+                            src = xr[(j * sw + v) * n : (j * sw + v + 1) * n]
+                            dd = d[j * n : (j + 1) * n]
+                            for k in range(n):
+                                total += np.float64(dd[k]) * src[k]
+                gw[ch, u, v] = total
+
+
+@nb.njit(**_LOOP)
+def depthwise_rows_xgrad(dy, w, sh, sw, dxh):
+    """dxh[i*SH + u, c, j*SW + v, n] += w[c, u, v] * dy[i, c, j, n] (dxh zeroed first)."""
+    oh, c, ow, n = dy.shape
+    kh, kw = w.shape[1], w.shape[2]
+    m = ow * n
+    for i in range(oh):
+        for ch in range(c):
+            d = dy[i, ch].reshape(m)
+            for u in range(kh):
+                xr = dxh[i * sh + u, ch].reshape(-1)
+                for v in range(kw):
+                    wv = w[ch, u, v]
+                    if sw == 1:
+                        dst = xr[v * n : v * n + m]
+                        for k in range(m):
+                            dst[k] += wv * d[k]
+                    else:
+                        for j in range(ow):
+                            dst = xr[(j * sw + v) * n : (j * sw + v + 1) * n]
+                            dd = d[j * n : (j + 1) * n]
+                            for k in range(n):
+                                dst[k] += wv * dd[k]
+
+
 # --- max pooling, windows that tile (stride = kernel, no padding or dilation) --------------
 @nb.njit(**_LOOP)
 def maxpool(x, kh, kw, y, idx):

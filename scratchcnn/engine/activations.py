@@ -6,9 +6,10 @@ y > 0), or NumPy's ``np.maximum`` against a kept array of zeros of x's layout (a
 scalar 0 it runs several times slower). Its output is its cache: y > 0 exactly where x > 0.
 
 SiLU, GELU (both forms), Hardswish, Hardsigmoid and Clip/ReLU6 run one compiled pass each
-way (``_numba.silu_grad`` ... ``clip_grad``; SiLU's forward is three NumPy passes, see there): the formulas of their layers' docstrings, evaluated
-per element, with x as the cache. Their layers spend several NumPy passes and temporaries
-on the same (GELU's erf alone is a Chebyshev series of about 50 passes).
+way (``_numba.silu_grad`` ... ``clip_grad``; SiLU's forward is three NumPy passes, see
+there): the formulas of their layers' docstrings, evaluated per element, with x as the
+cache. Their layers spend several NumPy passes and temporaries on the same (GELU's erf
+alone is a Chebyshev series of about 50 passes).
 
 Flatten hands dL/dx back in the memory layout its input had, so the layers before it (a
 pool over a Conv2D route's (H, C, W, N) output) stream through memory in backward too.

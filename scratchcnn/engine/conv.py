@@ -68,6 +68,11 @@ INFERENCE_BY_LAYER = True
 #: batch 16 the row layout's grouped path is faster (its vectors run over the batch).
 INFERENCE_DEPTHWISE = True
 
+#: Depthwise convolutions (groups = C = O, no dilation) with a batch or in training run in
+#: the row layout by compiled loops (``_numba.depthwise_rows`` and its two gradients), not
+#: as the grouped path's GEMMs of one row each. False: the grouped path.
+DEPTHWISE_ROWS = True
+
 
 class Conv2DRoute(Route):
     """Runs one Conv2D in the (H, C, W, N) layout (see the module docstring)."""
@@ -80,6 +85,7 @@ class Conv2DRoute(Route):
         self._last_hw: tuple[tuple[int, ...], tuple[int, int]] | None = None
         self._layer_ran = False  # the last forward was the layer's own (``_by_layer``)
         self._direct_x: np.ndarray | None = None  # its input, after the depthwise kernel
+        self._dw_rows = False  # the last forward was the depthwise row kernel
 
     @property
     def _plain(self) -> bool:
@@ -112,6 +118,7 @@ class Conv2DRoute(Route):
         la = self.layer
         who = f"Conv2D({la.in_channels}, {la.out_channels})"
         fast = self._depthwise(x)
+        self._dw_rows = False
         if fast is not None:
             return self._forward_depthwise(x, who, fast)
         self._direct_x = None
@@ -119,7 +126,11 @@ class Conv2DRoute(Route):
         if self._layer_ran:  # the reference, which also keeps its own cache for backward
             return la.forward(x)
         x = check_input(x, who, 4, "(N, C, H, W)", la.dtype, la.in_channels)
+        self._dw_rows = False
         if not self._plain:
+            fast = modes.for_dtype(x.dtype) if DEPTHWISE_ROWS else None
+            if fast and la.dilation == (1, 1) and la.groups == la.in_channels == la.out_channels:
+                return self._forward_depthwise_rows(x, who, fast)
             return self._forward_grouped(x, who)
         n, c = x.shape[:2]
         kw, o = la.kernel_size[1], la.out_channels
@@ -152,7 +163,47 @@ class Conv2DRoute(Route):
         self._direct_x = x
         return out
 
+    # --- depthwise, in the row layout: compiled loops over the stretches of a row --------
+    def _forward_depthwise_rows(self, x: np.ndarray, who: str, fast: Any) -> np.ndarray:
+        """A depthwise convolution (one filter per channel) in the (H, C, W, N) layout by
+        ``_numba.depthwise_rows``: no window copy, no GEMM of width one."""
+        la = self.layer
+        c = x.shape[1]
+        oh, ow = self._out_hw(x.shape[2:], who)
+        xh = np.ascontiguousarray(pad2d(x.transpose(2, 1, 3, 0), la.pad, axes=(0, 2), copy=True))
+        w = np.ascontiguousarray(la.params["weight"].reshape(c, *la.kernel_size))
+        bias = la.params["bias"] if la.use_bias else np.zeros(c, x.dtype)
+        out = np.empty((oh, c, ow, x.shape[0]), dtype=x.dtype)
+        fast.depthwise_rows(xh, w, bias, *la.stride, out)
+        self._cache = (xh, x.shape, (oh, ow))
+        self._dw_rows = True
+        return out.transpose(3, 1, 0, 2)
+
+    def _backward_depthwise_rows(self, dy: np.ndarray, input_grad: bool) -> np.ndarray | None:
+        """dW[c, u, v] = sum dy[i, c, j, n] * xh[i*SH + u, c, j*SW + v, n]; db = sum dy;
+        dxh[i*SH + u, c, j*SW + v, n] += W[c, u, v] * dy[i, c, j, n], then the padding cut."""
+        la = self.layer
+        xh, x_shape, (oh, ow) = self._require_cache()
+        n, c, h, w = x_shape
+        dy = check_grad(dy, (n, c, oh, ow), la.dtype, "Conv2D")
+        dyr = np.ascontiguousarray(dy.transpose(2, 1, 3, 0))  # (OH, C, OW, N)
+        fast = modes.compiled()
+        gw = np.empty((c, *la.kernel_size), dtype=dyr.dtype)
+        fast.depthwise_rows_wgrad(xh, dyr, *la.stride, gw)
+        la.grads["weight"] = gw.reshape(la.params["weight"].shape)
+        if la.use_bias:
+            la.grads["bias"] = fast.channel_sum(dyr.reshape(oh, c, ow * n)).astype(dyr.dtype)
+        if not input_grad:
+            return None
+        kernel = np.ascontiguousarray(la.params["weight"].reshape(c, *la.kernel_size))
+        dxh = np.zeros_like(xh)
+        fast.depthwise_rows_xgrad(dyr, kernel, *la.stride, dxh)
+        (pt, _), (pl, _) = la.pad
+        return dxh[pt : pt + h, :, pl : pl + w].transpose(3, 1, 0, 2)
+
     def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        if self._dw_rows:
+            return self._backward_depthwise_rows(dy, input_grad)
         if self._layer_ran:
             if self._direct_x is not None:  # forward ran the direct kernel: the layer's now
                 self.layer.forward(self._direct_x)

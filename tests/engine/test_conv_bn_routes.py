@@ -266,3 +266,36 @@ def test_depthwise_inference_kernel_equals_the_layer(k, s, p, hw, dtype, tol, bi
     np.testing.assert_array_equal(route.backward(dy), ref.backward(dy))
     for key in ref.grads:
         np.testing.assert_array_equal(conv.grads[key], ref.grads[key])
+
+
+@pytest.mark.parametrize(
+    "k,s,p,hw,n",
+    [
+        (3, 1, 1, 9, 4),
+        (3, 2, 1, 9, 2),
+        (5, 2, 2, 11, 3),
+        (3, 1, 0, 5, 16),
+        ((3, 5), (2, 1), ((0, 2), (1, 0)), 7, 2),
+        (7, 1, 3, 8, 1),
+    ],
+)
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_depthwise_row_kernels_equal_the_layer(k, s, p, hw, n, dtype, tol, bias, rng):
+    """Training (and batched inference): the depthwise row kernels, forward and both
+    gradients, against the layer; and against the grouped path they replace."""
+    conv = sc.Conv2D(6, 6, k, stride=s, padding=p, groups=6, bias=bias, dtype=dtype, rng=rng)
+    ref = sc.Conv2D(6, 6, k, stride=s, padding=p, groups=6, bias=bias, dtype=dtype)
+    ref.params = {key: v.copy() for key, v in conv.params.items()}
+    route = Conv2DRoute(conv)
+    x = rng.standard_normal((n, 6, hw, hw)).astype(dtype)
+    y = route.forward(x)
+    assert route._dw_rows
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    np.testing.assert_allclose(y, ref.forward(x), rtol=tol, atol=tol)
+    scale = np.abs(ref.backward(dy)).max()
+    np.testing.assert_allclose(route.backward(dy), ref.backward(dy), rtol=tol, atol=tol * scale)
+    for key in ref.grads:
+        big = np.abs(ref.grads[key]).max()
+        np.testing.assert_allclose(conv.grads[key], ref.grads[key], rtol=tol, atol=tol * big)
+    assert route.backward(dy, input_grad=False) is None
