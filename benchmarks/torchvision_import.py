@@ -104,16 +104,19 @@ def quiet_export(net: torch.nn.Module, x: torch.Tensor, path: Path, exporter: st
 
 
 def rows_only(model: sc.Sequential, x: np.ndarray) -> object:
-    """``model.forward(x)`` with the engine's one-image inference paths off (``--ab``):
-    every convolution in the row layout, as before issue 27 (the compiled activation routes
-    stay on)."""
+    """``model.forward(x)`` with issue 27's convolution paths off (``--ab``): every
+    convolution in the row layout and depthwise ones on the grouped path, as before (the
+    compiled activation routes stay on)."""
     from scratchcnn.engine import conv
 
-    conv.INFERENCE_BY_LAYER = conv.INFERENCE_DEPTHWISE = False
+    flags = ("INFERENCE_BY_LAYER", "INFERENCE_DEPTHWISE", "DEPTHWISE_ROWS")
+    for flag in flags:
+        setattr(conv, flag, False)
     try:
         return model.forward(x)
     finally:
-        conv.INFERENCE_BY_LAYER = conv.INFERENCE_DEPTHWISE = True
+        for flag in flags:
+            setattr(conv, flag, True)
 
 
 def timing(model: sc.Sequential, net: torch.nn.Module, path: Path, size: int,
