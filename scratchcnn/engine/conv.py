@@ -51,14 +51,18 @@ from .layout import fold, row_blocks, sliding_windows
 from .route import Route
 
 #: Inference (eval mode) on one image runs the layer's own im2col and one GEMM, not the
-#: row layout: the row layout puts the batch innermost, so with N = 1 its copies and
-#: compiled kernels run over stretches of one, and it reorders the whole weight to its row
-#: order every call, which at batch 1 costs more than the im2col copy. torchvision models at
-#: 3x64x64, batch 1 (BENCHMARKS.md, issue 27): resnet18 2.0x, googlenet 1.2x. Larger batches
-#: and training keep the row layout (tried: also taking the layer where a convolution has
-#: fewer output positions than 2x its channels made googlenet 15 % slower at batch 16).
-#: False runs every call in the row layout (benchmarks/torchvision_import.py --ab measures
-#: both ways in one process).
+#: row layout, for the convolutions where that is cheaper: when the weight is at least
+#: about as large as the activations (output channels above half the output positions:
+#: the row layout reorders the whole weight every call, the layer's GEMM reads it in
+#: torch's order), for 1x1 kernels (the layer's im2col is one copy of x), and for grouped
+#: ones (the row layout's grouped path batches GEMMs of one row; depthwise ones have their
+#: own kernel, below). With N = 1 the row layout's batch-innermost copies also run over
+#: stretches of one. torchvision models at 3x64x64, batch 1 (BENCHMARKS.md, issue 27):
+#: resnet18 1.9x, mnasnet0_5 1.8x. LeNet-5 keeps the row layout (its convolutions have
+#: 6 and 16 channels over 784 and 100 positions: the layer's way was 1.3x slower there).
+#: Larger batches and training keep the row layout (tried: the same rule at batch 16 made
+#: googlenet 15 % slower). False runs every call in the row layout
+#: (benchmarks/torchvision_import.py --ab measures both ways in one process).
 INFERENCE_BY_LAYER = True
 
 #: Inference of a depthwise convolution (groups = C = O, no dilation; MobileNet, MnasNet,
@@ -97,10 +101,16 @@ class Conv2DRoute(Route):
         """The weight as the (O, KH*C*KW) matrix matching the row-block order (u, c, v)."""
         return reorder_weight(self.layer.params["weight"], "rows")
 
-    def _by_layer(self, x: np.ndarray) -> bool:
-        """Whether this call is better run by the layer's own im2col: inference on one image
-        (see ``INFERENCE_BY_LAYER``)."""
-        return INFERENCE_BY_LAYER and not self.layer.training and x.ndim == 4 and len(x) == 1
+    def _by_layer(self, x: np.ndarray, who: str) -> bool:
+        """Whether this call is better run by the layer's own im2col: inference on one
+        image, for the convolutions ``INFERENCE_BY_LAYER`` describes."""
+        la = self.layer
+        if not INFERENCE_BY_LAYER or la.training or x.ndim != 4 or len(x) != 1:
+            return False
+        if not self._plain or la.kernel_size == (1, 1):
+            return True
+        oh, ow = self._out_hw(x.shape[2:], who)
+        return 2 * la.out_channels > oh * ow
 
     def _depthwise(self, x: np.ndarray) -> Any:
         """The compiled kernels when this inference call is a depthwise convolution (one
@@ -122,7 +132,7 @@ class Conv2DRoute(Route):
         if fast is not None:
             return self._forward_depthwise(x, who, fast)
         self._direct_x = None
-        self._layer_ran = self._by_layer(x)
+        self._layer_ran = self._by_layer(x, who)
         if self._layer_ran:  # the reference, which also keeps its own cache for backward
             return la.forward(x)
         x = check_input(x, who, 4, "(N, C, H, W)", la.dtype, la.in_channels)

@@ -205,20 +205,21 @@ def test_grouped_path_equals_the_plain_path(s, p, rng, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "n,o,hw,groups,expected",
+    "n,o,hw,groups,k,expected",
     [
-        (1, 4, 9, 1, True),  # one image: the layer's own im2col
-        (1, 4, 9, 2, True),  # grouped too (depthwise has its own kernel)
-        (1, 64, 3, 1, True),
-        (2, 64, 3, 1, False),  # two images: the row layout
-        (2, 4, 9, 4, False),  # grouped, N > 1: the route's grouped path
+        (1, 64, 3, 1, 3, True),  # one image, 64 channels over 9 positions: the layer's way
+        (1, 4, 9, 1, 3, False),  # 4 channels over 81 positions (LeNet-like): the row layout
+        (1, 4, 9, 1, 1, True),  # a 1x1 kernel: the layer's im2col is one copy
+        (1, 4, 9, 2, 3, True),  # grouped (depthwise has its own kernel)
+        (2, 64, 3, 1, 3, False),  # two images: the row layout
+        (2, 4, 9, 2, 3, False),  # grouped, N > 1: the route's grouped path
     ],
 )
-def test_inference_takes_the_layer_where_its_im2col_is_cheaper(n, o, hw, groups, expected, rng):
-    """In eval mode on one image the route runs the reference layer (and its backward, for
-    saliency); training never does."""
-    conv = sc.Conv2D(4, o, 3, padding=1, groups=groups, dtype=np.float64, rng=rng)
-    ref = sc.Conv2D(4, o, 3, padding=1, groups=groups, dtype=np.float64)
+def test_inference_takes_the_layer_where_its_im2col_is_cheaper(n, o, hw, groups, k, expected, rng):
+    """In eval mode on one image the route runs the reference layer where that is cheaper
+    (and its backward, for saliency); training never does."""
+    conv = sc.Conv2D(4, o, k, padding=k // 2, groups=groups, dtype=np.float64, rng=rng)
+    ref = sc.Conv2D(4, o, k, padding=k // 2, groups=groups, dtype=np.float64)
     ref.params = {k: v.copy() for k, v in conv.params.items()}
     route = Conv2DRoute(conv)
     x = rng.standard_normal((n, 4, hw, hw))
