@@ -13,13 +13,17 @@ Used by ``benchmarks/torchvision_import.py`` and ``tests/onnx/test_onnx_torchvis
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import importlib.machinery
 import importlib.util
+import io
+import logging
 import sys
 import types
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -124,3 +128,27 @@ def gradient_check(model: Any, net: Any, x: np.ndarray) -> dict[str, Any]:
         worst[key] = err
     top = max(worst, key=worst.get)
     return {"grad_err": worst[top], "grad_worst": top, "matched": f"{matched}/{len(params)}"}
+
+
+def quiet_export(net: Any, x: Any, path: Path, exporter: str, opset: int, **extra: Any) -> None:
+    """torch.onnx.export with a dynamic batch axis named N, its chatter silenced."""
+    import torch
+
+    kwargs: dict[str, Any] = {"input_names": ["input"], "output_names": ["output"]}
+    kwargs["opset_version"] = opset
+    if exporter == "dynamo":
+        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("N")},)
+    else:
+        kwargs["dynamic_axes"] = {"input": {0: "N"}, "output": {0: "N"}}
+    kwargs.update(extra)
+    logging.disable(logging.WARNING)
+    try:
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, (x,), str(path), dynamo=exporter == "dynamo", **kwargs)
+    finally:
+        logging.disable(logging.NOTSET)

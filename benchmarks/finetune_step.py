@@ -25,19 +25,15 @@ from _threads import THREADS  # first: pins the BLAS thread count before NumPy l
 # isort: split
 
 import argparse
-import contextlib
-import io
 import json
-import logging
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from _harness import compare
-from _torchvision import build
+from _torchvision import build, quiet_export
 
 import scratchcnn as sc
 from scratchcnn.onnx import load
@@ -46,25 +42,8 @@ torch.set_num_threads(THREADS)
 
 
 def export(net: torch.nn.Module, size: int, path: Path) -> Path:
-    logging.disable(logging.WARNING)
-    try:
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(io.StringIO()),
-            contextlib.redirect_stderr(io.StringIO()),
-        ):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                net,
-                (torch.zeros(1, 3, size, size),),
-                str(path),
-                dynamo=False,
-                do_constant_folding=False,
-                input_names=["input"],
-                dynamic_axes={"input": {0: "N"}},
-            )
-    finally:
-        logging.disable(logging.NOTSET)
+    """TorchScript export with BatchNorm kept (``do_constant_folding=False``)."""
+    quiet_export(net, torch.zeros(1, 3, size, size), path, "ts", 17, do_constant_folding=False)
     return path
 
 

@@ -42,15 +42,11 @@ from _threads import THREADS  # first: pins the BLAS thread count before NumPy l
 # isort: split
 
 import argparse
-import contextlib
 import copy
-import io
 import json
-import logging
 import os
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +56,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from _harness import compare
-from _torchvision import build, gradient_check, rel
+from _torchvision import build, gradient_check, quiet_export, rel
 
 import scratchcnn as sc
 from scratchcnn.onnx import load
@@ -78,29 +74,6 @@ MODELS = [
 #: exportable (torch refuses adaptive pools whose output does not divide the input);
 #: Inception v3's stem needs at least 75 pixels.
 SIZES = {"alexnet": 224, "vgg11": 224, "vgg11_bn": 224, "inception_v3": 80}
-
-
-def quiet_export(net: torch.nn.Module, x: torch.Tensor, path: Path, exporter: str, opset: int,
-                 **extra: Any) -> None:  # fmt: skip
-    """torch.onnx.export with a dynamic batch axis named N, its chatter silenced."""
-    kwargs: dict[str, Any] = {"input_names": ["input"], "output_names": ["output"]}
-    kwargs["opset_version"] = opset
-    if exporter == "dynamo":
-        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("N")},)
-    else:
-        kwargs["dynamic_axes"] = {"input": {0: "N"}, "output": {0: "N"}}
-    kwargs.update(extra)
-    logging.disable(logging.WARNING)
-    try:
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(io.StringIO()),
-            contextlib.redirect_stderr(io.StringIO()),
-        ):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(net, (x,), str(path), dynamo=exporter == "dynamo", **kwargs)
-    finally:
-        logging.disable(logging.NOTSET)
 
 
 def rows_only(model: sc.Sequential, x: np.ndarray) -> object:
