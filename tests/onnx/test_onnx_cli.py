@@ -120,9 +120,20 @@ def test_train_init_refuses_what_does_not_fit(ckpt, tmp_path, capsys, extra, mat
     assert not out.exists()
 
 
-def test_train_init_refuses_a_model_with_too_few_outputs(tmp_path, capsys):
+def test_train_init_gives_a_model_with_other_outputs_a_new_head(tmp_path, capsys):
+    """A 3-class model on 10-class data: its Dense head is replaced (issue 24); a model
+    whose last layer with parameters is not a head is refused in one line."""
     ckpt = sc.save(lenet5(num_classes=3, seed=0), tmp_path / "three.npz")
     out = tmp_path / "run"
+    args = ["train", "--init", str(ckpt), "--epochs", "1", "--limit", "64", "--out", str(out)]
+    assert main(args) == 0
+    assert "new head (layer 11): 10 outputs in place of 3" in capsys.readouterr().out
+    assert sc.load_checkpoint(out / "model.npz").model.layers[11].out_features == 10
+    odd = sc.Sequential(
+        [sc.Conv2D(1, 3, 3), sc.Flatten(), sc.BatchNorm1D(3 * 26 * 26)], input_shape=(1, 28, 28)
+    )
+    ckpt = sc.save(odd, tmp_path / "odd.npz")
+    out = tmp_path / "run2"
     assert main(["train", "--init", str(ckpt), "--out", str(out), "--quiet"]) == 2
-    assert "3 outputs" in _err(capsys)
+    assert "Dense or a 1x1 Conv2D" in _err(capsys)
     assert not out.exists()

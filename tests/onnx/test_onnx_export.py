@@ -199,9 +199,9 @@ def test_model_without_input_shape_needs_one(tmp_path, rng):
 
 def test_missing_onnx_package_is_one_line_naming_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "onnx", None)  # makes `import onnx` fail
-    with pytest.raises(sc.MissingDependencyError, match=r"pip install 'scratchcnn\[onnx\]'"):
+    with pytest.raises(sc.MissingDependencyError, match=r"pip install -e '\.\[onnx\]'"):
         export(_model("ReLU"), tmp_path / "m.onnx")
-    with pytest.raises(sc.MissingDependencyError, match="scratchcnn\\[onnx\\]"):
+    with pytest.raises(sc.MissingDependencyError, match="pip install onnx"):
         sc_onnx_load(tmp_path / "m.onnx")
 
 

@@ -103,7 +103,8 @@ def export_torch(module, shape, path, dynamo, opset=None, training=False, dtype=
         kwargs["opset_version"] = opset
     if dynamo:
         kwargs["dynamic_shapes"] = ({0: torch.export.Dim("N")},)
-        kwargs["external_data"] = False  # its default writes weights to a second file
+        # torch's default: the weights in PATH.data beside the graph (read by load's
+        # external-data checks)
     else:
         kwargs["dynamic_axes"] = {"input": {0: "N"}, "output": {0: "N"}}
         if training:

@@ -10,11 +10,7 @@ models runs as ``benchmarks/torchvision_import.py``.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 import scratchcnn as sc
-from benchmarks._torchvision import build, gradient_check
+from benchmarks._torchvision import build, gradient_check, quiet_export
 from scratchcnn.onnx import export, load
 from scratchcnn.onnx.commands import import_checkpoint
 from scratchcnn.onnx.load import model_from_proto
@@ -38,23 +34,7 @@ def torch_export(net, shape, path, dynamo=False, opset=17, dtype=torch.float32, 
     """torch.onnx.export with a dynamic batch axis, quiet. The dynamo exporter keeps its
     default of writing the weights to PATH.data beside the graph."""
     x = torch.randn(2, *shape, dtype=dtype)
-    kwargs = {"input_names": ["input"], "output_names": ["output"], "opset_version": opset}
-    if dynamo:
-        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("N")},)
-    else:
-        kwargs["dynamic_axes"] = {"input": {0: "N"}, "output": {0: "N"}}
-    kwargs.update(extra)
-    logging.disable(logging.WARNING)
-    try:
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(io.StringIO()),
-            contextlib.redirect_stderr(io.StringIO()),
-        ):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(net, (x,), str(path), dynamo=dynamo, **kwargs)
-    finally:
-        logging.disable(logging.NOTSET)
+    quiet_export(net, x, Path(path), "dynamo" if dynamo else "ts", opset, **extra)
     return Path(path)
 
 
@@ -81,11 +61,12 @@ FAST = [
     ("densenet121", False, 17, {"DenseConcat", "BatchNorm2D"}),
     ("efficientnet_b0", False, 18, {"SiLU", "Gate"}),
 ]
-# One dynamo export here (torch's default: weights in m.onnx.data); the dynamo exports of
-# shufflenet_v2, convnext_tiny and densenet121 (75-100 s each on 2 cores) run in
-# benchmarks/torchvision_import.py with every other model and exporter.
+# TorchScript exports only here: the dynamo exports of torchvision's models (35-100 s each
+# on 2 cores) run in benchmarks/torchvision_import.py with every model and exporter; the
+# dynamo exporter's defaults (weights in m.onnx.data) are tested on small networks in
+# test_onnx_torch.py and test_onnx_blocks.py, external data itself in this file.
 SLOW = [
-    ("regnet_y_400mf", True, 18, {"Gate", "Residual"}),
+    ("regnet_y_400mf", False, 18, {"Gate", "Residual"}),
     ("convnext_tiny", False, 17, {"LayerNorm2D", "GELU", "ChannelScale", "Residual"}),
     ("inception_v3", False, 17, {"Parallel"}),
 ]
