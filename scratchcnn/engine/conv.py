@@ -87,15 +87,23 @@ class Conv2DRoute(Route):
         super().__init__(layer)
         self._r: np.ndarray | None = None  # window buffer, reused from step to step
         self._last_hw: tuple[tuple[int, ...], tuple[int, int]] | None = None
-        self._layer_ran = False  # the last forward was the layer's own (``_by_layer``)
-        self._direct_x: np.ndarray | None = None  # its input, after the depthwise kernel
-        self._dw_rows = False  # the last forward was the depthwise row kernel
+        # Which way the last forward ran, for backward: "rows" (the row layout), "grouped",
+        # "depthwise_rows", "layer" (the layer's own im2col) or "direct" (the one-image
+        # depthwise kernel, whose input ``_direct_x`` backward hands to the layer).
+        self._ran = "rows"
+        self._direct_x: np.ndarray | None = None
 
     @property
     def _plain(self) -> bool:
         """No dilation and no groups: the row-block path (asymmetric padding is fine)."""
         la = self.layer
         return la.dilation == (1, 1) and la.groups == 1
+
+    @property
+    def _depthwise(self) -> bool:
+        """One filter per channel (groups = C = O > 1), no dilation: the depthwise kernels."""
+        la = self.layer
+        return la.dilation == (1, 1) and la.groups == la.in_channels == la.out_channels > 1
 
     def _wr(self) -> np.ndarray:
         """The weight as the (O, KH*C*KW) matrix matching the row-block order (u, c, v)."""
@@ -112,13 +120,11 @@ class Conv2DRoute(Route):
         oh, ow = self._out_hw(x.shape[2:], who)
         return 2 * la.out_channels > oh * ow
 
-    def _depthwise(self, x: np.ndarray) -> Any:
-        """The compiled kernels when this inference call is a depthwise convolution (one
-        filter per channel, no dilation) the direct kernel takes; else None."""
+    def _direct_kernels(self, x: np.ndarray) -> Any:
+        """The compiled kernels when this call is one-image inference of a depthwise
+        convolution (``INFERENCE_DEPTHWISE``); else None."""
         la = self.layer
-        if la.training or not INFERENCE_DEPTHWISE or la.dilation != (1, 1):
-            return None
-        if not la.groups == la.in_channels == la.out_channels > 1:
+        if la.training or not INFERENCE_DEPTHWISE or not self._depthwise:
             return None
         if not (isinstance(x, np.ndarray) and x.ndim == 4 and len(x) == 1):
             return None
@@ -127,21 +133,21 @@ class Conv2DRoute(Route):
     def forward(self, x: np.ndarray) -> np.ndarray:
         la = self.layer
         who = f"Conv2D({la.in_channels}, {la.out_channels})"
-        fast = self._depthwise(x)
-        self._dw_rows = False
+        self._direct_x = None
+        fast = self._direct_kernels(x)
         if fast is not None:
             return self._forward_depthwise(x, who, fast)
-        self._direct_x = None
-        self._layer_ran = self._by_layer(x, who)
-        if self._layer_ran:  # the reference, which also keeps its own cache for backward
+        if self._by_layer(x, who):  # the reference, which keeps its own cache for backward
+            self._ran = "layer"
             return la.forward(x)
         x = check_input(x, who, 4, "(N, C, H, W)", la.dtype, la.in_channels)
-        self._dw_rows = False
         if not self._plain:
-            fast = modes.for_dtype(x.dtype) if DEPTHWISE_ROWS else None
-            if fast and la.dilation == (1, 1) and la.groups == la.in_channels == la.out_channels:
+            fast = modes.for_dtype(x.dtype) if DEPTHWISE_ROWS and self._depthwise else None
+            if fast:
                 return self._forward_depthwise_rows(x, who, fast)
+            self._ran = "grouped"
             return self._forward_grouped(x, who)
+        self._ran = "rows"
         n, c = x.shape[:2]
         kw, o = la.kernel_size[1], la.out_channels
         oh, ow = self._out_hw(x.shape[2:], who)
@@ -169,7 +175,7 @@ class Conv2DRoute(Route):
         bias = la.params["bias"] if la.use_bias else np.zeros(la.out_channels, x.dtype)
         w = np.ascontiguousarray(la.params["weight"])
         fast.depthwise(np.ascontiguousarray(x), w, bias, *la.stride, pt, pl, out)
-        self._layer_ran = True
+        self._ran = "direct"
         self._direct_x = x
         return out
 
@@ -186,7 +192,7 @@ class Conv2DRoute(Route):
         out = np.empty((oh, c, ow, x.shape[0]), dtype=x.dtype)
         fast.depthwise_rows(xh, w, bias, *la.stride, out)
         self._cache = (xh, x.shape, (oh, ow))
-        self._dw_rows = True
+        self._ran = "depthwise_rows"
         return out.transpose(3, 1, 0, 2)
 
     def _backward_depthwise_rows(self, dy: np.ndarray, input_grad: bool) -> np.ndarray | None:
@@ -212,14 +218,15 @@ class Conv2DRoute(Route):
         return dxh[pt : pt + h, :, pl : pl + w].transpose(3, 1, 0, 2)
 
     def backward(self, dy: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
-        if self._dw_rows:
+        if self._ran == "depthwise_rows":
             return self._backward_depthwise_rows(dy, input_grad)
-        if self._layer_ran:
-            if self._direct_x is not None:  # forward ran the direct kernel: the layer's now
-                self.layer.forward(self._direct_x)
-                self._direct_x = None
+        if self._ran == "direct" and self._direct_x is not None:
+            self.layer.forward(self._direct_x)  # the layer's own cache, for its backward
+            self._direct_x = None
+            self._ran = "layer"
+        if self._ran == "layer":
             return self.layer.backward(dy, input_grad)
-        if not self._plain:
+        if self._ran == "grouped":
             return self._backward_grouped(dy, input_grad)
         la = self.layer
         blocks, x_shape, (oh, ow) = self._require_cache()

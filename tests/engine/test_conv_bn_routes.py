@@ -291,7 +291,7 @@ def test_depthwise_row_kernels_equal_the_layer(k, s, p, hw, n, dtype, tol, bias,
     route = Conv2DRoute(conv)
     x = rng.standard_normal((n, 6, hw, hw)).astype(dtype)
     y = route.forward(x)
-    assert route._dw_rows
+    assert route._ran == "depthwise_rows"
     dy = rng.standard_normal(y.shape).astype(dtype)
     np.testing.assert_allclose(y, ref.forward(x), rtol=tol, atol=tol)
     scale = np.abs(ref.backward(dy)).max()

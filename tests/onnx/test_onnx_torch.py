@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +10,7 @@ import torch
 from torch import nn
 
 import scratchcnn as sc
+from benchmarks._torchvision import quiet_export
 from scratchcnn.onnx import load
 from tests.onnx.helpers import rel_err
 
@@ -96,31 +94,14 @@ def assert_gradients_equal_torch(model, net, x, rng, rtol=1e-8) -> int:
 
 
 def export_torch(module, shape, path, dynamo, opset=None, training=False, dtype=torch.float32):
-    """torch.onnx.export with a dynamic batch axis named N; quiet."""
+    """torch.onnx.export with a dynamic batch axis named N; quiet. The dynamo exporter keeps
+    torch's default: the weights in PATH.data beside the graph (read by load's
+    external-data checks)."""
+    extra = {}
+    if training and not dynamo:
+        extra = {"training": torch.onnx.TrainingMode.TRAINING, "do_constant_folding": False}
     x = torch.randn(2, *shape, dtype=dtype)
-    kwargs = {"input_names": ["input"], "output_names": ["output"]}
-    if opset is not None:
-        kwargs["opset_version"] = opset
-    if dynamo:
-        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("N")},)
-        # torch's default: the weights in PATH.data beside the graph (read by load's
-        # external-data checks)
-    else:
-        kwargs["dynamic_axes"] = {"input": {0: "N"}, "output": {0: "N"}}
-        if training:
-            kwargs["training"] = torch.onnx.TrainingMode.TRAINING
-            kwargs["do_constant_folding"] = False
-    logging.disable(logging.WARNING)
-    try:
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(io.StringIO()),
-            contextlib.redirect_stderr(io.StringIO()),
-        ):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, (x,), str(path), dynamo=dynamo, **kwargs)
-    finally:
-        logging.disable(logging.NOTSET)
+    quiet_export(module, x, Path(path), "dynamo" if dynamo else "ts", opset, **extra)
     return path
 
 

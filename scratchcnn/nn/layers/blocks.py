@@ -360,21 +360,15 @@ def _broadcast_to_input(g: tuple[int, ...], x: tuple[int, ...]) -> bool:
     )
 
 
-class Gate(_Block):
-    """y = x * body(x): the input scaled by a gate computed from it.
-
-    ``body(x)`` has x's shape or broadcasts over it: squeeze-and-excitation gives one value
-    per channel, (N, C, 1, 1) (global pooling, two 1x1 convolutions, a sigmoid); SiLU is
-    Gate(Sigmoid()). With g = body(x):
-
-        dL/dx = dy * g + body.backward(dL/dg),  dL/dg = sum of dy * x over the axes g
-        broadcasts (H and W for squeeze-and-excitation).
-    """
+class _BodyBlock(_Block):
+    """A block around one child, ``body`` (Gate, DenseConcat): its construction, children,
+    config and state shapes; the subclass says what it does with body(x)."""
 
     def __init__(self, body: Any) -> None:
         super().__init__()
-        _check_depth([body], "Gate")
-        self.body = as_child(body, "Gate body")
+        name = type(self).__name__
+        _check_depth([body], name)
+        self.body = as_child(body, f"{name} body")
 
     def named_children(self) -> list[tuple[str, Any]]:
         return [("body", self.body)]
@@ -384,8 +378,20 @@ class Gate(_Block):
 
     @classmethod
     def state_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]] | None:
-        _check_depth(config, "Gate")
+        _check_depth(config, cls.__name__)
         return _prefixed(child_state_shapes(config.get("body")), "body.")
+
+
+class Gate(_BodyBlock):
+    """y = x * body(x): the input scaled by a gate computed from it.
+
+    ``body(x)`` has x's shape or broadcasts over it: squeeze-and-excitation gives one value
+    per channel, (N, C, 1, 1) (global pooling, two 1x1 convolutions, a sigmoid); SiLU is
+    Gate(Sigmoid()). With g = body(x):
+
+        dL/dx = dy * g + body.backward(dL/dg),  dL/dg = sum of dy * x over the axes g
+        broadcasts (H and W for squeeze-and-excitation).
+    """
 
     def _check_gate(self, g: tuple[int, ...], x: tuple[int, ...]) -> None:
         if not _broadcast_to_input(tuple(g), tuple(x)):
@@ -415,27 +421,11 @@ class Gate(_Block):
         return dy * g + self.body.backward(dg)
 
 
-class DenseConcat(_Block):
+class DenseConcat(_BodyBlock):
     """y = concat_c(x, body(x)): the input kept, with what the body computes from it added
     as new channels (DenseNet's dense connection; a dense block is a chain of these).
 
     Backward, C the input's channels: dL/dx = dy[:, :C] + body.backward(dy[:, C:])."""
-
-    def __init__(self, body: Any) -> None:
-        super().__init__()
-        _check_depth([body], "DenseConcat")
-        self.body = as_child(body, "DenseConcat body")
-
-    def named_children(self) -> list[tuple[str, Any]]:
-        return [("body", self.body)]
-
-    def config(self) -> dict[str, Any]:
-        return {"body": child_config(self.body)}
-
-    @classmethod
-    def state_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]] | None:
-        _check_depth(config, "DenseConcat")
-        return _prefixed(child_state_shapes(config.get("body")), "body.")
 
     def _merge_shapes(self, shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
         x, b = (tuple(s) for s in shapes)

@@ -20,6 +20,8 @@ from .base import (
     leaves,
     resolve_dtype,
 )
+from .conv import Conv2D
+from .dense import Dense
 
 
 class Parameters(list):
@@ -310,9 +312,6 @@ class Sequential:
     def head_index(self) -> int:
         """The index of the classifier head: the last top-level layer with parameters, when
         it is a Dense or a 1x1 Conv2D (torchvision's SqueezeNet ends in one)."""
-        from .conv import Conv2D
-        from .dense import Dense
-
         found = [i for i, la in enumerate(self.layers) if la.num_params()]
         if found:
             layer = self.layers[found[-1]]
@@ -336,9 +335,6 @@ class Sequential:
         initialisation (from ``rng``, or numpy's global generator as every new layer), the
         model's dtype. The head is never frozen. Returns self. This is how a pretrained
         model is fitted to new classes: ``model.replace_head(5).freeze(until=-3)``."""
-        from .conv import Conv2D
-        from .dense import Dense
-
         if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
             raise ConfigError(f"replace_head: num_classes must be an int, got {num_classes!r}")
         if not 1 <= int(num_classes) <= 1_000_000:
