@@ -76,20 +76,16 @@ MODELS = [
 SIZES = {"alexnet": 224, "vgg11": 224, "vgg11_bn": 224, "inception_v3": 80}
 
 
-def rows_only(model: sc.Sequential, x: np.ndarray) -> object:
-    """``model.forward(x)`` with issue 27's convolution paths off (``--ab``): every
-    convolution in the row layout and depthwise ones on the grouped path, as before (the
-    compiled activation routes stay on)."""
-    from scratchcnn.engine import conv
+def layer_by_layer(model: sc.Sequential, x: np.ndarray) -> object:
+    """``model.forward(x)`` without the inference plan (``--ab``): every layer's route in
+    turn, as a training pass runs them (the one-image convolution paths stay on)."""
+    from scratchcnn.engine import inference
 
-    flags = ("INFERENCE_BY_LAYER", "INFERENCE_DEPTHWISE", "DEPTHWISE_ROWS")
-    for flag in flags:
-        setattr(conv, flag, False)
+    inference.INFERENCE_PLAN = False
     try:
         return model.forward(x)
     finally:
-        for flag in flags:
-            setattr(conv, flag, True)
+        inference.INFERENCE_PLAN = True
 
 
 def timing(model: sc.Sequential, net: torch.nn.Module, path: Path, size: int,
@@ -115,8 +111,8 @@ def timing(model: sc.Sequential, net: torch.nn.Module, path: Path, size: int,
             "torch": torch_step,
             "onnxruntime": lambda x=x: sess.run(None, {"input": x}),
         }
-        if ab:  # the same model with every convolution in the row layout (before issue 27)
-            steps["scratchcnn-rows"] = lambda x=x: rows_only(model, x)
+        if ab:  # the same model layer by layer (no inference plan)
+            steps["scratchcnn-layers"] = lambda x=x: layer_by_layer(model, x)
         result = compare(steps, batch, rounds, seconds)
         out[f"batch{batch}"] = {name: round(result.median_rate(name), 2) for name in steps} | {
             "dropped": result.dropped,
@@ -181,8 +177,8 @@ def fmt(row: dict[str, Any]) -> str:
             text += f"  {b}: ours {ours:.1f} torch {t['torch']:.1f} "
             text += f"ort {t['onnxruntime']:.1f} img/s"
             text += f" (x{ours / t['torch']:.2f} torch, x{ours / t['onnxruntime']:.2f} ort"
-            if "scratchcnn-rows" in t:
-                text += f", x{ours / t['scratchcnn-rows']:.2f} rows-only"
+            if "scratchcnn-layers" in t:
+                text += f", x{ours / t['scratchcnn-layers']:.2f} layer by layer"
             text += f"; {t['dropped']} rounds dropped)"
     return text
 
@@ -195,7 +191,9 @@ def main() -> None:
     parser.add_argument("--no-grads", dest="grads", action="store_false")
     parser.add_argument("--timing", action="store_true")
     parser.add_argument(
-        "--ab", action="store_true", help="with --timing: also time the row layout only"
+        "--ab",
+        action="store_true",
+        help="with --timing: also time it layer by layer (no inference plan)",
     )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=0.5)

@@ -259,9 +259,9 @@ def test_torchvision_import_benchmark_reports_a_row_per_export(tmp_path):
     (row,) = json.loads((tmp_path / "t.json").read_text())
     assert row["status"] == "ok" and row["out_err"] <= 1e-4 and row["grad_err"] <= 1e-9
     for batch in ("batch1", "batch16"):
-        names = ("scratchcnn", "torch", "onnxruntime", "scratchcnn-rows")
+        names = ("scratchcnn", "torch", "onnxruntime", "scratchcnn-layers")
         assert all(row["timing"][batch][n] > 0 for n in names)
-    assert "rows-only" in out
+    assert "layer by layer" in out
 
 
 def test_finetune_step_benchmark_reports_a_ratio(tmp_path):

@@ -5,8 +5,9 @@ formula. The machine runs this package: for each layer class whose reference is 
 *route* (``conv``, ``pooling``, ``normalization``, ``activations``) that computes the same
 thing in another memory layout, with buffers kept between steps and compiled loops
 (``_numba``), and an execution *plan* per model (``plans``) that picks the routes and orders
-the work (a ReLU that feeds a MaxPool2D runs after it). Every route is tested equal to its
-layer (tests/engine/).
+the work (a ReLU that feeds a MaxPool2D runs after it); in eval mode the plan runs an
+*inference plan* instead (``inference``: the model as one flat list of fused steps). Every
+route and every step is tested equal to its layer (tests/engine/).
 
 The layers never import this package. ``import scratchcnn`` installs it into the one door
 nn has for it (``scratchcnn.nn.dispatch``): ``Sequential.forward`` asks for its plan, the

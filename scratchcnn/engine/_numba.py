@@ -800,3 +800,269 @@ def softmax_xent_grad(probs, labels, divisor, out):
             out[n, j] = probs[n, j] / d
         y = labels[n]
         out[n, y] = (probs[n, y] - one) / d
+
+
+# --- inference plans (engine.inference): activations as (C, N, H, W) ----------------------
+# The plans keep 4-D activations channel-first, (C, N, H, W) ("CN"): one GEMM then covers
+# the whole batch with no transpose, and for one image it is NCHW itself.
+@nb.njit(**_LOOP)
+def _inside(n, size, step, offset):
+    """The range [j0, j1) of output positions j < n whose input position j*step + offset
+    lies in [0, size)."""
+    j0 = 0
+    while j0 < n and j0 * step + offset < 0:
+        j0 += 1
+    j1 = n
+    while j1 > j0 and (j1 - 1) * step + offset >= size:
+        j1 -= 1
+    return j0, j1
+
+
+@nb.njit(**_LOOP)
+def im2col_cn(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, cols):
+    """cols[(c*KH + u)*KW + v, n*OH*OW + i*OW + j] = x[c, n, i*SH + u*DH - PT, j*SW + v*DW -
+    PL], 0 where that position falls on the padding: the layer's im2col matrix (rows in the
+    order its (O, C*KH*KW) weight reads them) for the whole batch, without a padded copy.
+
+    Stride 1 with "same" padding (output planes as large as the input's): cols row (u, v)
+    is x[c] read flat from an offset, one run over the whole batch, with the positions that
+    wrapped into a neighbouring row or image set to 0 by a mask made once per call. Small
+    planes (ResNet's 4x4 and 2x2) are then as fast as large ones. Otherwise one stretch of
+    an input row per output row."""
+    c, n, h, wd = x.shape
+    zero = cols.dtype.type(0)
+    m = oh * ow
+    if sh == 1 and sw == 1 and oh == h and ow == wd:
+        total = n * m
+        mask = np.zeros((kh * kw, total), np.bool_)
+        for u in range(kh):
+            i0, i1 = _inside(oh, h, 1, u * dh - pt)
+            for v in range(kw):
+                j0, j1 = _inside(ow, wd, 1, v * dw - pl)
+                mk = mask[u * kw + v]
+                for b in range(n):
+                    for i in range(i0, i1):
+                        cells = mk[b * m + i * ow + j0 : b * m + i * ow + j1]
+                        for k in range(j1 - j0):
+                            cells[k] = True
+        for ch in range(c):
+            xf = x[ch].reshape(-1)
+            for u in range(kh):
+                for v in range(kw):
+                    row = cols[(ch * kh + u) * kw + v]
+                    shift = (u * dh - pt) * wd + v * dw - pl
+                    lo = max(0, -shift)
+                    hi = min(total, total - shift)
+                    for k in range(lo):
+                        row[k] = zero
+                    for k in range(hi, total):
+                        row[k] = zero
+                    dst, src, mk = row[lo:hi], xf[lo + shift : hi + shift], mask[u * kw + v, lo:hi]
+                    for k in range(hi - lo):
+                        dst[k] = src[k] if mk[k] else zero
+        return
+    for ch in range(c):
+        for u in range(kh):
+            for v in range(kw):
+                row = cols[(ch * kh + u) * kw + v]
+                off = v * dw - pl
+                j0, j1 = _inside(ow, wd, sw, off)
+                for b in range(n):
+                    xc = x[ch, b]
+                    for i in range(oh):
+                        seg = row[b * m + i * ow : b * m + (i + 1) * ow]
+                        r = i * sh + u * dh - pt
+                        if r < 0 or r >= h:
+                            for k in range(ow):
+                                seg[k] = zero
+                            continue
+                        for k in range(j0):
+                            seg[k] = zero
+                        for k in range(j1, ow):
+                            seg[k] = zero
+                        dst = seg[j0:j1]
+                        src = xc[r, j0 * sw + off : (j1 - 1) * sw + off + 1 : sw]
+                        for k in range(j1 - j0):
+                            dst[k] = src[k]
+
+
+@nb.njit(**_LOOP)
+def depthwise_planes(x, w, sh, sw, pt, pl, out):
+    """out[c, n, i, j] = sum_{u, v} w[c, u, v] * xpad[c, n, i*SH + u, j*SW + v], xpad being x
+    padded by PT rows and PL columns of zeros (and as many at the far sides as the last
+    window needs), for C-contiguous (C, N, H, W) x and out: one plane at a time.
+
+    Each padded plane is split into its SH*SW phases (rows r = a mod SH, columns q = b mod
+    SW), each a flat scratch of row length PW = ceil(WP / SW). Output (i, j) and tap (u, v)
+    read phase (u mod SH, v mod SW) at row i + u // SH, column j + v // SW: over all
+    outputs (j running to PW, the columns past OW thrown away) a tap is one contiguous
+    run, acc[:] += w * phase[(u // SH)*PW + v // SW :][: OH*PW], which vectorises whatever
+    the stride. (Row by row, a 16x16 plane's runs were 8 strided values each: 4x slower.)"""
+    c, n, h, wd = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    kh, kw = w.shape[1], w.shape[2]
+    zero = out.dtype.type(0)
+    ph = ((oh - 1) * sh + kh + sh - 1) // sh + 1  # rows per phase (+1: a run may spill)
+    pw = ((ow - 1) * sw + kw + sw - 1) // sw
+    size = ph * pw
+    phases = np.zeros(sh * sw * size, out.dtype)
+    m = oh * pw
+    acc = np.empty(m, out.dtype)
+    for ch in range(c):
+        wc = w[ch]
+        for b in range(n):
+            xc, oc = x[ch, b], out[ch, b]
+            for k in range(phases.size):
+                phases[k] = zero
+            for pa in range(sh):
+                for pb in range(sw):
+                    base = (pa * sw + pb) * size
+                    j0, j1 = _inside(pw, wd, sw, pb - pl)  # phase columns inside x
+                    for y in range(ph):
+                        r = y * sh + pa - pt
+                        if r < 0 or r >= h or j1 <= j0:
+                            continue
+                        dst = phases[base + y * pw + j0 : base + y * pw + j1]
+                        src = xc[r, j0 * sw + pb - pl : (j1 - 1) * sw + pb - pl + 1 : sw]
+                        for k in range(j1 - j0):
+                            dst[k] = src[k]
+            for k in range(m):
+                acc[k] = zero
+            for u in range(kh):
+                for v in range(kw):
+                    wv = wc[u, v]
+                    start = ((u % sh) * sw + v % sw) * size + (u // sh) * pw + v // sw
+                    run = phases[start : start + m]
+                    for k in range(m):
+                        acc[k] += wv * run[k]
+            for i in range(oh):
+                row, got = oc[i], acc[i * pw : i * pw + ow]
+                for k in range(ow):
+                    row[k] = got[k]
+
+
+@nb.njit(**_LOOP)
+def depthwise_hwc(x, w, sh, sw, pt, pl, out):
+    """What ``depthwise_planes`` computes, with the channels innermost: each image is copied
+    into a zero-padded (HP, WP, C) scratch and each output pixel adds, tap by tap, a run of
+    C products w[u, v, :] * plane[i*SH + u, j*SW + v, :]; the result goes back to (C, N,
+    OH, OW). For small planes with many channels (the end of a MobileNet: 960 channels of
+    2x2) the runs are long where the plane kernel's are a few values each."""
+    c, n, h, wd = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    kh, kw = w.shape[1], w.shape[2]
+    zero = out.dtype.type(0)
+    hp = max((oh - 1) * sh + kh, h + pt)
+    wp = max((ow - 1) * sw + kw, wd + pl)
+    plane = np.zeros((hp, wp, c), out.dtype)
+    acc = np.empty((oh, ow, c), out.dtype)
+    wt = np.empty((kh, kw, c), out.dtype)
+    for u in range(kh):
+        for v in range(kw):
+            for ch in range(c):
+                wt[u, v, ch] = w[ch, u, v]
+    for b in range(n):
+        for r in range(h):
+            for q in range(wd):
+                dst = plane[r + pt, q + pl]
+                for ch in range(c):
+                    dst[ch] = x[ch, b, r, q]
+        for i in range(oh):
+            for j in range(ow):
+                cell = acc[i, j]
+                for ch in range(c):
+                    cell[ch] = zero
+                for u in range(kh):
+                    for v in range(kw):
+                        src, wuv = plane[i * sh + u, j * sw + v], wt[u, v]
+                        for ch in range(c):
+                            cell[ch] += wuv[ch] * src[ch]
+        for ch in range(c):
+            ob = out[ch, b]
+            for i in range(oh):
+                row = ob[i]
+                for j in range(ow):
+                    row[j] = acc[i, j, ch]
+
+
+@nb.njit(**_LOOP)
+def affine_act(y, scale, shift, act, p0, p1):
+    """In place over y (A, C, B): v = y * scale[c] + shift[c] (1 and 0 where the array is
+    empty), then the activation ``act``: 0 none, 1 ReLU, 2 clip to [p0, p1] (ReLU6, Clip;
+    an absent bound is -inf / inf), 3 LeakyReLU (slope p0), 4 Hardsigmoid (alpha p0, beta
+    p1), 5 Hardswish. Each formula in the layer's own order of operations; NaN stays NaN as
+    it does there. One loop per activation, each storing every element: a loop that stores
+    only where a test holds (v < 0) does not vectorise (10x slower, measured)."""
+    na, nc, nb_ = y.shape
+    t = y.dtype.type
+    zero, one, three, six = t(0), t(1), t(3), t(6)
+    lo, hi = t(p0), t(p1)
+    for a in range(na):
+        for c in range(nc):
+            row = y[a, c]
+            s = scale[c] if scale.size else one
+            d = shift[c] if shift.size else zero
+            if act == 0:
+                for k in range(nb_):
+                    row[k] = row[k] * s + d
+            elif act == 1:
+                for k in range(nb_):
+                    v = row[k] * s + d
+                    row[k] = zero if v < zero else v
+            elif act == 2:
+                for k in range(nb_):
+                    v = row[k] * s + d
+                    v = lo if v < lo else v
+                    row[k] = hi if v > hi else v
+            elif act == 3:
+                for k in range(nb_):
+                    v = row[k] * s + d
+                    row[k] = v * (one if v > zero else lo)
+            elif act == 4:
+                for k in range(nb_):
+                    v = (row[k] * s + d) * lo + hi
+                    v = zero if v < zero else v
+                    row[k] = one if v > one else v
+            elif act == 5:
+                for k in range(nb_):
+                    v = row[k] * s + d
+                    g = v + three
+                    g = zero if g < zero else g
+                    g = six if g > six else g
+                    row[k] = v * (g / six)
+
+
+@nb.njit(**_LOOP)
+def maxpool_planes(x, kh, kw, sh, sw, dh, dw, pt, pl, out):
+    """out[a, b, i, j] = max over the taps (u, v) inside x of x[a, b, i*SH + u*DH - PT,
+    j*SW + v*DW - PL], for any two leading axes (NCHW or (C, N, H, W)): padding and a
+    ceil-mode window's overhang read as -inf, NaN wins as in the layer. Per output row,
+    each tap takes the maximum with one stretch of an input row."""
+    n, c, h, wd = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    low = out.dtype.type(-np.inf)
+    j0s = np.empty(kw, np.int64)
+    j1s = np.empty(kw, np.int64)
+    for v in range(kw):
+        j0s[v], j1s[v] = _inside(ow, wd, sw, v * dw - pl)
+    for b in range(n):
+        for ch in range(c):
+            xc, oc = x[b, ch], out[b, ch]
+            for i in range(oh):
+                row = oc[i]
+                for k in range(ow):
+                    row[k] = low
+                for u in range(kh):
+                    r = i * sh + u * dh - pt
+                    if r < 0 or r >= h:
+                        continue
+                    for v in range(kw):
+                        j0, j1 = j0s[v], j1s[v]
+                        if j1 <= j0:
+                            continue
+                        dst = row[j0:j1]
+                        start = j0 * sw + v * dw - pl
+                        src = xc[r, start : start + (j1 - j0 - 1) * sw + 1 : sw]
+                        for k in range(j1 - j0):
+                            m, a = dst[k], src[k]
+                            dst[k] = a if (a > m or a != a) else m

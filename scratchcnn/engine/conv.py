@@ -113,7 +113,9 @@ class Conv2DRoute(Route):
         """Whether this call is better run by the layer's own im2col: inference on one
         image, for the convolutions ``INFERENCE_BY_LAYER`` describes."""
         la = self.layer
-        if not INFERENCE_BY_LAYER or la.training or x.ndim != 4 or len(x) != 1:
+        if not INFERENCE_BY_LAYER or la.training or not isinstance(x, np.ndarray):
+            return False  # (not an array: the layer's check says so)
+        if x.ndim != 4 or len(x) != 1:
             return False
         if not self._plain or la.kernel_size == (1, 1):
             return True

@@ -28,6 +28,7 @@ from typing import Any
 from ..nn.layers.activations import ReLU
 from ..nn.layers.base import accepts_input_grad
 from ..nn.layers.pooling import MaxPool2D
+from . import inference
 
 #: Run a ReLU that feeds a MaxPool2D after the pool (see the module docstring); False runs
 #: every layer in list order.
@@ -75,6 +76,10 @@ class Plan:
             if self.routes[i] is not None or any(i in (s, s + 1) for s in self.swaps)
         ]
         self._ran: list[Any] | None = None
+        #: inference plans by (input shape, dtype), and the input of the last pass that ran
+        #: one (a backward after it runs the forward again for the layers' caches)
+        self._inference: dict[tuple, Any] = {}
+        self._inferred: Any = None
 
     def _runners(self, hooked: set[int]) -> list[Any]:
         runners = [
@@ -99,6 +104,18 @@ class Plan:
         return [getattr(runner, "layer", runner) for runner in self.current()]
 
     def forward(self, x: Any) -> Any:
+        self._inferred = None
+        if self.layers and not getattr(self.layers[0], "training", True):
+            fast = inference.fast_kernels(getattr(x, "dtype", None))
+            p = fast and inference.plan_for(self._inference, self.layers, x, route_for)
+            if p:
+                self._ran = None
+                y = p.run(x, fast)
+                self._inferred = x
+                return y
+        return self._forward(x)
+
+    def _forward(self, x: Any) -> Any:
         runners = self._ran = self.current()
         for runner in runners:
             x = runner.forward(x)
@@ -108,6 +125,9 @@ class Plan:
         """Backward through the runners from the last down to ``start`` (the first layer
         that learns when the model has frozen layers; only ReLU/MaxPool2D pairs swap places,
         and neither has parameters, so the cut is the same in both orders)."""
+        if self._inferred is not None:  # an inference pass kept no caches: run it again
+            x, self._inferred = self._inferred, None
+            self._forward(x)
         runners = self._ran if self._ran is not None else self.current()
         runners = runners[start:]
         if not runners:

@@ -11,7 +11,7 @@ import numpy as np
 
 import scratchcnn as sc
 from scratchcnn import engine
-from scratchcnn.engine import modes
+from scratchcnn.engine import inference, modes
 
 WAYS = ("reference", "engine", "engine-numpy")
 
@@ -25,6 +25,18 @@ def without_numba() -> Iterator[None]:
         yield
     finally:
         modes._compiled, modes._missing, modes._warned, modes._mode = saved
+
+
+@contextmanager
+def routes_only() -> Iterator[None]:
+    """Eval-mode passes layer by layer, through the routes, not through an inference plan
+    (those are tested in test_inference_plan.py): for tests of the routes themselves."""
+    saved = inference.INFERENCE_PLAN
+    inference.INFERENCE_PLAN = False
+    try:
+        yield
+    finally:
+        inference.INFERENCE_PLAN = saved
 
 
 @contextmanager
@@ -43,10 +55,11 @@ def way(name: str) -> Iterator[None]:
 
 def run(make, x, dy, train: bool = True, ways=WAYS) -> dict:
     """Forward and backward of a fresh layer from ``make()``, in a one-layer Sequential, each
-    way: {way: (y, dx, grads, layer)}. ``dy`` may be a function of y."""
+    way: {way: (y, dx, grads, layer)}. ``dy`` may be a function of y. Eval mode runs the
+    routes too (``routes_only``)."""
     out = {}
     for name in ways:
-        with way(name):
+        with way(name), routes_only():
             layer = make()
             model = sc.Sequential([layer]).train(train)
             y = model.forward(x)
