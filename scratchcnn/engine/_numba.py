@@ -861,29 +861,39 @@ def im2col_cn(x, kh, kw, sh, sw, dh, dw, pt, pl, oh, ow, cols):
                     for k in range(hi - lo):
                         dst[k] = src[k] if mk[k] else zero
         return
+    # Flat, unsigned indices: a slice per row costs more than a short row's copy, and an
+    # unsigned index needs no negative-index test.
+    xf = x.reshape(-1)
+    cf = cols.reshape(-1)
     for ch in range(c):
         for u in range(kh):
             for v in range(kw):
-                row = cols[(ch * kh + u) * kw + v]
+                base = np.uint64(((ch * kh + u) * kw + v) * n * m)
                 off = v * dw - pl
                 j0, j1 = _inside(ow, wd, sw, off)
+                i0, i1 = _inside(oh, h, sh, u * dh - pt)
                 for b in range(n):
-                    xc = x[ch, b]
-                    for i in range(oh):
-                        seg = row[b * m + i * ow : b * m + (i + 1) * ow]
-                        r = i * sh + u * dh - pt
-                        if r < 0 or r >= h:
-                            for k in range(ow):
-                                seg[k] = zero
-                            continue
-                        for k in range(j0):
-                            seg[k] = zero
-                        for k in range(j1, ow):
-                            seg[k] = zero
-                        dst = seg[j0:j1]
-                        src = xc[r, j0 * sw + off : (j1 - 1) * sw + off + 1 : sw]
-                        for k in range(j1 - j0):
-                            dst[k] = src[k]
+                    seg = base + np.uint64(b * m)
+                    for k in range(np.uint64(i0 * ow)):
+                        cf[seg + k] = zero
+                    for k in range(np.uint64(i1 * ow), np.uint64(m)):
+                        cf[seg + k] = zero
+                    for i in range(i0, i1):
+                        d = seg + np.uint64(i * ow)
+                        for k in range(np.uint64(j0)):
+                            cf[d + k] = zero
+                        for k in range(np.uint64(j1), np.uint64(ow)):
+                            cf[d + k] = zero
+                        src = np.uint64(((ch * n + b) * h + i * sh + u * dh - pt) * wd)
+                        src += np.uint64(j0 * sw + off)
+                        d += np.uint64(j0)
+                        if sw == 1:
+                            for k in range(np.uint64(j1 - j0)):
+                                cf[d + k] = xf[src + k]
+                        else:
+                            step = np.uint64(sw)
+                            for k in range(np.uint64(j1 - j0)):
+                                cf[d + k] = xf[src + k * step]
 
 
 @nb.njit(**_LOOP)
@@ -1041,6 +1051,34 @@ def maxpool_planes(x, kh, kw, sh, sw, dh, dw, pt, pl, out):
     n, c, h, wd = x.shape
     oh, ow = out.shape[2], out.shape[3]
     low = out.dtype.type(-np.inf)
+    if (
+        sh == kh and sw == kw and dh == 1 and dw == 1 and pt == 0 and pl == 0
+        and oh * kh <= h and ow * kw <= wd
+    ):  # fmt: skip
+        # Windows that tile x: per output row, the maximum over the KH input rows first
+        # (one contiguous run), then over each KW neighbours of that run.
+        span = ow * kw
+        rows = np.empty(span, out.dtype)
+        for b in range(n):
+            for ch in range(c):
+                xc, oc = x[b, ch], out[b, ch]
+                for i in range(oh):
+                    first = xc[i * kh, :span]
+                    for k in range(span):
+                        rows[k] = first[k]
+                    for u in range(1, kh):
+                        more = xc[i * kh + u, :span]
+                        for k in range(span):
+                            m, a = rows[k], more[k]
+                            rows[k] = a if (a > m or a != a) else m
+                    row = oc[i]
+                    for j in range(ow):
+                        m = rows[j * kw]
+                        for v in range(1, kw):
+                            a = rows[j * kw + v]
+                            m = a if (a > m or a != a) else m
+                        row[j] = m
+        return
     j0s = np.empty(kw, np.int64)
     j1s = np.empty(kw, np.int64)
     for v in range(kw):

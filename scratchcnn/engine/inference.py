@@ -67,6 +67,16 @@ from . import modes
 #: them layer by layer like training passes (benchmarks/torchvision_import.py --ab).
 INFERENCE_PLAN = True
 
+#: Batches of at most this many images always run the plan; larger ones only for wide
+#: models (``WIDE_CHANNELS``). Measured (BENCHMARKS.md, issue 27), plan / layer by layer:
+#: LeNet-5, the CIFAR-shaped net and resnet8 (6-128 channels) 1.9-3.0x at batch 1, even at
+#: 4, 0.34-0.97x at 16-256, where the routes' batch-innermost layout runs every copy and
+#: pool over long vectors and the plan's (C, N, H, W) over rows of 8-32; torchvision's
+#: models (up to 512-1280 channels, the GEMMs dominate) 1.1-1.5x at 16 and 1.0-1.5x at 64.
+ALWAYS_UP_TO = 4
+#: A model is wide when one of its Conv2D layers has at least this many output channels.
+WIDE_CHANNELS = 256
+
 #: Plans kept per model (one per input shape and dtype; e.g. predict's full batches and
 #: its last, shorter one).
 MAX_SHAPES = 4
@@ -179,10 +189,14 @@ class Epilogue:
 
     def apply(self, y: np.ndarray, fast: Any) -> np.ndarray:
         """Apply to y (fresh memory this pass owns) in place; returns y."""
-        scale, shift = self._affine(y.dtype)
-        # channels on axis 0 of a (C, N, H, W) array, on axis 1 of an (N, F) one
-        y3 = y.reshape(1, y.shape[0], -1) if y.ndim == 4 else y.reshape(*y.shape[:2], -1)
-        if scale.size or shift.size or self.code:
+        if self.norm is None:  # the common case, without a call: the bias as the shift
+            scale = _empty(y.dtype)
+            shift = scale if self.bias is None else self.bias.params["bias"]
+        else:
+            scale, shift = self._affine(y.dtype)
+        if shift.size or scale.size or self.code:
+            # channels on axis 0 of a (C, N, H, W) array, on axis 1 of an (N, F) one
+            y3 = y.reshape(1, y.shape[0], -1) if y.ndim == 4 else y.reshape(*y.shape[:2], -1)
             fast.affine_act(y3, scale, shift, self.code, self.p0, self.p1)
         act = self.act
         if act is not None and not self.code:
@@ -515,7 +529,12 @@ class InferencePlan:
             raise Unsupported("input")
         b = _Builder(np.dtype(dtype), route_for)
         self.steps, self.out_shape = b.chain(layers, tuple(shape))
+        wide = any(type(la) is Conv2D and la.out_channels >= WIDE_CHANNELS for la in b.nodes)
+        if shape[0] > ALWAYS_UP_TO and not wide:
+            raise Unsupported("a large batch for a narrow model: layer by layer is faster")
         self.nodes = b.nodes
+        self.dicts = [node.__dict__ for node in self.nodes]  # where hooks and modes live
+        self.fresh = _fresh(self.steps)
         self.lists = b.lists
         self.shape, self.dtype = tuple(shape), np.dtype(dtype)
         #: one parameter, whose dtype tells whether the model was cast since (``astype``)
@@ -539,15 +558,14 @@ class InferencePlan:
 
     def usable(self) -> bool:
         """Whether this call may run the plan: every node in eval mode, none hooked."""
-        for node in self.nodes:
-            own = node.__dict__
+        for own in self.dicts:
             if own.get("training", False) or "forward" in own or "backward" in own:
                 return False
         return True
 
     def run(self, x: np.ndarray, fast: Any) -> np.ndarray:
         y = _logical(_run(self.steps, _physical(x), fast))
-        return np.ascontiguousarray(y) if _fresh(self.steps) else y.copy()
+        return np.ascontiguousarray(y) if self.fresh else y.copy()
 
 
 def plan_for(cache: dict, layers: list[Any], x: Any,

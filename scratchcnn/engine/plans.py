@@ -107,8 +107,12 @@ class Plan:
         self._inferred = None
         if self.layers and not getattr(self.layers[0], "training", True):
             fast = inference.fast_kernels(getattr(x, "dtype", None))
-            p = fast and inference.plan_for(self._inference, self.layers, x, route_for)
-            if p:
+            p = (
+                None
+                if fast is None
+                else inference.plan_for(self._inference, self.layers, x, route_for)
+            )
+            if p is not None:
                 self._ran = None
                 y = p.run(x, fast)
                 self._inferred = x
