@@ -274,3 +274,41 @@ def test_finetune_step_benchmark_reports_a_ratio(tmp_path):
     (row,) = json.loads((tmp_path / "f.json").read_text())
     assert row["scratchcnn_steps_s"] > 0 and row["torch_steps_s"] > 0
     assert row["ratio"] == round(row["scratchcnn_steps_s"] / row["torch_steps_s"], 3)
+
+
+def test_small_nets_onnxruntime_reports_every_contender(tmp_path):
+    out = run(
+        "small_nets_onnxruntime.py",
+        *("--nets", "lenet5", "--batches", "1", "--rounds", "1", "--seconds", "0.02"),
+        *("--json", str(tmp_path / "s.json")),
+    )
+    assert "lenet5" in out and "ours/ort" in out
+    (row,) = json.loads((tmp_path / "s.json").read_text())
+    t = row["batch1"]
+    for name in ("scratchcnn", "torch", "onnxruntime", "scratchcnn-layers"):
+        assert t[name] > 0
+    assert t["vs_onnxruntime"] > 0 and row["max_abs_diff_vs_ort"] < 1e-4
+
+
+@pytest.mark.parametrize("entry", ["evaluate", "cifar"])
+def test_busy_machine_child_reports_its_rate_and_threads(entry):
+    line = run("busy_machine.py", "--child", entry, "--seconds", "0.1").strip().splitlines()[-1]
+    row = json.loads(line)
+    assert row["img_s"] > 0 and row["threads"] >= 1
+
+
+def test_busy_machine_summary_takes_medians_of_per_round_ratios():
+    import busy_machine as bm
+
+    runs = []
+    for r, (quiet_1t, busy_auto) in enumerate([(100.0, 50.0), (200.0, 150.0), (100.0, 90.0)]):
+        for entry in bm.ENTRIES:
+            for mode in bm.MODES:
+                for cond in bm.CONDITIONS:
+                    rate = busy_auto if (mode, cond) == ("auto", "busy") else quiet_1t
+                    runs.append({"round": r, "entry": entry, "mode": mode, "condition": cond,
+                                 "img_s": rate, "threads": 1, "workers": 0})  # fmt: skip
+    summary = bm.summarise(runs, 3)
+    # per round 2.0, 1.33, 1.11: the median is 1.33 (not 150 / 100 or a ratio of medians)
+    assert summary["fit"]["busy_slowdown_vs_1t_quiet"] == pytest.approx(200 / 150)
+    assert summary["fit"]["meets_target"] is True

@@ -77,6 +77,10 @@ ALWAYS_UP_TO = 4
 #: A model is wide when one of its Conv2D layers has at least this many output channels.
 WIDE_CHANNELS = 256
 
+#: SiLU and Sigmoid in float32 by the vectorised exp of ``_numba.affine_sigmoid32``, fused
+#: with the bias and BatchNorm before them (False: NumPy's exp, in several passes).
+EXP32 = True
+
 #: Plans kept per model (one per input shape and dtype; e.g. predict's full batches and
 #: its last, shorter one).
 MAX_SHAPES = 4
@@ -152,6 +156,7 @@ class Epilogue:
         self.norm: Any = None  # a BatchNorm in eval mode
         self.act: Any = None  # the activation layer
         self.code, self.p0, self.p1 = 0, 0.0, 0.0
+        self.exp32 = False  # SiLU or Sigmoid: float32 passes take ``affine_sigmoid32``
 
     @property
     def empty(self) -> bool:
@@ -168,6 +173,7 @@ class Epilogue:
             self.act = layer
             if kind in _ACT_CODES:
                 self.code, self.p0, self.p1 = _act_params(layer)
+            self.exp32 = kind in (SiLU, Sigmoid) and EXP32
             return True
         return False
 
@@ -194,11 +200,14 @@ class Epilogue:
             shift = scale if self.bias is None else self.bias.params["bias"]
         else:
             scale, shift = self._affine(y.dtype)
-        if shift.size or scale.size or self.code:
-            # channels on axis 0 of a (C, N, H, W) array, on axis 1 of an (N, F) one
-            y3 = y.reshape(1, y.shape[0], -1) if y.ndim == 4 else y.reshape(*y.shape[:2], -1)
-            fast.affine_act(y3, scale, shift, self.code, self.p0, self.p1)
         act = self.act
+        # channels on axis 0 of a (C, N, H, W) array, on axis 1 of an (N, F) one
+        y3 = y.reshape(1, y.shape[0], -1) if y.ndim == 4 else y.reshape(*y.shape[:2], -1)
+        if self.exp32 and y.dtype == np.float32:  # SiLU / Sigmoid in the same pass
+            fast.affine_sigmoid32(y3, scale, shift, type(act) is SiLU)
+            return y
+        if shift.size or scale.size or self.code:
+            fast.affine_act(y3, scale, shift, self.code, self.p0, self.p1)
         if act is not None and not self.code:
             kind = type(act)
             if kind is SiLU:

@@ -388,3 +388,30 @@ def test_predict_runs_the_plan_for_full_and_last_batches(rng):
     with way("reference"):
         want = model.predict(x, batch_size=2)
     close(got, want, np.float32)
+
+
+@pytest.mark.parametrize("act", [sc.SiLU, sc.Sigmoid])
+@pytest.mark.parametrize("with_bn", [False, True])
+def test_float32_silu_and_sigmoid_by_the_compiled_exp(act, with_bn, rng):
+    """float32 SiLU and Sigmoid after a convolution run ``_numba.affine_sigmoid32`` (its own
+    exp): close to the reference relative to each value, and the same at the edges."""
+    layers = [conv(2, 3, 1, dtype=np.float32)]
+    if with_bn:
+        layers.append(bn(3, np.float32))
+    model = sc.Sequential([*layers, act()]).eval()
+    model.layers[0].params["weight"][:] = np.eye(3, 2, dtype=np.float32)[:, :, None, None]
+    model.layers[0].params["bias"][:] = 0
+    x = (rng.standard_normal((2, 2, 40, 40)) * 30).astype(np.float32)
+    x[0, 0, 0, :8] = [np.nan, np.inf, -np.inf, -200, 200, 0, -87.5, 88.5]
+    with np.errstate(all="ignore"):
+        y = model.forward(x)
+        assert planned(model)
+        step = engine.plan(model)._inference[(x.shape, x.dtype)].steps[0]
+        assert step.epilogue.exp32
+        want = reference(model, x)
+    # Without BatchNorm, v is the reference's to the bit and only exp differs: 1e-6. With
+    # it, v = x * scale + shift differs from (x - mean) / std * w + b by an ulp or two, and
+    # exp(-v) multiplies that by |v| (up to ~90 here).
+    rtol = 3e-5 if with_bn else 1e-6
+    np.testing.assert_allclose(y, want, rtol=rtol, atol=1e-30, equal_nan=True)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
