@@ -37,22 +37,14 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from _harness import compare
+from _inference import contenders
 from _nets import INPUTS, build
 from _torch_twin import twin
 
-from scratchcnn.engine import inference
 from scratchcnn.onnx import export
 
 torch.set_num_threads(THREADS)
 SHAPES = INPUTS
-
-
-def layer_by_layer(model: Any, x: np.ndarray) -> object:
-    inference.INFERENCE_PLAN = False
-    try:
-        return model.forward(x)
-    finally:
-        inference.INFERENCE_PLAN = True
 
 
 def run_net(name: str, batches: list[int], args: argparse.Namespace, folder: Path) -> dict:
@@ -77,21 +69,9 @@ def run_net(name: str, batches: list[int], args: argparse.Namespace, folder: Pat
     row: dict[str, Any] = {"net": name}
     for batch in batches:
         x = rng.uniform(0, 1, (batch, *SHAPES[name])).astype(np.float32)
-        xt = torch.from_numpy(x)
         want = sess.run(None, {feed: x})[0]
-        got = model.forward(x)
-        row["max_abs_diff_vs_ort"] = float(np.abs(got - want).max())
-
-        def torch_step(xt: torch.Tensor = xt) -> object:
-            with torch.inference_mode():
-                return net(xt)
-
-        steps = {
-            "scratchcnn": lambda x=x: model.forward(x),
-            "torch": torch_step,
-            "onnxruntime": lambda x=x: sess.run(None, {feed: x}),
-            "scratchcnn-layers": lambda x=x: layer_by_layer(model, x),
-        }
+        row["max_abs_diff_vs_ort"] = float(np.abs(model.forward(x) - want).max())
+        steps = contenders(model, net, sess, feed, x, ab=True)
         result = compare(steps, batch, args.rounds, args.seconds)
         row[f"batch{batch}"] = {n: round(result.median_rate(n), 1) for n in steps} | {
             "vs_torch": round(result.ratio("scratchcnn", "torch"), 3),

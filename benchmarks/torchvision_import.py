@@ -56,6 +56,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from _harness import compare
+from _inference import contenders
 from _torchvision import build, gradient_check, quiet_export, rel
 
 import scratchcnn as sc
@@ -76,18 +77,6 @@ MODELS = [
 SIZES = {"alexnet": 224, "vgg11": 224, "vgg11_bn": 224, "inception_v3": 80}
 
 
-def layer_by_layer(model: sc.Sequential, x: np.ndarray) -> object:
-    """``model.forward(x)`` without the inference plan (``--ab``): every layer's route in
-    turn, as a training pass runs them (the one-image convolution paths stay on)."""
-    from scratchcnn.engine import inference
-
-    inference.INFERENCE_PLAN = False
-    try:
-        return model.forward(x)
-    finally:
-        inference.INFERENCE_PLAN = True
-
-
 def timing(model: sc.Sequential, net: torch.nn.Module, path: Path, size: int,
            rounds: int, seconds: float, ab: bool = False) -> dict[str, Any]:  # fmt: skip
     import onnxruntime as ort
@@ -100,19 +89,8 @@ def timing(model: sc.Sequential, net: torch.nn.Module, path: Path, size: int,
     model.eval()
     for batch in (1, 16):
         x = np.random.default_rng(batch).uniform(0, 1, (batch, 3, size, size)).astype(np.float32)
-        xt = torch.from_numpy(x)
-
-        def torch_step(xt: torch.Tensor = xt) -> object:
-            with torch.inference_mode():
-                return net(xt)
-
-        steps = {
-            "scratchcnn": lambda x=x: model.forward(x),
-            "torch": torch_step,
-            "onnxruntime": lambda x=x: sess.run(None, {"input": x}),
-        }
-        if ab:  # the same model layer by layer (no inference plan)
-            steps["scratchcnn-layers"] = lambda x=x: layer_by_layer(model, x)
+        # with ``ab`` also the same model layer by layer (no inference plan)
+        steps = contenders(model, net, sess, "input", x, ab)
         result = compare(steps, batch, rounds, seconds)
         out[f"batch{batch}"] = {name: round(result.median_rate(name), 2) for name in steps} | {
             "dropped": result.dropped,
