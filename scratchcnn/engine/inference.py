@@ -81,6 +81,11 @@ WIDE_CHANNELS = 256
 #: with the bias and BatchNorm before them (False: NumPy's exp, in several passes).
 EXP32 = True
 
+#: The largest im2col matrix a convolution gathers at once, in values (128 MiB of
+#: float32): a larger batch is gathered and multiplied a few images at a time, so a plan
+#: never holds much more memory than the layer-by-layer pass.
+MAX_COLS = 2**25
+
 #: Plans kept per model (one per input shape and dtype; e.g. predict's full batches and
 #: its last, shorter one).
 MAX_SHAPES = 4
@@ -283,7 +288,8 @@ class ConvStep(Step):
         else:
             self.kind = "im2col"
         self.groups = g
-        self.cols = (c * kh * kw, n * oh * ow)  # the im2col matrix
+        self.k, self.m = c * kh * kw, oh * ow  # the im2col matrix: (K, images * M)
+        self.chunk = max(1, MAX_COLS // (self.k * self.m))  # images per im2col matrix
 
     def compute(self, x: np.ndarray, fast: Any) -> np.ndarray:
         la = self.layer
@@ -296,17 +302,28 @@ class ConvStep(Step):
             fast.depthwise_hwc(x, w.reshape(o, *la.kernel_size), *self.dw, y)
         elif self.kind == "1x1":
             np.matmul(w.reshape(o, -1), x.reshape(x.shape[0], -1), out=y.reshape(o, -1))
-        else:
-            cols = np.empty(self.cols, x.dtype)
-            fast.im2col_cn(x, *self.args, cols)
-            g = self.groups
-            if g == 1:
-                np.matmul(w.reshape(o, -1), cols, out=y.reshape(o, -1))
-            else:
-                wg = w.reshape(g, o // g, -1)
-                m = cols.shape[1]
-                np.matmul(wg, cols.reshape(g, -1, m), out=y.reshape(g, o // g, m))
+        elif self.chunk >= x.shape[1]:
+            self._gemm(x, w, y, fast)
+        else:  # a few images at a time: the im2col matrix stays under MAX_COLS values
+            for b0 in range(0, x.shape[1], self.chunk):
+                part = np.ascontiguousarray(x[:, b0 : b0 + self.chunk])
+                out = np.empty((o, *part.shape[1:2], *y.shape[2:]), x.dtype)
+                self._gemm(part, w, out, fast)
+                y[:, b0 : b0 + self.chunk] = out
         return y
+
+    def _gemm(self, x: np.ndarray, w: np.ndarray, y: np.ndarray, fast: Any) -> None:
+        """y = W @ im2col(x), x (C, n, H, W) and y (O, n, OH, OW) C-contiguous."""
+        o = y.shape[0]
+        cols = np.empty((self.k, x.shape[1] * self.m), x.dtype)
+        fast.im2col_cn(x, *self.args, cols)
+        g = self.groups
+        if g == 1:
+            np.matmul(w.reshape(o, -1), cols, out=y.reshape(o, -1))
+        else:
+            wg = w.reshape(g, o // g, -1)
+            m = cols.shape[1]
+            np.matmul(wg, cols.reshape(g, -1, m), out=y.reshape(g, o // g, m))
 
 
 class MaxPoolStep(Step):

@@ -415,3 +415,15 @@ def test_float32_silu_and_sigmoid_by_the_compiled_exp(act, with_bn, rng):
     rtol = 3e-5 if with_bn else 1e-6
     np.testing.assert_allclose(y, want, rtol=rtol, atol=1e-30, equal_nan=True)
     np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
+
+
+@pytest.mark.parametrize("name", ["resnet", "inception"])
+def test_a_large_im2col_is_gathered_a_few_images_at_a_time(name, rng, monkeypatch):
+    monkeypatch.setattr(inference, "MAX_COLS", 300)  # below one image's matrix: 1 at a time
+    model, shape = build(name)
+    x = rng.standard_normal((3, *shape))
+    y = model.forward(x)
+    assert planned(model)
+    steps = engine.plan(model)._inference[(x.shape, x.dtype)].steps
+    assert any(getattr(s, "chunk", 9) < 3 and s.kind == "im2col" for s in steps)
+    close(y, reference(model, x), F64)
