@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ShapeError
 from ..nn.layers.activations import (
     GELU,
     Clip,
@@ -244,6 +245,24 @@ def _channels_axis(ndim: int) -> int:
     return 0 if ndim == 4 else 1
 
 
+class PlanMismatch(ShapeError):
+    """A step got another shape than the plan was made for (``Plan.forward`` then runs the
+    pass layer by layer and drops the plan)."""
+
+
+def _check_shape(x: np.ndarray, want: tuple[int, ...], layer: Any) -> None:
+    """Refuse an input of another shape than the plan was made for: the compiled kernels
+    index by the plan's shapes. It happens only when a layer's ``output_shape`` disagrees
+    with what its ``forward`` returns (a custom layer)."""
+    if x.shape != want or not x.flags.c_contiguous:
+        c, n, *hw = want
+        raise PlanMismatch(
+            f"inference plan: {layer!r} was planned for input {(n, c, *hw)} but got "
+            f"{(x.shape[1], x.shape[0], *x.shape[2:])}; a layer before it returns another "
+            "shape than its output_shape says"
+        )
+
+
 # --- steps --------------------------------------------------------------------------------
 class Step:
     """One step of a plan: ``run(x, fast)`` returns the output. ``fresh``: the output is
@@ -271,6 +290,7 @@ class ConvStep(Step):
         super().__init__()
         self.layer = layer
         n, c = shape[:2]
+        self.input = (c, n, *shape[2:])  # what compute checks x against
         o, oh, ow = out[1:]
         (pt, _), (pl, _) = layer.pad
         kh, kw = layer.kernel_size
@@ -292,6 +312,7 @@ class ConvStep(Step):
         self.chunk = max(1, MAX_COLS // (self.k * self.m))  # images per im2col matrix
 
     def compute(self, x: np.ndarray, fast: Any) -> np.ndarray:
+        _check_shape(x, self.input, self.layer)  # the kernels trust it: no bounds checks
         la = self.layer
         w = la.params["weight"]
         o = self.shape[0]
@@ -330,14 +351,17 @@ class MaxPoolStep(Step):
     """MaxPool2D on (C, N, H, W) (``_numba.maxpool_planes``: no padded copy, no copy of
     the windows)."""
 
-    def __init__(self, layer: MaxPool2D, out: tuple[int, ...]) -> None:
+    def __init__(self, layer: MaxPool2D, shape: tuple[int, ...], out: tuple[int, ...]) -> None:
         super().__init__()
         (pt, _), (pl, _) = layer.pad
+        self.layer = layer
         self.args = (*layer.kernel_size, *layer.stride, *layer.dilation, pt, pl)
+        self.input = (shape[1], shape[0], *shape[2:])
         n, c, oh, ow = out
         self.shape = (c, n, oh, ow)
 
     def compute(self, x: np.ndarray, fast: Any) -> np.ndarray:
+        _check_shape(x, self.input, self.layer)
         y = np.empty(self.shape, x.dtype)
         fast.maxpool_planes(x, *self.args, y)
         return y
@@ -533,7 +557,7 @@ class _Builder:
             step.epilogue.takes(layer)
             steps.append(step)
         elif kind is MaxPool2D:
-            steps.append(MaxPoolStep(layer, out))
+            steps.append(MaxPoolStep(layer, shape, out))
         elif kind is GlobalAvgPool2D:
             steps.append(MeanStep())
         elif kind is Flatten:

@@ -114,7 +114,11 @@ class Plan:
             )
             if p is not None:
                 self._ran = None
-                y = p.run(x, fast)
+                try:
+                    y = p.run(x, fast)
+                except inference.PlanMismatch:  # a layer's output_shape is not its forward's
+                    self._inference[(x.shape, x.dtype)] = None  # layer by layer from now on
+                    return self._forward(x)
                 self._inferred = x
                 return y
         return self._forward(x)

@@ -427,3 +427,26 @@ def test_a_large_im2col_is_gathered_a_few_images_at_a_time(name, rng, monkeypatc
     steps = engine.plan(model)._inference[(x.shape, x.dtype)].steps
     assert any(getattr(s, "chunk", 9) < 3 and s.kind == "im2col" for s in steps)
     close(y, reference(model, x), F64)
+
+
+class Crop(sc.Layer):
+    """A custom layer whose output_shape says one thing and forward does another."""
+
+    def output_shape(self, input_shape):
+        return tuple(input_shape)  # wrong: forward drops a row and a column
+
+    def forward(self, x):
+        return x[:, :, 1:, 1:]
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+
+def test_a_layer_whose_output_shape_lies_runs_layer_by_layer(rng):
+    model = sc.Sequential([Crop(), conv(2, 3, 3, padding=1), sc.ReLU(), sc.MaxPool2D(2)]).eval()
+    x = rng.standard_normal((1, 2, 9, 9))
+    y = model.forward(x)  # the plan finds the mismatch before a kernel reads anything
+    assert not planned(model) and y.shape == (1, 3, 4, 4)
+    close(y, reference(model, x), F64)
+    assert engine.plan(model)._inference[(x.shape, x.dtype)] is None
+    close(model.forward(x), y, F64)
