@@ -21,6 +21,10 @@ changes):
   ones batch the GEMM over groups; depthwise ones (groups = C = O) run a direct kernel
   (``_numba.depthwise_nchw``).
 
+With the BLAS given two or more threads, a wide model's batch runs as one part per thread
+side by side (each part a plan of its own, its GEMMs on one thread; the compiled kernels
+and NumPy release the GIL), so the plan's own kernels use every core, not only the GEMMs.
+
 Every other layer (pooling, Softmax, preprocessing, channel layers, ...) runs its engine
 route or its own forward, as in a plain pass. Each step returns a new array (or, for
 Flatten and eval-mode Dropout, a view), so nothing the caller holds is ever written to.
@@ -39,11 +43,15 @@ tests/engine/test_inference_plan.py.
 
 from __future__ import annotations
 
+import itertools
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
+from .._blas import blas_threads, current_blas_threads
 from ..errors import ShapeError
 from ..nn.layers.activations import (
     GELU,
@@ -86,6 +94,11 @@ EXP32 = True
 #: float32): a larger batch is gathered and multiplied a few images at a time, so a plan
 #: never holds much more memory than the layer-by-layer pass.
 MAX_COLS = 2**25
+
+#: With the BLAS given T >= 2 threads, a wide model's batch of N >= 2 images runs as
+#: min(T, N) parts side by side (``InferencePlan._run_split``). False: one pass, where only
+#: the GEMMs use the other threads.
+SPLIT = True
 
 #: Plans kept per model (one per input shape and dtype; e.g. predict's full batches and
 #: its last, shorter one).
@@ -574,7 +587,7 @@ class InferencePlan:
     """One model's eval-mode pass for one input shape and dtype (module docstring)."""
 
     def __init__(self, layers: list[Any], shape: tuple[int, ...], dtype: np.dtype,
-                 route_for: Callable[[Any], Any]) -> None:  # fmt: skip
+                 route_for: Callable[[Any], Any], part: bool = False) -> None:  # fmt: skip
         if len(shape) < 2 or shape[0] == 0 or dtype not in (np.float32, np.float64):
             raise Unsupported("input")
         b = _Builder(np.dtype(dtype), route_for)
@@ -582,6 +595,10 @@ class InferencePlan:
         wide = any(type(la) is Conv2D and la.out_channels >= WIDE_CHANNELS for la in b.nodes)
         if shape[0] > ALWAYS_UP_TO and not wide:
             raise Unsupported("a large batch for a narrow model: layer by layer is faster")
+        # a wide model's batch may be split over the BLAS's threads (not a part of one)
+        self.splittable = SPLIT and wide and not part and shape[0] >= 2
+        self._parts: dict[int, list[tuple[int, int, InferencePlan]]] = {}
+        self._make = (layers, route_for)
         self.nodes = b.nodes
         self.dicts = [node.__dict__ for node in self.nodes]  # where hooks and modes live
         self.fresh = _fresh(self.steps)
@@ -614,8 +631,48 @@ class InferencePlan:
         return True
 
     def run(self, x: np.ndarray, fast: Any) -> np.ndarray:
+        if self.splittable:
+            threads = current_blas_threads() or 1
+            if threads > 1:
+                return self._run_split(x, fast, min(threads, self.shape[0]))
         y = _logical(_run(self.steps, _physical(x), fast))
         return np.ascontiguousarray(y) if self.fresh else y.copy()
+
+    def _run_split(self, x: np.ndarray, fast: Any, k: int) -> np.ndarray:
+        """The batch as ``k`` parts side by side, one per BLAS thread, each part's GEMMs on
+        one thread: the plan's own kernels (and NumPy's) release the GIL, so they run in
+        parallel too, where one whole pass would leave them on one core. A part is an
+        inference plan of its own (made once, kept); results are each image's, whatever
+        the split (tested)."""
+        parts = self._parts.get(k)
+        if parts is None:
+            layers, route_for = self._make
+            n, rest = self.shape[0], self.shape[1:]
+            bounds = [n * i // k for i in range(k + 1)]
+            parts = self._parts[k] = [
+                (a, b, InferencePlan(layers, (b - a, *rest), self.dtype, route_for, part=True))
+                for a, b in itertools.pairwise(bounds)
+            ]
+        with blas_threads(1):
+            pending = [_pool(k - 1).submit(p.run, x[a:b], fast) for a, b, p in parts[1:]]
+            a, b, first = parts[0]
+            outs = [first.run(x[a:b], fast)]
+            outs += [f.result() for f in pending]
+        return np.concatenate(outs, axis=0)
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """The threads that run the parts of a split batch (made on first use, grown when a
+    split needs more)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL._max_workers < workers:
+            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scratchcnn")
+        return _POOL
 
 
 def plan_for(cache: dict, layers: list[Any], x: Any,

@@ -30,6 +30,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .._blas import blas_libraries as blas_libraries  # re-exported: the old home
+from .._blas import blas_threads as blas_threads
+from .._blas import current_blas_threads as _current_blas_threads
 from ..errors import ConfigError
 from ..nn.layers.sequential import Sequential
 
@@ -145,42 +148,6 @@ def resolve_threads(requested: int | None, model: Sequential, batch_size: int) -
             raise ConfigError(f"{ENV_VAR}={text[:40]!r}: expected a positive integer")
         return check_threads(value, ENV_VAR)
     return auto_threads(model, batch_size, _current_blas_threads())
-
-
-_LIBS: list[Any] | None = None
-
-
-def blas_libraries() -> list[Any]:
-    """threadpoolctl's controllers of the BLAS libraries loaded in this process, looked up
-    once (looking them up again costs more than a small step: 21 against 9.5 us a call)."""
-    global _LIBS
-    if _LIBS is None:
-        from threadpoolctl import ThreadpoolController
-
-        _LIBS = list(ThreadpoolController().select(user_api="blas").lib_controllers)
-    return _LIBS
-
-
-def _current_blas_threads() -> int | None:
-    counts = [n for n in (lib.num_threads for lib in blas_libraries()) if n is not None]
-    return min(counts) if counts else None
-
-
-@contextmanager
-def blas_threads(n: int) -> Iterator[int]:
-    """Within this block the BLAS runs ``n`` threads; afterwards, what it ran before.
-    Nothing is set where it runs ``n`` already."""
-    changed = []
-    try:
-        for lib in blas_libraries():
-            old = lib.num_threads
-            if old is not None and old != n:
-                lib.set_num_threads(n)
-                changed.append((lib, old))
-        yield n
-    finally:
-        for lib, old in changed:
-            lib.set_num_threads(old)
 
 
 @contextmanager

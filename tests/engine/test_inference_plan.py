@@ -450,3 +450,33 @@ def test_a_layer_whose_output_shape_lies_runs_layer_by_layer(rng):
     close(y, reference(model, x), F64)
     assert engine.plan(model)._inference[(x.shape, x.dtype)] is None
     close(model.forward(x), y, F64)
+
+
+def wide_net() -> sc.Sequential:
+    """A small model with one 256-channel convolution: "wide", so its batches may split."""
+    return sc.Sequential(
+        [conv(3, 8, 3, padding=1), bn(8), sc.ReLU(), conv(8, 256, 1), sc.ReLU6(),
+         conv(256, 256, 3, stride=2, padding=1, groups=256), sc.GlobalAvgPool2D(),
+         sc.Flatten(), sc.Dense(256, 5, dtype=F64)]
+    ).eval()  # fmt: skip
+
+
+@pytest.mark.parametrize("batch", [2, 3, 7])
+def test_a_batch_split_over_blas_threads_gives_each_images_result(batch, rng):
+    from scratchcnn._blas import blas_libraries, blas_threads, current_blas_threads
+
+    if not blas_libraries():
+        pytest.fail("NumPy's BLAS is not visible to threadpoolctl")
+    model = wide_net()
+    x = rng.standard_normal((batch, 3, 9, 9))
+    with blas_threads(2):
+        split = model.forward(x)
+        assert current_blas_threads() == 2  # the parts ran on one thread each, then back
+    p = engine.plan(model)._inference[(x.shape, x.dtype)]
+    assert [(a, b) for a, b, _ in p._parts[2]] == [(0, batch // 2), (batch // 2, batch)]
+    with blas_threads(1):
+        whole = model.forward(x)
+    close(split, whole, F64)
+    close(split, reference(model, x), F64)
+    with blas_threads(2):
+        np.testing.assert_array_equal(model.forward(x), split)  # the same bits every time
