@@ -13,13 +13,16 @@ changes):
 * **Fused epilogues.** A Conv2D or Dense writes its own output; the bias, a BatchNorm after
   it (eval: y = x * scale + shift per channel, scale = weight / sqrt(var + eps), shift =
   bias - mean * scale) and the activation after that are applied to it in place in one
-  compiled pass (``_numba.affine_act``) instead of three sweeps with three new arrays. A
-  Residual's add takes the activation that follows it the same way.
-* **Convolutions in NCHW.** 1x1 stride-1 convolutions are one GEMM on x as it is; others
-  gather the layer's own im2col matrix per image (``_numba.im2col_nchw``, no padded copy)
-  and multiply by the weight in torch's order (no reordered copy of the weight); grouped
-  ones batch the GEMM over groups; depthwise ones (groups = C = O) run a direct kernel
-  (``_numba.depthwise_nchw``).
+  compiled pass (``_numba.affine_act``; float32 SiLU and Sigmoid by
+  ``_numba.affine_sigmoid32``, whose exp vectorises) instead of three sweeps with three new
+  arrays. A Residual's add takes the activation that follows it the same way.
+* **Activations as (C, N, H, W)**, which for one image is NCHW itself. A 1x1 stride-1
+  convolution is one GEMM on x as it is; others gather the layer's own im2col matrix for
+  the whole batch (``_numba.im2col_cn``, no padded copy) and multiply by the weight in
+  torch's order (no reordered copy of the weight): one GEMM per layer, not per image;
+  grouped ones batch it over the groups; depthwise ones (groups = C = O) run a direct
+  kernel (``_numba.depthwise_planes``, or ``depthwise_hwc`` for small planes), max pooling
+  too (``_numba.maxpool_planes``).
 
 With the BLAS given two or more threads, a wide model's batch runs as one part per thread
 side by side (each part a plan of its own, its GEMMs on one thread; the compiled kernels
@@ -106,7 +109,7 @@ MAX_SHAPES = 4
 
 #: Depthwise convolutions with at most this many output pixels run with the channels
 #: innermost (``_numba.depthwise_hwc``); larger planes run plane by plane
-#: (``_numba.depthwise_nchw``). Measured per layer at batch 1: 8x8 and smaller planes
+#: (``_numba.depthwise_planes``). Measured per layer at batch 1: 8x8 and smaller planes
 #: 1.1-4.5x faster channels-innermost, 16x16 and larger 1.3-3.5x slower.
 DEPTHWISE_HWC_PIXELS = 64
 
@@ -168,7 +171,8 @@ def _silu(y: np.ndarray) -> np.ndarray:
 
 class Epilogue:
     """Per-channel affine terms (a bias, then BatchNorm's scale and shift) and one
-    activation, applied in place to a (N, C, ...) array."""
+    activation, applied in place to a step's output: (C, N, H, W), or (N, C, ...) for the
+    other ranks."""
 
     def __init__(self) -> None:
         self.bias: Any = None  # the layer whose params["bias"] is added first
