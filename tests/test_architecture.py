@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "scratchcnn"
 
 #: The packages from the bottom up: each may import only those before it (and the base).
 ORDER = ["nn", "engine", "checkpoint", "data", "parallel", "training", "viz", "onnx", "cli"]
-BASE = {"errors", "_json", "_version", "_cache"}
+BASE = {"errors", "_json", "_version", "_cache", "_blas"}
 
 
 def _modules() -> dict[str, Path]:
