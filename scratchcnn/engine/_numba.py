@@ -263,41 +263,6 @@ def clip_grad(dy, x, low, high, has_low, has_high, out):
         out[i] = dy[i] if inside else dy[i] * zero
 
 
-# --- depthwise convolution, inference (engine.conv: one filter per channel) ---------------
-@nb.njit(**_LOOP)
-def depthwise(x, w, bias, sh, sw, pt, pl, out):
-    """out[n, c] = bias[c] + sum_{u, v} w[c, 0, u, v] * xpad[n, c, i*SH + u, j*SW + v], for
-    C-contiguous NCHW ``x`` and ``out`` (padding read as zeros: the taps that fall on it are
-    skipped). Per output row, each tap adds a strided stretch of one input row."""
-    n, c, h, wd = x.shape
-    oh, ow = out.shape[2], out.shape[3]
-    kh, kw = w.shape[2], w.shape[3]
-    for b in range(n):
-        for ch in range(c):
-            xc, oc, wc, bv = x[b, ch], out[b, ch], w[ch, 0], bias[ch]
-            for i in range(oh):
-                row = oc[i]
-                for j in range(ow):
-                    row[j] = bv
-                for u in range(kh):
-                    r = i * sh - pt + u
-                    if r < 0 or r >= h:
-                        continue
-                    xr = xc[r]
-                    for v in range(kw):
-                        # output columns j whose input column j*SW - PL + v is inside the row
-                        j0 = max(0, (pl - v + sw - 1) // sw)
-                        j1 = min(ow, (wd - 1 + pl - v) // sw + 1)
-                        if j1 <= j0:
-                            continue
-                        wv = wc[u, v]
-                        start = j0 * sw - pl + v
-                        src = xr[start : start + (j1 - j0 - 1) * sw + 1 : sw]
-                        dst = row[j0:j1]
-                        for k in range(j1 - j0):
-                            dst[k] += wv * src[k]
-
-
 # --- depthwise convolution in the (H, C, W, N) layout (engine.conv, batches) --------------
 # xh is the padded input (Hp, C, Wp, N), C-contiguous; out / dy are (OH, C, OW, N); w is
 # (C, KH, KW). A kernel tap (u, v) of channel c touches, for output row i, the stretch of

@@ -66,7 +66,7 @@ from .route import Route
 INFERENCE_BY_LAYER = True
 
 #: Inference of a depthwise convolution (groups = C = O, no dilation; MobileNet, MnasNet,
-#: EfficientNet) on one image by a direct compiled kernel (``_numba.depthwise``): each tap
+#: EfficientNet) on one image by a direct compiled kernel (``_numba.depthwise_planes``): each tap
 #: adds a strided stretch of an input row to an output row, no im2col and no GEMM of width
 #: one. 1.3-1.5x the layer's own im2col at batch 1 (mnasnet0_5, mobilenet_v2, 3x64x64); at
 #: batch 16 the row layout's grouped path is faster (its vectors run over the batch).
@@ -166,17 +166,21 @@ class Conv2DRoute(Route):
         return y.reshape(oh, o, ow, n).transpose(3, 1, 0, 2)
 
     def _forward_depthwise(self, x: np.ndarray, who: str, fast: Any) -> np.ndarray:
-        """Inference by the direct depthwise kernel (``_numba.depthwise``), NCHW out. A
-        backward after it (saliency in eval mode) runs the layer's forward again for the
-        cache its own backward needs: rare, and exact."""
+        """Inference on one image by the inference plans' direct depthwise kernel
+        (``_numba.depthwise_planes``: for one image, NCHW memory is the (C, N, H, W) it
+        reads), NCHW out. A backward after it (saliency in eval mode) runs the layer's
+        forward again for the cache its own backward needs: rare, and exact."""
         la = self.layer
         x = check_input(x, who, 4, "(N, C, H, W)", la.dtype, la.in_channels)
         oh, ow = self._out_hw(x.shape[2:], who)
         (pt, _), (pl, _) = la.pad
-        out = np.empty((x.shape[0], la.out_channels, oh, ow), dtype=x.dtype)
-        bias = la.params["bias"] if la.use_bias else np.zeros(la.out_channels, x.dtype)
-        w = np.ascontiguousarray(la.params["weight"])
-        fast.depthwise(np.ascontiguousarray(x), w, bias, *la.stride, pt, pl, out)
+        c = la.out_channels
+        out = np.empty((1, c, oh, ow), dtype=x.dtype)
+        w = np.ascontiguousarray(la.params["weight"]).reshape(c, *la.kernel_size)
+        planes = np.ascontiguousarray(x).reshape(c, 1, *x.shape[2:])
+        fast.depthwise_planes(planes, w, *la.stride, pt, pl, out.reshape(c, 1, oh, ow))
+        if la.use_bias:
+            out += la.params["bias"][:, None, None]
         self._ran = "direct"
         self._direct_x = x
         return out

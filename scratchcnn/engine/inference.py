@@ -595,7 +595,7 @@ class InferencePlan:
         if len(shape) < 2 or shape[0] == 0 or dtype not in (np.float32, np.float64):
             raise Unsupported("input")
         b = _Builder(np.dtype(dtype), route_for)
-        self.steps, self.out_shape = b.chain(layers, tuple(shape))
+        self.steps, _ = b.chain(layers, tuple(shape))
         wide = any(type(la) is Conv2D and la.out_channels >= WIDE_CHANNELS for la in b.nodes)
         if shape[0] > ALWAYS_UP_TO and not wide:
             raise Unsupported("a large batch for a narrow model: layer by layer is faster")

@@ -13,6 +13,9 @@ Two things only a plan can see, because they span layers:
   where a window's maximum is positive both orders pick the same winner and pass dy; where
   it is <= 0 or NaN both give 0 to the whole window. The ReLU then touches the pool's
   output, a quarter of the data for 2x2 windows, forward and backward.
+* **Eval mode runs an inference plan** (``inference``): the whole model as one flat list
+  of fused steps, made once per input shape; a ``backward`` after it runs the forward
+  again layer by layer for the caches.
 * **The first layer skips dL/dx** in ``backward(dy, input_grad=False)`` (training: nobody
   needs the gradient of the images).
 
